@@ -1,0 +1,44 @@
+//! `rowcast demo`: a private Postgres (unless DATABASE_URL is given), the
+//! migrations, a demo table with change capture, and the gateway, with the
+//! URL and a development token printed. The cluster stops when the demo does.
+
+use std::future::Future;
+
+use crate::app::{self, App, AppConfig};
+use crate::auth::Verifier;
+use crate::config::{DemoArgs, Limits, Secret};
+use crate::pg_local::{Durability, LocalPostgres};
+
+const DEMO_TABLE: &str = "create table if not exists public.notes (
+    id bigserial primary key,
+    user_id text not null,
+    body text not null default '',
+    created_at timestamptz not null default now())";
+
+/// Runs the demo until `shutdown` resolves.
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (database_url, cluster) = match args.database_url {
+        Some(url) => (url, None),
+        None => {
+            eprintln!("starting a private PostgreSQL cluster...");
+            let pg = LocalPostgres::start(Durability::Safe).await?;
+            (pg.url("postgres"), Some(pg))
+        }
+    };
+    let secret = args.jwt_secret.unwrap_or_else(|| Secret::new(uuid::Uuid::new_v4().simple().to_string()));
+    let pool = app::connect(&database_url).await?;
+    app::migrate(&pool).await?;
+    sqlx::query(DEMO_TABLE).execute(&pool).await?;
+    app::enable(&pool, "public.notes", Some("user_id"), false).await?;
+    pool.close().await;
+    let config = AppConfig { database_url, listen: args.listen, jwt_secret: secret.clone(), limits: Limits::default() };
+    let app = App::build(config).await?;
+    let verifier = Verifier::new(secret.expose());
+    println!("rowcast demo at http://{}/", app.local_addr());
+    println!("realtime: ws://{}/realtime/v1/websocket", app.local_addr());
+    println!("anon key:       {}", verifier.mint(None, "anon", 86_400));
+    println!("token (alice):  {}", verifier.mint(Some("alice"), "authenticated", 86_400));
+    let result = app.run(shutdown).await;
+    drop(cluster);
+    result
+}

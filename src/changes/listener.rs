@@ -1,0 +1,302 @@
+//! The change-log reader: LISTEN for the doorbell, read `rowcast.changes` in
+//! id order behind a safe watermark, hand each change to a `ChangeSink`.
+//!
+//! Owns one database connection (the LISTEN one, also used for reads), the
+//! reader's `Window`, the gateway's row in `rowcast.listeners` (idle flag,
+//! cursor, liveness) and pruning. When the connection dies or Postgres
+//! restarts it reconnects with backoff and resumes from its in-memory window,
+//! so clients still connected get every change committed meanwhile, once.
+//! Does not know about sockets or channels: the sink does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::change::{Change, Op, TableMeta};
+use super::tables::Tables;
+use super::window::{Snapshot, Window};
+
+/// Receives every captured change of an enabled table, in delivery order.
+pub trait ChangeSink: Send + Sync + 'static {
+    /// Called once per change; must not block.
+    fn deliver(&self, change: &Change, meta: &TableMeta);
+}
+
+/// Reader settings.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Fallback poll when no doorbell rings.
+    pub poll: Duration,
+    /// How long read changes stay in the log.
+    pub retention: Duration,
+    /// Rows per read.
+    pub batch: i64,
+}
+
+/// Errors that end one connection's session (the reader then reconnects).
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("unreadable snapshot {0:?}")]
+    Snapshot(String),
+}
+
+const CHANNELS: [&str; 2] = ["rowcast_changes", "rowcast_tables"];
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+const GAP_STALE: Duration = Duration::from_secs(1);
+const GAP_FORGET: Duration = Duration::from_secs(3600);
+
+/// The reader task; build with `new`, run with `run`.
+pub struct Listener {
+    pool: PgPool,
+    tables: Tables,
+    sink: Arc<dyn ChangeSink>,
+    live: watch::Sender<bool>,
+    config: ListenerConfig,
+    id: Uuid,
+    window: Option<Window>,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    id: i64,
+    changed_at: chrono::DateTime<chrono::Utc>,
+    schema_name: String,
+    table_name: String,
+    op: String,
+    owner: Option<String>,
+    record: Option<Map<String, Value>>,
+    old_record: Option<Map<String, Value>>,
+}
+
+impl Row {
+    fn into_change(self) -> Option<Change> {
+        Some(Change {
+            id: self.id,
+            changed_at: self.changed_at,
+            schema: self.schema_name,
+            table: self.table_name,
+            op: Op::parse(&self.op)?,
+            owner: self.owner,
+            record: self.record,
+            old_record: self.old_record,
+        })
+    }
+}
+
+/// Per-session state: what the reader last told the database.
+struct Session {
+    listener: PgListener,
+    idle: bool,
+    last_heartbeat: Instant,
+    last_prune: Instant,
+}
+
+impl Listener {
+    /// A reader publishing its liveness on `live`.
+    pub fn new(pool: PgPool, tables: Tables, sink: Arc<dyn ChangeSink>, live: watch::Sender<bool>, config: ListenerConfig) -> Self {
+        Listener { pool, tables, sink, live, config, id: Uuid::new_v4(), window: None }
+    }
+
+    /// Runs until `cancel`, reconnecting after every failure.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = self.session(&cancel).await;
+            self.live.send_replace(false);
+            match result {
+                Ok(()) => break,
+                Err(e) => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "change listener lost its connection"),
+            }
+            tokio::select! {
+                // Shutting down: stop retrying.
+                _ = cancel.cancelled() => break,
+                // Reconnect after the backoff.
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        self.unregister().await;
+        info!("change listener stopped");
+    }
+
+    async fn unregister(&self) {
+        let _ = sqlx::query("delete from rowcast.listeners where id = $1").bind(self.id).execute(&self.pool).await;
+    }
+
+    async fn session(&mut self, cancel: &CancellationToken) -> Result<(), ListenerError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all(CHANNELS).await?;
+        self.tables.reload(&mut listener).await?;
+        if self.window.is_none() {
+            let (max,): (i64,) = sqlx::query_as("select coalesce(max(id), 0) from rowcast.changes").fetch_one(&mut listener).await?;
+            self.window = Some(Window::starting_after(max, GAP_STALE, GAP_FORGET));
+        }
+        sqlx::query("insert into rowcast.listeners (id, cursor) values ($1, $2) on conflict (id) do update set idle = false, seen_at = now()")
+            .bind(self.id)
+            .bind(self.window().settled())
+            .execute(&mut listener)
+            .await?;
+        let mut session = Session { listener, idle: false, last_heartbeat: Instant::now(), last_prune: Instant::now() };
+        self.live.send_replace(true);
+        let from = self.window().high_water();
+        info!(listener = %self.id, from, "change listener live");
+        self.serve(&mut session, cancel).await
+    }
+
+    fn window(&mut self) -> &mut Window {
+        self.window.as_mut().expect("window is set when a session starts")
+    }
+
+    async fn serve(&mut self, s: &mut Session, cancel: &CancellationToken) -> Result<(), ListenerError> {
+        let mut wait_step = Duration::from_millis(1);
+        loop {
+            let full = self.read_pass(s).await?;
+            if full {
+                continue;
+            }
+            let waiting = self.window().is_waiting(Instant::now());
+            if !s.idle {
+                self.set_idle(s, true).await?;
+                // Close the race with a writer that saw us busy: read once more after arming.
+                if self.read_pass(s).await? {
+                    continue;
+                }
+            }
+            self.housekeeping(s).await?;
+            let wait = if waiting { wait_step } else { self.config.poll };
+            wait_step = if waiting { (wait_step * 2).min(Duration::from_millis(50)) } else { Duration::from_millis(1) };
+            let rang = tokio::select! {
+                // Shutdown.
+                _ = cancel.cancelled() => return Ok(()),
+                // The doorbell, a table reload, or a lost connection (Ok(None)).
+                note = s.listener.try_recv() => Some(note?),
+                // Fallback poll, or a short wait while a gap is undecided.
+                _ = tokio::time::sleep(wait) => None,
+            };
+            if let Some(note) = rang {
+                self.on_notification(s, note).await?;
+                self.set_idle(s, false).await?;
+            }
+        }
+    }
+
+    async fn on_notification(&mut self, s: &mut Session, note: Option<sqlx::postgres::PgNotification>) -> Result<(), ListenerError> {
+        let mut reload = note.as_ref().is_none_or(|n| n.channel() == "rowcast_tables");
+        while let Some(more) = s.listener.next_buffered() {
+            reload |= more.channel() == "rowcast_tables";
+        }
+        if note.is_none() {
+            warn!("change listener reconnected; rescanning the log");
+        }
+        if reload {
+            self.tables.reload(&mut s.listener).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_idle(&mut self, s: &mut Session, idle: bool) -> Result<(), ListenerError> {
+        if s.idle == idle {
+            return Ok(());
+        }
+        sqlx::query("update rowcast.listeners set idle = $2, cursor = $3, seen_at = now() where id = $1")
+            .bind(self.id)
+            .bind(idle)
+            .bind(self.window().settled())
+            .execute(&mut s.listener)
+            .await?;
+        s.idle = idle;
+        s.last_heartbeat = Instant::now();
+        Ok(())
+    }
+
+    async fn housekeeping(&mut self, s: &mut Session) -> Result<(), ListenerError> {
+        if s.last_heartbeat.elapsed() >= HEARTBEAT {
+            sqlx::query("update rowcast.listeners set cursor = $2, seen_at = now() where id = $1")
+                .bind(self.id)
+                .bind(self.window().settled())
+                .execute(&mut s.listener)
+                .await?;
+            s.last_heartbeat = Instant::now();
+        }
+        if s.last_prune.elapsed() >= PRUNE_EVERY {
+            self.prune(s).await?;
+            s.last_prune = Instant::now();
+        }
+        Ok(())
+    }
+
+    async fn prune(&mut self, s: &mut Session) -> Result<(), ListenerError> {
+        let pruned = sqlx::query(
+            "delete from rowcast.changes where changed_at < now() - make_interval(secs => $1) \
+             and id <= (select min(cursor) from rowcast.listeners where seen_at > now() - interval '30 seconds')",
+        )
+        .bind(self.config.retention.as_secs_f64())
+        .execute(&mut s.listener)
+        .await?
+        .rows_affected();
+        sqlx::query("delete from rowcast.listeners where seen_at < now() - interval '10 minutes'").execute(&mut s.listener).await?;
+        debug!(pruned, "pruned the change log");
+        Ok(())
+    }
+
+    /// Reads and delivers one batch; true when the batch was full (read again at once).
+    async fn read_pass(&mut self, s: &mut Session) -> Result<bool, ListenerError> {
+        // The sequence first, then the snapshot: every id up to `upper` was
+        // handed out to a transaction that is finished or running in the snapshot.
+        let (upper,): (i64,) =
+            sqlx::query_as("select case when is_called then last_value else 0 end from rowcast.changes_id_seq")
+                .fetch_one(&mut s.listener)
+                .await?;
+        let (hw, gaps, batch) = (self.window().high_water(), self.window().gap_ids(), self.config.batch);
+        let (snap, rows): (String, sqlx::types::Json<Vec<Row>>) = sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&mut s.listener).await?;
+        let snapshot = Snapshot::parse(&snap).ok_or(ListenerError::Snapshot(snap))?;
+        let rows: Vec<Change> = rows.0.into_iter().filter_map(Row::into_change).collect();
+        let full = rows.len() as i64 >= batch;
+        let upper = if full { rows.last().map_or(upper, |c| c.id) } else { upper };
+        let pass = self.window().pass(rows, &snapshot, upper, Instant::now());
+        for id in pass.forgotten {
+            warn!(change_id = id, "gave up waiting for a change-log id held by a transaction open for over an hour");
+        }
+        self.deliver(s, pass.deliver).await?;
+        Ok(full)
+    }
+
+    async fn deliver(&mut self, s: &mut Session, changes: Vec<Change>) -> Result<(), ListenerError> {
+        let mut reloaded = false;
+        for change in changes {
+            let mut meta = self.tables.get(&change.schema, &change.table);
+            let stale = meta.as_ref().is_none_or(|m| change.filter_row().is_some_and(|r| !m.fits(r)));
+            if stale && !reloaded {
+                self.tables.reload(&mut s.listener).await?;
+                reloaded = true;
+                meta = self.tables.get(&change.schema, &change.table);
+            }
+            // A table disabled since the change was captured delivers nothing.
+            if let Some(meta) = meta {
+                self.sink.deliver(&change, &meta);
+            }
+        }
+        Ok(())
+    }
+}
+
+const READ: &str = r#"
+select pg_current_snapshot()::text,
+       coalesce((select json_agg(c order by c.id) from (
+           select id, changed_at, schema_name, table_name, op, owner, record, old_record
+           from rowcast.changes
+           where (id > $1 and id <= $2) or id = any($3)
+           order by id
+           limit $4) c), '[]'::json)
+"#;

@@ -1,0 +1,11 @@
+//! The capture side: reading `rowcast.changes` and knowing the enabled tables.
+//!
+//! - `change`: the change type and its `data` rendering (pure).
+//! - `window`: which log ids are safe to deliver (pure).
+//! - `tables`: the enabled-table cache.
+//! - `listener`: the reader task (LISTEN, read, reconnect, prune).
+
+pub mod change;
+pub mod listener;
+pub mod tables;
+pub mod window;

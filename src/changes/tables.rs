@@ -1,0 +1,64 @@
+//! The cache of enabled tables (`rowcast.tables` joined with the catalogue).
+//!
+//! Owns loading and looking up `TableMeta`; reloaded when a gateway is told
+//! (NOTIFY `rowcast_tables`) or when a row no longer fits the cached columns.
+//! Readers take a short read lock and clone an `Arc`; no lock is held across
+//! an `.await`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use sqlx::PgExecutor;
+
+use super::change::{Column, TableMeta};
+
+/// Cheap-clone handle to the table cache.
+#[derive(Clone, Default)]
+pub struct Tables {
+    inner: Arc<RwLock<HashMap<(String, String), Arc<TableMeta>>>>,
+}
+
+const LOAD: &str = r#"
+select n.nspname as schema, c.relname as "table", t.owner_column, t.is_public,
+       c.relreplident = 'f' as full_identity,
+       coalesce((select json_agg(json_build_object('name', a.attname, 'type', ty.typname) order by a.attnum)
+                 from pg_attribute a join pg_type ty on ty.oid = a.atttypid
+                 where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped), '[]') as columns,
+       coalesce((select array_agg(a.attname::text order by k.ord)
+                 from pg_index i
+                 cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+                 join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                 where i.indrelid = c.oid and i.indisprimary), '{}') as primary_key
+from rowcast.tables t
+join pg_class c on c.oid = t.relid
+join pg_namespace n on n.oid = c.relnamespace
+"#;
+
+type Row = (String, String, Option<String>, bool, bool, sqlx::types::Json<Vec<Column>>, Vec<String>);
+
+impl Tables {
+    /// Replaces the cache with what the database says now.
+    pub async fn reload(&self, db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
+        let rows: Vec<Row> = sqlx::query_as(LOAD).fetch_all(db).await?;
+        let map = rows
+            .into_iter()
+            .map(|(schema, table, owner_column, public, full_identity, columns, primary_key)| {
+                let meta = TableMeta { schema, table, owner_column, public, full_identity, columns: columns.0, primary_key };
+                ((meta.schema.clone(), meta.table.clone()), Arc::new(meta))
+            })
+            .collect();
+        *self.inner.write().expect("tables lock poisoned") = map;
+        Ok(())
+    }
+
+    /// The enabled table `schema.table`, if it is enabled.
+    pub fn get(&self, schema: &str, table: &str) -> Option<Arc<TableMeta>> {
+        let map = self.inner.read().expect("tables lock poisoned");
+        map.get(&(schema.to_owned(), table.to_owned())).cloned()
+    }
+
+    /// Every enabled table.
+    pub fn all(&self) -> Vec<Arc<TableMeta>> {
+        self.inner.read().expect("tables lock poisoned").values().cloned().collect()
+    }
+}

@@ -1,0 +1,241 @@
+//! Which change-log ids are safe to deliver, and in what order. Pure.
+//!
+//! Sequence ids are taken before commit, so id 10 can become visible after
+//! id 11. The window reads behind a watermark: every id up to `hw` is either
+//! delivered, known never to appear (its transaction aborted), or a tracked
+//! gap. A gap is remembered with the transactions that were running when it
+//! was seen; the id's owner is necessarily among them (it took its id before
+//! the sequence was read, which precedes the snapshot). Once all of them have
+//! finished, the gap is final: the row is visible now, or never will be.
+//!
+//! While a fresh gap is undecided nothing after it is delivered (id order,
+//! which is commit order per row). A gap older than `stale_after` (one long
+//! transaction) stops blocking: later ids flow, and the gap's row is
+//! delivered when it commits. Row locks make that safe for per-row order:
+//! no later change of the same row can precede it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::change::Change;
+
+/// A Postgres snapshot as `pg_current_snapshot()::text` prints it: `xmin:xmax:xip,...`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Transactions running when the snapshot was taken.
+    pub running: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Parses the text form; `None` if it is not one.
+    pub fn parse(text: &str) -> Option<Snapshot> {
+        let mut parts = text.splitn(3, ':');
+        let _xmin: u64 = parts.next()?.parse().ok()?;
+        let _xmax: u64 = parts.next()?.parse().ok()?;
+        let running = match parts.next()? {
+            "" => Vec::new(),
+            list => list.split(',').map(str::parse).collect::<Result<_, _>>().ok()?,
+        };
+        Some(Snapshot { running })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Gap {
+    /// Transactions running when the gap was first seen.
+    running: Vec<u64>,
+    since: Instant,
+}
+
+/// The reader's position in the change log.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Every id up to here is delivered, final, or a tracked gap.
+    hw: i64,
+    gaps: BTreeMap<i64, Gap>,
+    stale_after: Duration,
+    forget_after: Duration,
+}
+
+/// What one read pass decided.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Changes to deliver, in this order.
+    pub deliver: Vec<Change>,
+    /// Gap ids given up on (tracked longer than `forget_after`).
+    pub forgotten: Vec<i64>,
+}
+
+impl Window {
+    /// A window that treats every id up to `hw` as already handled.
+    pub fn starting_after(hw: i64, stale_after: Duration, forget_after: Duration) -> Window {
+        Window { hw, gaps: BTreeMap::new(), stale_after, forget_after }
+    }
+
+    /// Highest id scanned.
+    pub fn high_water(&self) -> i64 {
+        self.hw
+    }
+
+    /// Ids still undecided, to be read again.
+    pub fn gap_ids(&self) -> Vec<i64> {
+        self.gaps.keys().copied().collect()
+    }
+
+    /// Everything at or below this id is settled: safe to prune up to it.
+    pub fn settled(&self) -> i64 {
+        self.gaps.keys().next().map_or(self.hw, |first| first - 1)
+    }
+
+    /// True while a fresh gap holds back delivery (the reader should poll soon).
+    pub fn is_waiting(&self, now: Instant) -> bool {
+        self.gaps.values().any(|g| now.duration_since(g.since) < self.stale_after)
+    }
+
+    /// Decides a pass. `rows` are the visible rows with id in the gaps or in
+    /// `(hw, upper]`, sorted by id, read under `snapshot`; `upper` is the
+    /// highest id known to be handed out (or the last row of a full batch).
+    pub fn pass(&mut self, rows: Vec<Change>, snapshot: &Snapshot, upper: i64, now: Instant) -> Pass {
+        let mut rows: BTreeMap<i64, Change> = rows.into_iter().map(|c| (c.id, c)).collect();
+        let mut pass = Pass::default();
+        self.settle_gaps(&mut rows, snapshot, now, &mut pass);
+        let mut id = self.hw + 1;
+        while id <= upper && !self.is_waiting(now) {
+            match rows.remove(&id) {
+                Some(change) => pass.deliver.push(change),
+                None if !snapshot.running.is_empty() => {
+                    self.gaps.insert(id, Gap { running: snapshot.running.clone(), since: now });
+                }
+                // Nothing was running: the id's transaction aborted.
+                None => {}
+            }
+            self.hw = id;
+            id += 1;
+        }
+        pass
+    }
+
+    fn settle_gaps(&mut self, rows: &mut BTreeMap<i64, Change>, snapshot: &Snapshot, now: Instant, pass: &mut Pass) {
+        let ids: Vec<i64> = self.gaps.keys().copied().collect();
+        for id in ids {
+            if let Some(change) = rows.remove(&id) {
+                self.gaps.remove(&id);
+                pass.deliver.push(change);
+                continue;
+            }
+            let gap = &self.gaps[&id];
+            if gap.running.iter().all(|x| !snapshot.running.contains(x)) {
+                self.gaps.remove(&id);
+            } else if now.duration_since(gap.since) > self.forget_after {
+                self.gaps.remove(&id);
+                pass.forgotten.push(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::change::Op;
+
+    fn change(id: i64) -> Change {
+        Change {
+            id,
+            changed_at: chrono::Utc::now(),
+            schema: "public".into(),
+            table: "t".into(),
+            op: Op::Insert,
+            owner: None,
+            record: None,
+            old_record: None,
+        }
+    }
+
+    fn ids(pass: &Pass) -> Vec<i64> {
+        pass.deliver.iter().map(|c| c.id).collect()
+    }
+
+    fn snap(running: &[u64]) -> Snapshot {
+        Snapshot { running: running.to_vec() }
+    }
+
+    fn window() -> Window {
+        Window::starting_after(0, Duration::from_secs(1), Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn snapshots_parse_with_and_without_running_transactions() {
+        assert_eq!(Snapshot::parse("10:12:").unwrap().running, Vec::<u64>::new());
+        assert_eq!(Snapshot::parse("10:15:10,12").unwrap().running, vec![10, 12]);
+        assert!(Snapshot::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn contiguous_ids_are_delivered_in_order() {
+        let mut w = window();
+        let p = w.pass(vec![change(1), change(2), change(3)], &snap(&[]), 3, Instant::now());
+        assert_eq!(ids(&p), [1, 2, 3]);
+        assert_eq!(w.settled(), 3);
+    }
+
+    #[test]
+    fn a_later_commit_waits_for_an_earlier_id_still_in_flight() {
+        let mut w = window();
+        let t0 = Instant::now();
+        // id 1 was taken by transaction 700, still running; id 2 committed first.
+        let p = w.pass(vec![change(2)], &snap(&[700]), 2, t0);
+        assert!(ids(&p).is_empty());
+        assert!(w.is_waiting(t0));
+        assert_eq!(w.gap_ids(), [1]);
+        // 700 commits: both arrive, in id order.
+        let p = w.pass(vec![change(1), change(2)], &snap(&[]), 2, t0);
+        assert_eq!(ids(&p), [1, 2]);
+        assert_eq!(w.settled(), 2);
+    }
+
+    #[test]
+    fn an_aborted_id_is_skipped_once_its_transactions_finish() {
+        let mut w = window();
+        let t0 = Instant::now();
+        w.pass(vec![change(2)], &snap(&[700]), 2, t0);
+        // 700 is gone and id 1 never appeared: it aborted. A new transaction 900 runs.
+        let p = w.pass(vec![change(2), change(3)], &snap(&[900]), 3, t0);
+        assert_eq!(ids(&p), [2, 3]);
+        assert!(w.gap_ids().is_empty());
+    }
+
+    #[test]
+    fn a_stale_gap_stops_blocking_and_its_row_arrives_late_once() {
+        let mut w = window();
+        let t0 = Instant::now();
+        w.pass(vec![change(2)], &snap(&[700]), 2, t0);
+        let later = t0 + Duration::from_secs(2);
+        let p = w.pass(vec![change(2), change(3)], &snap(&[700]), 3, later);
+        assert_eq!(ids(&p), [2, 3]);
+        assert_eq!(w.settled(), 0);
+        let p = w.pass(vec![change(1)], &snap(&[]), 3, later);
+        assert_eq!(ids(&p), [1]);
+        assert_eq!(w.settled(), 3);
+    }
+
+    #[test]
+    fn ids_beyond_the_known_upper_bound_are_not_judged() {
+        let mut w = window();
+        let p = w.pass(vec![change(1)], &snap(&[700]), 1, Instant::now());
+        assert_eq!(ids(&p), [1]);
+        assert_eq!(w.high_water(), 1);
+        assert!(w.gap_ids().is_empty());
+    }
+
+    #[test]
+    fn gaps_tracked_too_long_are_forgotten_and_reported() {
+        let mut w = Window::starting_after(0, Duration::from_secs(1), Duration::from_secs(10));
+        let t0 = Instant::now();
+        w.pass(vec![change(2)], &snap(&[700]), 2, t0);
+        let p = w.pass(vec![change(2)], &snap(&[700]), 2, t0 + Duration::from_secs(11));
+        assert_eq!(p.forgotten, [1]);
+        assert_eq!(ids(&p), [2]);
+        assert_eq!(w.settled(), 2);
+    }
+}

@@ -1,0 +1,237 @@
+//! Command line and environment settings, parsed once by clap.
+//!
+//! Owns the typed configuration of every subcommand and the `Secret` wrapper
+//! that keeps the JWT secret out of logs and `Debug` output. Does no IO.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// rowcast: Postgres row changes to supabase-js clients, plus a job runner.
+#[derive(Debug, Parser)]
+#[command(name = "rowcast", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the realtime gateway against DATABASE_URL.
+    Serve(ServeArgs),
+    /// Apply the embedded migrations (idempotent).
+    Migrate(DbArgs),
+    /// Install change capture on a table.
+    Enable(EnableArgs),
+    /// Remove change capture from a table.
+    Disable(DisableArgs),
+    /// Print a JWT signed with JWT_SECRET (development and tests).
+    Token(TokenArgs),
+    /// Start a private Postgres (unless DATABASE_URL is set), migrate, and serve the demo.
+    Demo(DemoArgs),
+}
+
+/// A value that must never be printed (the JWT secret).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for signing and verifying only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < 16 {
+            return Err("must be at least 16 bytes".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+/// Settings of the gateway, shared by `serve` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long = "listen", env = "ROWCAST_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+    /// HS256 secret that signs client JWTs (at least 16 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Secret,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Per-connection limits; defaults are Supabase Realtime's.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Channels one socket may join.
+    #[arg(long, env = "ROWCAST_MAX_CHANNELS_PER_CLIENT", default_value_t = 100)]
+    pub max_channels_per_client: usize,
+    /// Joins per second one socket may make; above it the socket is closed.
+    #[arg(long, env = "ROWCAST_MAX_JOINS_PER_SECOND", default_value_t = 100)]
+    pub max_joins_per_second: u32,
+    /// Largest WebSocket frame or message accepted from a client, in bytes.
+    #[arg(long, env = "ROWCAST_MAX_FRAME_BYTES", default_value_t = 5_000_000)]
+    pub max_frame_bytes: usize,
+    /// Frames queued for one socket before it counts as too slow and is closed.
+    #[arg(long, env = "ROWCAST_OUTGOING_QUEUE", default_value_t = 1024)]
+    pub outgoing_queue: usize,
+    /// Seconds without any frame from a client before its socket is closed.
+    #[arg(long, env = "ROWCAST_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// A change whose row JSON is larger keeps only fields of at most 64 bytes.
+    #[arg(long, env = "ROWCAST_MAX_RECORD_BYTES", default_value_t = 1_048_576)]
+    pub max_record_bytes: usize,
+    /// Fallback poll of the change log when no doorbell rings, in milliseconds.
+    #[arg(long, env = "ROWCAST_POLL_MS", default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Seconds a read change stays in the log before it is pruned.
+    #[arg(long, env = "ROWCAST_CHANGE_RETENTION_SECS", default_value_t = 300)]
+    pub change_retention_secs: u64,
+}
+
+impl Limits {
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_channels_per_client: 100,
+            max_joins_per_second: 100,
+            max_frame_bytes: 5_000_000,
+            outgoing_queue: 1024,
+            idle_timeout_secs: 60,
+            max_record_bytes: 1_048_576,
+            poll_ms: 500,
+            change_retention_secs: 300,
+        }
+    }
+}
+
+/// `rowcast serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// `rowcast enable <schema.table> --owner <column> | --public`.
+#[derive(Debug, Clone, Args)]
+pub struct EnableArgs {
+    /// The table, as schema.table (schema defaults to public).
+    pub table: String,
+    /// Column holding the owning user's id (compared with the JWT `sub`).
+    #[arg(long, conflicts_with = "public", required_unless_present = "public")]
+    pub owner: Option<String>,
+    /// Every client, anonymous ones included, may see every row.
+    #[arg(long)]
+    pub public: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// `rowcast disable <schema.table>`.
+#[derive(Debug, Clone, Args)]
+pub struct DisableArgs {
+    /// The table, as schema.table.
+    pub table: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// `rowcast token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// The `role` claim.
+    #[arg(long, default_value = "authenticated", value_parser = ["authenticated", "anon", "service_role"])]
+    pub role: String,
+    /// Lifetime, e.g. 30s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// HS256 secret.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Secret,
+}
+
+/// `rowcast demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Use this database instead of starting a private Postgres.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Address to listen on.
+    #[arg(long = "listen", env = "ROWCAST_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+    /// HS256 secret; a random one is made when absent.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+}
+
+/// Parses `30s`, `15m`, `1h`, `7d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("not a duration: {text:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit in {text:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s: Secret = "a-very-secret-value-123".parse().unwrap();
+        assert!(!format!("{s:?}").contains("secret-value"));
+    }
+}

@@ -1,0 +1,19 @@
+//! rowcast: Postgres row changes to supabase-js clients over the Supabase
+//! Realtime protocol, per user, with nothing lost.
+//!
+//! Crate map (imports point downward only):
+//! - `app`: composition root; builds and runs everything, ordered shutdown.
+//! - `http`: the axum router; the only place routes are wired.
+//! - `realtime`: the Supabase Realtime protocol: framing, filters, channels, sockets, fan-out.
+//! - `changes`: capture side: change-log reader, table cache, change rendering.
+//! - `auth`: JWT verify/mint, pure.
+//! - `config`: clap settings, pure.
+//! - `pg_local`: a private Postgres cluster for the demo and the tests.
+
+pub mod app;
+pub mod auth;
+pub mod changes;
+pub mod config;
+pub mod http;
+pub mod pg_local;
+pub mod realtime;

@@ -1,0 +1,41 @@
+//! The `rowcast` binary: parse settings, then hand over to `app`.
+
+use clap::Parser;
+use rowcast::app::{self, App, AppConfig};
+use rowcast::auth::Verifier;
+use rowcast::config::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("ROWCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match Cli::parse().command {
+        Command::Serve(a) => {
+            let config = AppConfig { database_url: a.db.database_url, listen: a.gateway.listen, jwt_secret: a.gateway.jwt_secret, limits: a.gateway.limits };
+            let app = App::build(config).await?;
+            tracing::info!(addr = %app.local_addr(), "rowcast serving");
+            app.run(shutdown_signal()).await
+        }
+        Command::Migrate(db) => app::migrate(&app::connect(&db.database_url).await?).await,
+        Command::Enable(a) => app::enable(&app::connect(&a.db.database_url).await?, &a.table, a.owner.as_deref(), a.public).await,
+        Command::Disable(a) => app::disable(&app::connect(&a.db.database_url).await?, &a.table).await,
+        Command::Token(a) => {
+            let ttl = a.ttl.as_secs() as i64;
+            println!("{}", Verifier::new(a.jwt_secret.expose()).mint(a.sub.as_deref(), &a.role, ttl));
+            Ok(())
+        }
+        Command::Demo(a) => app::demo::run(a, shutdown_signal()).await,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        // Ctrl-C in a terminal.
+        _ = tokio::signal::ctrl_c() => {}
+        // A service manager or orchestrator stopping us.
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,192 @@
+//! Joining a channel: from a `phx_join` payload to bindings, the reply that
+//! echoes them, and the `system` notices Supabase sends after it.
+//!
+//! Owns binding ids (a stable hash of the raw binding object, so identical
+//! objects get identical ids, below 2^27 like Supabase's `phash2`), the
+//! validation of schema/table/filter against the enabled tables, and the
+//! exact texts of subscription errors. Does no IO and never fails a join for
+//! a bad binding: like Supabase, the join succeeds and the binding's error
+//! arrives as a `system` message, while good bindings keep working.
+
+use serde_json::{json, Map, Value};
+
+use super::filter::{self, FilterError};
+use super::registry::{Binding, EventFilter};
+use crate::changes::change::Op;
+use crate::changes::tables::Tables;
+
+/// A `system` message to push after the join reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// `status: ok` (else `error`).
+    pub ok: bool,
+    pub message: String,
+}
+
+/// What a join asks for, checked.
+#[derive(Debug)]
+pub struct JoinPlan {
+    /// `response` of the `ok` reply: `{postgres_changes: [...]}` echoing each binding with its id.
+    pub response: Value,
+    /// The bindings that can deliver.
+    pub bindings: Vec<Binding>,
+    /// Notices for the `postgres_changes` extension, in order.
+    pub notices: Vec<Notice>,
+    /// `config.broadcast.self`.
+    pub broadcast_self: bool,
+    /// `config.broadcast.ack`.
+    pub broadcast_ack: bool,
+}
+
+/// The id Supabase would give `raw`: a hash of its canonical JSON, below 2^27.
+pub fn binding_id(raw: &Value) -> u32 {
+    // FNV-1a; serde_json maps are sorted, so the text is canonical.
+    let text = raw.to_string();
+    let hash = text.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    hash & ((1 << 27) - 1)
+}
+
+/// Reads the join `payload` against the enabled `tables`.
+pub fn plan(payload: &Value, tables: &Tables) -> JoinPlan {
+    let config = payload.get("config").cloned().unwrap_or(Value::Null);
+    let raw_bindings: Vec<Value> = config.get("postgres_changes").and_then(Value::as_array).cloned().unwrap_or_default();
+    let flag = |section: &str, key: &str| config.get(section).and_then(|s| s.get(key)).is_some_and(truthy);
+    let mut plan = JoinPlan {
+        response: Value::Null,
+        bindings: Vec::new(),
+        notices: Vec::new(),
+        broadcast_self: flag("broadcast", "self"),
+        broadcast_ack: flag("broadcast", "ack"),
+    };
+    let mut echoed = Vec::with_capacity(raw_bindings.len());
+    for raw in &raw_bindings {
+        let id = binding_id(raw);
+        let mut echo = raw.as_object().cloned().unwrap_or_default();
+        echo.insert("id".into(), json!(id));
+        echoed.push(Value::Object(echo));
+        match binding(id, raw, tables) {
+            Ok(b) => plan.bindings.push(b),
+            Err(message) => plan.notices.push(Notice { ok: false, message }),
+        }
+    }
+    if !plan.bindings.is_empty() {
+        plan.notices.push(Notice { ok: true, message: "Subscribed to PostgreSQL".into() });
+    }
+    plan.response = json!({ "postgres_changes": echoed });
+    plan
+}
+
+/// Supabase's FlexibleBoolean: true, "true".
+fn truthy(v: &Value) -> bool {
+    v.as_bool().unwrap_or_else(|| v.as_str() == Some("true"))
+}
+
+fn binding(id: u32, raw: &Value, tables: &Tables) -> Result<Binding, String> {
+    let obj = raw.as_object().cloned().unwrap_or_default();
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (schema, table) = (text("schema"), text("table").filter(|t| t != "*"));
+    if schema.is_none() && text("table").is_none() {
+        return Err(format!(
+            "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {}",
+            describe(&obj)
+        ));
+    }
+    let schema = schema.unwrap_or_else(|| "public".into());
+    let event = match text("event").unwrap_or_default().to_ascii_uppercase().as_str() {
+        "INSERT" => EventFilter::Only(Op::Insert),
+        "UPDATE" => EventFilter::Only(Op::Update),
+        "DELETE" => EventFilter::Only(Op::Delete),
+        _ => EventFilter::All,
+    };
+    let filter_text = text("filter").unwrap_or_default();
+    let conditions = filter::parse(&filter_text).map_err(|e| e.to_string())?;
+    let matching: Vec<_> = tables
+        .all()
+        .into_iter()
+        .filter(|m| (schema == "*" || m.schema == schema) && table.as_ref().is_none_or(|t| *t == m.table))
+        .collect();
+    if matching.is_empty() {
+        return Err(format!(
+            "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: {}",
+            describe(&obj)
+        ));
+    }
+    let compiled = match (&table, matching.first()) {
+        (Some(_), Some(meta)) => Some(filter::compile(&conditions, &meta.column_types()).map_err(|e| exception(&obj, &e))?),
+        _ => None,
+    };
+    Ok(Binding { id, event, schema, table, conditions, compiled })
+}
+
+/// Supabase's wording for a subscription the database refused.
+fn exception(obj: &Map<String, Value>, e: &FilterError) -> String {
+    match e.sql_error() {
+        None => e.to_string(),
+        Some((code, name)) => format!(
+            "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: {}. Exception: ERROR {code} ({name}) {e}",
+            describe(obj)
+        ),
+    }
+}
+
+/// `[event: INSERT, schema: public, table: todos, filters: [...], select: nil]`, as Supabase prints params.
+fn describe(obj: &Map<String, Value>) -> String {
+    let text = |k: &str, default: &str| obj.get(k).and_then(Value::as_str).unwrap_or(default).to_owned();
+    let filters = match obj.get("filter").and_then(Value::as_str) {
+        Some(f) if !f.trim().is_empty() => format!("[{f}]"),
+        _ => "[]".into(),
+    };
+    let select = obj.get("select").map_or_else(|| "nil".to_owned(), Value::to_string);
+    format!(
+        "[event: {}, schema: {}, table: {}, filters: {filters}, select: {select}]",
+        text("event", "*"),
+        text("schema", "public"),
+        text("table", "*")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_bindings_get_identical_small_ids() {
+        let a = json!({"event": "*", "schema": "public", "table": "t"});
+        let b = json!({"table": "t", "schema": "public", "event": "*"});
+        assert_eq!(binding_id(&a), binding_id(&b));
+        assert!(binding_id(&a) < (1 << 27));
+        assert_ne!(binding_id(&a), binding_id(&json!({"event": "INSERT", "schema": "public", "table": "t"})));
+    }
+
+    #[test]
+    fn the_reply_echoes_every_binding_in_order_even_when_one_is_bad() {
+        let payload = json!({"config": {"postgres_changes": [
+            {"event": "INSERT", "schema": "public", "table": "nope"},
+            {"event": "*", "schema": "public", "table": "other", "filter": "a=eq.1", "select": ["a"]}
+        ]}});
+        let plan = plan(&payload, &Tables::default());
+        let echoed = plan.response["postgres_changes"].as_array().unwrap();
+        assert_eq!(echoed.len(), 2);
+        assert_eq!(echoed[0]["table"], "nope");
+        assert_eq!(echoed[1]["select"], json!(["a"]));
+        assert!(echoed[1]["id"].is_u64());
+        assert!(plan.bindings.is_empty());
+        assert_eq!(plan.notices.len(), 2);
+        assert!(plan.notices[0].message.starts_with("Unable to subscribe to changes with given parameters. Please check Realtime is enabled"));
+        assert!(plan.notices[0].message.ends_with("[event: INSERT, schema: public, table: nope, filters: [], select: nil]"));
+    }
+
+    #[test]
+    fn a_join_without_bindings_replies_with_an_empty_list_and_no_notice() {
+        let plan = plan(&json!({"config": {"broadcast": {"self": "true"}}}), &Tables::default());
+        assert_eq!(plan.response, json!({"postgres_changes": []}));
+        assert!(plan.notices.is_empty());
+        assert!(plan.broadcast_self);
+    }
+
+    #[test]
+    fn a_binding_without_schema_or_table_is_refused_with_supabase_text() {
+        let plan = plan(&json!({"config": {"postgres_changes": [{"event": "*"}]}}), &Tables::default());
+        assert!(plan.notices[0].message.starts_with("No subscription params provided."));
+    }
+}

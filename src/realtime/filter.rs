@@ -1,0 +1,531 @@
+//! The `postgres_changes` filter language, parsed and evaluated in memory. Pure.
+//!
+//! Grammar (Supabase's): `column=[not.]op.value`, segments joined by `,` are
+//! ANDed; `in.(a,b,"c,d")` holds at most 100 values. Values are converted to
+//! the column's type once, at join time, so evaluation per change is a few
+//! comparisons and no database round trip. SQL semantics are kept: a
+//! comparison with NULL is unknown and fails even under `not.`; `is` and
+//! `isdistinct` are two-valued. A column missing from the row fails closed.
+//! Text compares byte-wise (C collation); numeric compares as f64.
+
+use std::cmp::Ordering;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+
+/// Most values an `in` filter may list, as in Supabase.
+pub const MAX_IN_VALUES: usize = 100;
+
+/// The operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    In,
+    Like,
+    Ilike,
+    Is,
+    Match,
+    Imatch,
+    IsDistinct,
+}
+
+impl Op {
+    fn parse(text: &str) -> Option<Op> {
+        Some(match text {
+            "eq" => Op::Eq,
+            "neq" => Op::Neq,
+            "lt" => Op::Lt,
+            "lte" => Op::Lte,
+            "gt" => Op::Gt,
+            "gte" => Op::Gte,
+            "in" => Op::In,
+            "like" => Op::Like,
+            "ilike" => Op::Ilike,
+            "is" => Op::Is,
+            "match" => Op::Match,
+            "imatch" => Op::Imatch,
+            "isdistinct" => Op::IsDistinct,
+            _ => return None,
+        })
+    }
+}
+
+/// A filter that cannot be used; `Display` is Supabase's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// The string does not parse; carries the offending parts.
+    #[error("Error parsing `filter` params: [{}]", quoted(.0))]
+    Parse(Vec<String>),
+    /// `in` without parentheses.
+    #[error("`in` filter value must be wrapped by parentheses")]
+    InNotParenthesized,
+    /// More than `MAX_IN_VALUES`.
+    #[error("too many values for `in` filter. Maximum 100")]
+    TooManyInValues,
+    /// No such column on the table.
+    #[error("invalid column for filter {0}")]
+    UnknownColumn(String),
+    /// The value does not convert to the column's type.
+    #[error("invalid input syntax for type {type_name}: \"{value}\"")]
+    BadValue { type_name: String, value: String },
+    /// `is` takes null, true, false or unknown (the last three on booleans).
+    #[error("invalid value for `is` filter: \"{0}\"")]
+    BadIsValue(String),
+    /// `match`/`imatch` with a pattern that does not compile.
+    #[error("invalid regular expression: {0}")]
+    BadRegex(String),
+}
+
+impl FilterError {
+    /// The Postgres error (code, condition name) this would be on the real server;
+    /// `None` for parse errors, which Supabase reports without one.
+    pub fn sql_error(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            FilterError::Parse(_) | FilterError::InNotParenthesized => None,
+            FilterError::TooManyInValues | FilterError::UnknownColumn(_) => Some(("P0001", "raise_exception")),
+            FilterError::BadValue { .. } | FilterError::BadIsValue(_) => Some(("22P02", "invalid_text_representation")),
+            FilterError::BadRegex(_) => Some(("2201B", "invalid_regular_expression")),
+        }
+    }
+}
+
+fn quoted(parts: &[String]) -> String {
+    parts.iter().map(|p| Value::from(p.as_str()).to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// One parsed `column=[not.]op.value` segment, before typing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub column: String,
+    pub op: Op,
+    pub negate: bool,
+    /// The value, unquoted; for `in` the list members.
+    pub values: Vec<String>,
+}
+
+/// Parses a filter string; empty (after trimming) means no conditions.
+pub fn parse(filter: &str) -> Result<Vec<Condition>, FilterError> {
+    let filter = filter.trim();
+    if filter.is_empty() {
+        return Ok(Vec::new());
+    }
+    split_top_level(filter, ',').iter().map(|s| parse_segment(s)).collect()
+}
+
+fn parse_segment(segment: &str) -> Result<Condition, FilterError> {
+    let parse_err = || FilterError::Parse(segment.splitn(2, '=').map(str::to_owned).collect());
+    let (column, rest) = segment.split_once('=').ok_or_else(parse_err)?;
+    let (negate, rest) = match rest.strip_prefix("not.") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let (op, value) = rest.split_once('.').ok_or_else(parse_err)?;
+    let op = Op::parse(op).ok_or_else(parse_err)?;
+    if column.is_empty() {
+        return Err(parse_err());
+    }
+    let values = if op == Op::In {
+        let inner = value.strip_prefix('(').and_then(|v| v.strip_suffix(')')).ok_or(FilterError::InNotParenthesized)?;
+        let items: Vec<String> = split_top_level(inner, ',').iter().map(|v| unquote(v)).collect();
+        if items.len() > MAX_IN_VALUES {
+            return Err(FilterError::TooManyInValues);
+        }
+        items
+    } else {
+        vec![unquote(value)]
+    };
+    Ok(Condition { column: column.to_owned(), op, negate, values })
+}
+
+/// Splits on `sep` outside parentheses and outside double quotes that open
+/// right after `.`, `(` or `sep` (backslash escapes inside quotes).
+fn split_top_level(text: &str, sep: char) -> Vec<String> {
+    let (mut parts, mut cur) = (Vec::new(), String::new());
+    let (mut depth, mut in_quotes, mut escaped) = (0usize, false, false);
+    let mut prev: Option<char> = None;
+    for c in text.chars() {
+        if in_quotes {
+            in_quotes = escaped || c != '"';
+            escaped = !escaped && c == '\\';
+        } else if c == '"' && matches!(prev, None | Some('.') | Some('(')) || c == '"' && prev == Some(sep) {
+            in_quotes = true;
+        } else if c == '(' {
+            depth += 1;
+        } else if c == ')' {
+            depth = depth.saturating_sub(1);
+        } else if c == sep && depth == 0 {
+            parts.push(std::mem::take(&mut cur));
+            prev = Some(c);
+            continue;
+        }
+        cur.push(c);
+        prev = Some(c);
+    }
+    parts.push(cur);
+    parts
+}
+
+fn unquote(value: &str) -> String {
+    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
+        return value.to_owned();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
+    }
+    out
+}
+
+/// How values of a Postgres type compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Float,
+    Bool,
+    Uuid,
+    Timestamptz,
+    Timestamp,
+    Date,
+    Json,
+    Text,
+}
+
+fn kind_of(typname: &str) -> (Kind, &'static str) {
+    match typname {
+        "int2" => (Kind::Int, "smallint"),
+        "int4" => (Kind::Int, "integer"),
+        "int8" => (Kind::Int, "bigint"),
+        "oid" => (Kind::Int, "oid"),
+        "float4" => (Kind::Float, "real"),
+        "float8" => (Kind::Float, "double precision"),
+        "numeric" => (Kind::Float, "numeric"),
+        "bool" => (Kind::Bool, "boolean"),
+        "uuid" => (Kind::Uuid, "uuid"),
+        "timestamptz" => (Kind::Timestamptz, "timestamp with time zone"),
+        "timestamp" => (Kind::Timestamp, "timestamp without time zone"),
+        "date" => (Kind::Date, "date"),
+        "json" | "jsonb" => (Kind::Json, "json"),
+        _ => (Kind::Text, "text"),
+    }
+}
+
+/// A value converted to its column's type.
+#[derive(Debug, Clone, PartialEq)]
+enum Typed {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(String),
+    /// Microseconds since the epoch (UTC for timestamptz; naive otherwise).
+    Time(i64),
+}
+
+impl Typed {
+    fn compare(&self, other: &Typed) -> Option<Ordering> {
+        match (self, other) {
+            (Typed::Int(a), Typed::Int(b)) => Some(a.cmp(b)),
+            (Typed::Int(a), Typed::Float(b)) => (*a as f64).partial_cmp(b),
+            (Typed::Float(a), Typed::Int(b)) => a.partial_cmp(&(*b as f64)),
+            (Typed::Float(a), Typed::Float(b)) => a.partial_cmp(b),
+            (Typed::Bool(a), Typed::Bool(b)) => Some(a.cmp(b)),
+            (Typed::Text(a), Typed::Text(b)) => Some(a.as_bytes().cmp(b.as_bytes())),
+            (Typed::Time(a), Typed::Time(b)) => Some(a.cmp(b)),
+            _ => None,
+        }
+    }
+}
+
+fn parse_time(kind: Kind, text: &str) -> Option<i64> {
+    let text = text.trim();
+    let micros = |dt: DateTime<Utc>| dt.timestamp_micros();
+    match kind {
+        Kind::Timestamptz => DateTime::parse_from_rfc3339(text)
+            .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
+            .map(|d| micros(d.with_timezone(&Utc)))
+            .ok()
+            .or_else(|| naive(text).map(|n| micros(n.and_utc()))),
+        _ => naive(text).map(|n| micros(n.and_utc())),
+    }
+}
+
+fn naive(text: &str) -> Option<NaiveDateTime> {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"))
+        .ok()
+        .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))
+}
+
+/// Converts filter text to the column's type (`None` when it does not convert).
+fn typed_from_text(kind: Kind, text: &str) -> Option<Typed> {
+    match kind {
+        Kind::Int => text.trim().parse().ok().map(Typed::Int),
+        Kind::Float => text.trim().parse().ok().map(Typed::Float),
+        Kind::Bool => match text.trim().to_ascii_lowercase().as_str() {
+            "t" | "true" | "yes" | "on" | "1" => Some(Typed::Bool(true)),
+            "f" | "false" | "no" | "off" | "0" => Some(Typed::Bool(false)),
+            _ => None,
+        },
+        Kind::Uuid => uuid::Uuid::parse_str(text.trim()).ok().map(|u| Typed::Text(u.to_string())),
+        Kind::Timestamptz | Kind::Timestamp => parse_time(kind, text).map(Typed::Time),
+        Kind::Date => NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok().map(|d| Typed::Text(d.to_string())),
+        Kind::Json => serde_json::from_str::<Value>(text).ok().map(|v| Typed::Text(v.to_string())),
+        Kind::Text => Some(Typed::Text(text.to_owned())),
+    }
+}
+
+/// Converts a row's JSON value to the column's type; `None` is SQL NULL.
+fn typed_from_json(kind: Kind, value: &Value) -> Option<Typed> {
+    match (kind, value) {
+        (_, Value::Null) => None,
+        (Kind::Int, Value::Number(n)) => n.as_i64().map(Typed::Int).or_else(|| n.as_f64().map(Typed::Float)),
+        (Kind::Float, Value::Number(n)) => n.as_f64().map(Typed::Float),
+        (Kind::Bool, Value::Bool(b)) => Some(Typed::Bool(*b)),
+        (Kind::Json, v) => Some(Typed::Text(v.to_string())),
+        (_, Value::String(s)) => typed_from_text(kind, s),
+        (_, v) => Some(Typed::Text(v.to_string())),
+    }
+}
+
+/// Text form used by `like` and `match`, as Postgres would print the value.
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        v => Some(v.to_string()),
+    }
+}
+
+/// What one typed condition tests.
+#[derive(Debug, Clone)]
+enum Test {
+    Compare(Op, Typed),
+    In(Vec<Typed>),
+    Like { pattern: Vec<char>, fold: bool },
+    Regex(regex_lite::Regex),
+    IsNull,
+    IsBool(bool),
+    /// `isdistinct`; `None` compares with NULL.
+    Distinct(Option<Typed>),
+}
+
+#[derive(Debug, Clone)]
+struct TypedCondition {
+    column: String,
+    kind: Kind,
+    negate: bool,
+    test: Test,
+}
+
+/// A filter typed against one table's columns, ready to evaluate.
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    conditions: Vec<TypedCondition>,
+}
+
+/// Types `conditions` against `columns` (name, pg `typname`).
+pub fn compile(conditions: &[Condition], columns: &[(String, String)]) -> Result<Compiled, FilterError> {
+    let conditions = conditions.iter().map(|c| compile_one(c, columns)).collect::<Result<_, _>>()?;
+    Ok(Compiled { conditions })
+}
+
+fn compile_one(c: &Condition, columns: &[(String, String)]) -> Result<TypedCondition, FilterError> {
+    let typname = columns.iter().find(|(n, _)| *n == c.column).map(|(_, t)| t.as_str());
+    let typname = typname.ok_or_else(|| FilterError::UnknownColumn(c.column.clone()))?;
+    let (kind, type_name) = kind_of(typname);
+    let typed = |v: &str| {
+        typed_from_text(kind, v).ok_or_else(|| FilterError::BadValue { type_name: type_name.into(), value: v.into() })
+    };
+    let first = c.values.first().map(String::as_str).unwrap_or("");
+    let test = match c.op {
+        Op::In => Test::In(c.values.iter().map(|v| typed(v)).collect::<Result<_, _>>()?),
+        Op::Like | Op::Ilike => Test::Like { pattern: first.chars().collect(), fold: c.op == Op::Ilike },
+        Op::Match | Op::Imatch => {
+            let source = if c.op == Op::Imatch { format!("(?i){first}") } else { first.to_owned() };
+            Test::Regex(regex_lite::Regex::new(&source).map_err(|e| FilterError::BadRegex(e.to_string()))?)
+        }
+        Op::Is => match (first.to_ascii_lowercase().as_str(), kind) {
+            ("null", _) => Test::IsNull,
+            ("unknown", Kind::Bool) => Test::IsNull,
+            ("true", Kind::Bool) => Test::IsBool(true),
+            ("false", Kind::Bool) => Test::IsBool(false),
+            _ => return Err(FilterError::BadIsValue(first.into())),
+        },
+        Op::IsDistinct if first.eq_ignore_ascii_case("null") => Test::Distinct(None),
+        Op::IsDistinct => Test::Distinct(Some(typed(first)?)),
+        op => Test::Compare(op, typed(first)?),
+    };
+    Ok(TypedCondition { column: c.column.clone(), kind, negate: c.negate, test })
+}
+
+impl Compiled {
+    /// True when every condition holds for `row`; an empty filter matches all.
+    pub fn matches(&self, row: &Map<String, Value>) -> bool {
+        self.conditions.iter().all(|c| c.holds(row))
+    }
+}
+
+impl TypedCondition {
+    fn holds(&self, row: &Map<String, Value>) -> bool {
+        let Some(raw) = row.get(&self.column) else {
+            return false;
+        };
+        let value = typed_from_json(self.kind, raw);
+        let verdict: Option<bool> = match &self.test {
+            Test::IsNull => Some(value.is_none()),
+            Test::IsBool(b) => Some(value == Some(Typed::Bool(*b))),
+            Test::Distinct(other) => Some(distinct(value.as_ref(), other.as_ref())),
+            Test::Compare(op, v) => value.and_then(|x| x.compare(v)).map(|o| ordering_holds(*op, o)),
+            Test::In(list) => value.map(|x| list.iter().any(|v| x.compare(v) == Some(Ordering::Equal))),
+            Test::Like { pattern, fold } => text_of(raw).map(|t| like(&t, pattern, *fold)),
+            Test::Regex(re) => text_of(raw).map(|t| re.is_match(&t)),
+        };
+        verdict.map(|v| v != self.negate).unwrap_or(false)
+    }
+}
+
+fn distinct(a: Option<&Typed>, b: Option<&Typed>) -> bool {
+    match (a, b) {
+        (None, None) => false,
+        (Some(a), Some(b)) => a.compare(b) != Some(Ordering::Equal),
+        _ => true,
+    }
+}
+
+fn ordering_holds(op: Op, o: Ordering) -> bool {
+    match op {
+        Op::Eq => o == Ordering::Equal,
+        Op::Neq => o != Ordering::Equal,
+        Op::Lt => o == Ordering::Less,
+        Op::Lte => o != Ordering::Greater,
+        Op::Gt => o == Ordering::Greater,
+        Op::Gte => o != Ordering::Less,
+        _ => false,
+    }
+}
+
+/// SQL LIKE: `%` any run, `_` one character, `\` escapes the next.
+fn like(text: &str, pattern: &[char], fold: bool) -> bool {
+    let fold_chars = |s: &str| -> Vec<char> {
+        if fold { s.to_lowercase().chars().collect() } else { s.chars().collect() }
+    };
+    let text = fold_chars(text);
+    let pattern: Vec<char> = if fold { fold_chars(&pattern.iter().collect::<String>()) } else { pattern.to_vec() };
+    like_at(&text, &pattern)
+}
+
+fn like_at(text: &[char], pattern: &[char]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some(('%', rest)) => (0..=text.len()).any(|i| like_at(&text[i..], rest)),
+        Some(('_', rest)) => !text.is_empty() && like_at(&text[1..], rest),
+        Some(('\\', rest)) if !rest.is_empty() => text.first() == Some(&rest[0]) && like_at(&text[1..], &rest[1..]),
+        Some((c, rest)) => text.first() == Some(c) && like_at(&text[1..], rest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn columns() -> Vec<(String, String)> {
+        [("id", "int8"), ("n", "int4"), ("title", "text"), ("done", "bool"), ("at", "timestamptz"), ("u", "uuid"), ("x", "float8")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn check(filter: &str, row: Value) -> bool {
+        let compiled = compile(&parse(filter).unwrap(), &columns()).unwrap();
+        compiled.matches(row.as_object().unwrap())
+    }
+
+    #[test]
+    fn each_operator_compares_as_the_column_type() {
+        let row = json!({"id": 10, "n": 5, "title": "Hello World", "done": true, "x": 2.5,
+                         "at": "2026-01-02T03:04:05.5+00:00", "u": "0b6c8a0e-8f6e-4a5e-9d3c-1f2e3d4c5b6a"});
+        let cases = [
+            ("n=eq.5", true), ("n=eq.05", true), ("n=neq.5", false), ("n=lt.10", true), ("n=lte.5", true),
+            ("n=gt.5", false), ("n=gte.5", true), ("n=in.(1,5,9)", true), ("n=in.(1,2)", false),
+            ("title=like.Hello%", true), ("title=like.hello%", false), ("title=ilike.hello%", true),
+            ("title=like.H_llo World", true), ("title=match.^H.*d$", true), ("title=imatch.^h", true),
+            ("done=is.true", true), ("done=is.false", false), ("done=eq.t", true), ("x=gt.2", true),
+            ("at=gt.2026-01-02 03:04:05+00", true), ("at=lt.2026-01-02T03:04:05.4Z", false),
+            ("u=eq.0B6C8A0E-8F6E-4A5E-9D3C-1F2E3D4C5B6A", true), ("n=isdistinct.5", false), ("n=isdistinct.null", true),
+            ("id=gt.9,n=lt.6", true), ("id=gt.9,n=lt.5", false), ("n=not.eq.5", false), ("n=not.in.(1,2)", true),
+        ];
+        for (filter, expected) in cases {
+            assert_eq!(check(filter, row.clone()), expected, "{filter}");
+        }
+    }
+
+    #[test]
+    fn nulls_follow_sql_three_valued_logic() {
+        let row = json!({"n": null, "done": null});
+        assert!(!check("n=eq.1", row.clone()));
+        assert!(!check("n=not.eq.1", row.clone()));
+        assert!(!check("n=neq.1", row.clone()));
+        assert!(check("n=is.null", row.clone()));
+        assert!(!check("n=not.is.null", row.clone()));
+        assert!(check("done=not.is.true", row.clone()));
+        assert!(check("n=isdistinct.1", row.clone()));
+        assert!(!check("n=not.isdistinct.1", row));
+    }
+
+    #[test]
+    fn a_column_missing_from_the_row_fails_closed() {
+        assert!(!check("n=eq.1", json!({"id": 1})));
+        assert!(!check("n=not.eq.1", json!({"id": 1})));
+    }
+
+    #[test]
+    fn quoted_values_may_hold_commas_and_parentheses() {
+        let conds = parse(r#"title=eq."a,b",title=in.(x,"y,(z)",w)"#).unwrap();
+        assert_eq!(conds[0].values, vec!["a,b"]);
+        assert_eq!(conds[1].values, vec!["x", "y,(z)", "w"]);
+        assert_eq!(parse(r#"title=eq."say \"hi\"""#).unwrap()[0].values, vec![r#"say "hi""#]);
+    }
+
+    #[test]
+    fn empty_filters_match_everything() {
+        assert!(parse("  ").unwrap().is_empty());
+        assert!(Compiled::default().matches(json!({}).as_object().unwrap()));
+    }
+
+    #[test]
+    fn bad_filters_get_supabase_texts() {
+        let err = |f: &str| {
+            parse(f).and_then(|c| compile(&c, &columns()).map(|_| ())).unwrap_err().to_string()
+        };
+        assert_eq!(err("n=foo.1"), r#"Error parsing `filter` params: ["n", "foo.1"]"#);
+        assert_eq!(err("n"), r#"Error parsing `filter` params: ["n"]"#);
+        assert_eq!(err("n=eq.1,,n=eq.2"), r#"Error parsing `filter` params: [""]"#);
+        assert_eq!(err("n=in.1,2"), "`in` filter value must be wrapped by parentheses");
+        assert_eq!(err("nope=eq.1"), "invalid column for filter nope");
+        assert_eq!(err("n=eq.abc"), r#"invalid input syntax for type integer: "abc""#);
+        assert_eq!(err("done=eq.maybe"), r#"invalid input syntax for type boolean: "maybe""#);
+        assert_eq!(err("n=is.true"), r#"invalid value for `is` filter: "true""#);
+        assert!(err("title=match.(").starts_with("invalid regular expression"));
+        let many = format!("n=in.({})", (0..101).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+        assert_eq!(err(&many), "too many values for `in` filter. Maximum 100");
+        let hundred = format!("n=in.({})", (0..100).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+        assert!(parse(&hundred).is_ok());
+    }
+
+    #[test]
+    fn like_escapes_and_wildcards_behave_as_in_sql() {
+        let p = |s: &str| s.chars().collect::<Vec<_>>();
+        assert!(like("100%", &p("100\\%"), false));
+        assert!(!like("1000", &p("100\\%"), false));
+        assert!(like("abc", &p("%"), false));
+        assert!(like("", &p("%"), false));
+        assert!(!like("ab", &p("a_c"), false));
+        assert!(like("ÀBC", &p("àb%"), true));
+    }
+}
