@@ -68,6 +68,7 @@ impl App {
         };
         let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(registry.clone()), live_tx, listener_config);
         let sockets = SocketContext {
+            pool: pool.clone(),
             registry,
             tables,
             verifier: Verifier::new(config.jwt_secret.expose()),

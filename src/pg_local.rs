@@ -41,6 +41,9 @@ pub struct LocalPostgres {
     dir: PathBuf,
     port: u16,
     pid: u32,
+    bin: PathBuf,
+    run_as: Option<(u32, u32)>,
+    durability: Durability,
 }
 
 /// Tuning for speed over durability, for tests; the demo keeps defaults.
@@ -74,10 +77,25 @@ impl LocalPostgres {
             return Err(PgLocalError::Step { step: "initdb", detail: String::from_utf8_lossy(&out.stderr).into_owned() });
         }
         let port = free_port().map_err(step("finding a free port"))?;
-        let pid = spawn_server(&bin, run_as, &dir, &data, port, durability)?;
-        let pg = LocalPostgres { dir, port, pid };
+        let pid = spawn_server(&bin, run_as, &dir, port, durability)?;
+        let pg = LocalPostgres { dir, port, pid, bin, run_as, durability };
         pg.wait_ready().await?;
         Ok(pg)
+    }
+
+    /// Stops the server (fast shutdown) and starts it again on the same port and data.
+    pub async fn restart(&mut self) -> Result<(), PgLocalError> {
+        self.shutdown_server();
+        self.pid = spawn_server(&self.bin, self.run_as, &self.dir, self.port, self.durability)?;
+        self.wait_ready().await
+    }
+
+    fn shutdown_server(&mut self) {
+        signal(self.pid, "INT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A connection URL for database `db`.
@@ -102,11 +120,7 @@ impl LocalPostgres {
         if self.pid == 0 {
             return;
         }
-        signal(self.pid, "INT");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.shutdown_server();
         self.pid = 0;
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -134,13 +148,14 @@ fn command(program: &Path, run_as: Option<(u32, u32)>, dir: &Path) -> Command {
 /// Starts `postgres` from a thread that lives as long as the server does:
 /// the parent-death signal fires when the spawning thread exits, so the
 /// spawner must not be a short-lived worker (a test thread, say).
-fn spawn_server(bin: &Path, run_as: Option<(u32, u32)>, dir: &Path, data: &Path, port: u16, durability: Durability) -> Result<u32, PgLocalError> {
-    let log = fs::File::create(dir.join("postgres.log")).map_err(step("creating the server log"))?;
+fn spawn_server(bin: &Path, run_as: Option<(u32, u32)>, dir: &Path, port: u16, durability: Durability) -> Result<u32, PgLocalError> {
+    let data = dir.join("data");
+    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("postgres.log")).map_err(step("opening the server log"))?;
     if let Some((uid, gid)) = run_as {
         std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid)).map_err(step("chown log"))?;
     }
     let mut cmd = command(&bin.join("postgres"), run_as, dir);
-    cmd.arg("-D").arg(data).args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"]);
+    cmd.arg("-D").arg(&data).args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"]);
     cmd.arg("-c").arg(format!("unix_socket_directories={}", dir.display()));
     cmd.args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"]);
     if durability == Durability::Fast {

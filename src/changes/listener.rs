@@ -48,11 +48,12 @@ pub enum ListenerError {
     Db(#[from] sqlx::Error),
     #[error("unreadable snapshot {0:?}")]
     Snapshot(String),
+    #[error("the LISTEN connection was lost")]
+    Lost,
 }
 
 const CHANNELS: [&str; 2] = ["rowcast_changes", "rowcast_tables"];
 const HEARTBEAT: Duration = Duration::from_secs(10);
-const PRUNE_EVERY: Duration = Duration::from_secs(30);
 const GAP_STALE: Duration = Duration::from_secs(1);
 const GAP_FORGET: Duration = Duration::from_secs(3600);
 
@@ -136,6 +137,9 @@ impl Listener {
 
     async fn session(&mut self, cancel: &CancellationToken) -> Result<(), ListenerError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
+        // The reader's own writes (flag, cursor, fences) need no durability wait.
+        sqlx::query("set synchronous_commit = off").execute(&mut listener).await?;
+        sqlx::query("set application_name = 'rowcast-listener'").execute(&mut listener).await?;
         listener.listen_all(CHANNELS).await?;
         self.tables.reload(&mut listener).await?;
         if self.window.is_none() {
@@ -179,8 +183,9 @@ impl Listener {
             let rang = tokio::select! {
                 // Shutdown.
                 _ = cancel.cancelled() => return Ok(()),
-                // The doorbell, a table reload, or a lost connection (Ok(None)).
-                note = s.listener.try_recv() => Some(note?),
+                // The doorbell or a table reload; Ok(None) is a lost connection, which
+                // we rebuild ourselves so the session's settings are applied again.
+                note = s.listener.try_recv() => Some(note?.ok_or(ListenerError::Lost)?),
                 // Fallback poll, or a short wait while a gap is undecided.
                 _ = tokio::time::sleep(wait) => None,
             };
@@ -191,13 +196,10 @@ impl Listener {
         }
     }
 
-    async fn on_notification(&mut self, s: &mut Session, note: Option<sqlx::postgres::PgNotification>) -> Result<(), ListenerError> {
-        let mut reload = note.as_ref().is_none_or(|n| n.channel() == "rowcast_tables");
+    async fn on_notification(&mut self, s: &mut Session, note: sqlx::postgres::PgNotification) -> Result<(), ListenerError> {
+        let mut reload = note.channel() == "rowcast_tables";
         while let Some(more) = s.listener.next_buffered() {
             reload |= more.channel() == "rowcast_tables";
-        }
-        if note.is_none() {
-            warn!("change listener reconnected; rescanning the log");
         }
         if reload {
             self.tables.reload(&mut s.listener).await?;
@@ -229,7 +231,9 @@ impl Listener {
                 .await?;
             s.last_heartbeat = Instant::now();
         }
-        if s.last_prune.elapsed() >= PRUNE_EVERY {
+        // Prune about as often as the retention allows, at most every 30 s.
+        let prune_every = self.config.retention.clamp(Duration::from_secs(1), Duration::from_secs(30));
+        if s.last_prune.elapsed() >= prune_every {
             self.prune(s).await?;
             s.last_prune = Instant::now();
         }
@@ -258,15 +262,24 @@ impl Listener {
             sqlx::query_as("select case when is_called then last_value else 0 end from rowcast.changes_id_seq")
                 .fetch_one(&mut s.listener)
                 .await?;
+        let fenced = self.window().needs_fence();
+        if fenced {
+            // A committed write of ours, newer than every writer that took an id up to `upper`.
+            sqlx::query("update rowcast.listeners set seen_at = now() where id = $1").bind(self.id).execute(&mut s.listener).await?;
+        }
         let (hw, gaps, batch) = (self.window().high_water(), self.window().gap_ids(), self.config.batch);
         let (snap, rows): (String, sqlx::types::Json<Vec<Row>>) = sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&mut s.listener).await?;
         let snapshot = Snapshot::parse(&snap).ok_or(ListenerError::Snapshot(snap))?;
         let rows: Vec<Change> = rows.0.into_iter().filter_map(Row::into_change).collect();
         let full = rows.len() as i64 >= batch;
         let upper = if full { rows.last().map_or(upper, |c| c.id) } else { upper };
-        let pass = self.window().pass(rows, &snapshot, upper, Instant::now());
+        tracing::trace!(hw, upper, ?gaps, running = ?snapshot.running, rows = ?rows.iter().map(|c| c.id).collect::<Vec<_>>(), "read pass");
+        let pass = self.window().pass(rows, &snapshot, upper, Instant::now(), fenced);
         for id in pass.forgotten {
             warn!(change_id = id, "gave up waiting for a change-log id held by a transaction open for over an hour");
+        }
+        if !pass.deliver.is_empty() {
+            debug!(count = pass.deliver.len(), first = pass.deliver[0].id, "delivering changes");
         }
         self.deliver(s, pass.deliver).await?;
         Ok(full)

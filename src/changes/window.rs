@@ -4,9 +4,16 @@
 //! id 11. The window reads behind a watermark: every id up to `hw` is either
 //! delivered, known never to appear (its transaction aborted), or a tracked
 //! gap. A gap is remembered with the transactions that were running when it
-//! was seen; the id's owner is necessarily among them (it took its id before
-//! the sequence was read, which precedes the snapshot). Once all of them have
-//! finished, the gap is final: the row is visible now, or never will be.
+//! was seen, and once all of them have finished it is final: the row is
+//! visible now, or never will be.
+//!
+//! A snapshot lists as running only xids below its `xmax` (latest completed
+//! xid + 1): the newest writer, with nothing newer finished, is invisible in
+//! both the rows and the running list. So a gap's running set is only taken
+//! from a *fenced* pass: one where, after reading the sequence, the reader
+//! committed a write of its own. That write's xid is newer than any writer
+//! that took an id before the sequence was read, so every such writer still
+//! running is below the snapshot's `xmax` and listed.
 //!
 //! While a fresh gap is undecided nothing after it is delivered (id order,
 //! which is commit order per row). A gap older than `stale_after` (one long
@@ -42,8 +49,8 @@ impl Snapshot {
 
 #[derive(Debug, Clone)]
 struct Gap {
-    /// Transactions running when the gap was first seen.
-    running: Vec<u64>,
+    /// Transactions running in the first fenced pass that saw the gap; `None` until one has.
+    running: Option<Vec<u64>>,
     since: Instant,
 }
 
@@ -87,6 +94,11 @@ impl Window {
         self.gaps.keys().next().map_or(self.hw, |first| first - 1)
     }
 
+    /// True when a gap has not yet been seen by a fenced pass.
+    pub fn needs_fence(&self) -> bool {
+        self.gaps.values().any(|g| g.running.is_none())
+    }
+
     /// True while a fresh gap holds back delivery (the reader should poll soon).
     pub fn is_waiting(&self, now: Instant) -> bool {
         self.gaps.values().any(|g| now.duration_since(g.since) < self.stale_after)
@@ -94,20 +106,23 @@ impl Window {
 
     /// Decides a pass. `rows` are the visible rows with id in the gaps or in
     /// `(hw, upper]`, sorted by id, read under `snapshot`; `upper` is the
-    /// highest id known to be handed out (or the last row of a full batch).
-    pub fn pass(&mut self, rows: Vec<Change>, snapshot: &Snapshot, upper: i64, now: Instant) -> Pass {
+    /// highest id known to be handed out (or the last row of a full batch);
+    /// `fenced` says the reader committed a write between reading `upper`
+    /// and taking `snapshot`.
+    pub fn pass(&mut self, rows: Vec<Change>, snapshot: &Snapshot, upper: i64, now: Instant, fenced: bool) -> Pass {
         let mut rows: BTreeMap<i64, Change> = rows.into_iter().map(|c| (c.id, c)).collect();
         let mut pass = Pass::default();
-        self.settle_gaps(&mut rows, snapshot, now, &mut pass);
+        self.settle_gaps(&mut rows, snapshot, now, fenced, &mut pass);
         let mut id = self.hw + 1;
         while id <= upper && !self.is_waiting(now) {
             match rows.remove(&id) {
                 Some(change) => pass.deliver.push(change),
-                None if !snapshot.running.is_empty() => {
-                    self.gaps.insert(id, Gap { running: snapshot.running.clone(), since: now });
+                // Fenced and nothing running: the id's transaction aborted.
+                None if fenced && snapshot.running.is_empty() => {}
+                None => {
+                    let running = fenced.then(|| snapshot.running.clone());
+                    self.gaps.insert(id, Gap { running, since: now });
                 }
-                // Nothing was running: the id's transaction aborted.
-                None => {}
             }
             self.hw = id;
             id += 1;
@@ -115,7 +130,7 @@ impl Window {
         pass
     }
 
-    fn settle_gaps(&mut self, rows: &mut BTreeMap<i64, Change>, snapshot: &Snapshot, now: Instant, pass: &mut Pass) {
+    fn settle_gaps(&mut self, rows: &mut BTreeMap<i64, Change>, snapshot: &Snapshot, now: Instant, fenced: bool, pass: &mut Pass) {
         let ids: Vec<i64> = self.gaps.keys().copied().collect();
         for id in ids {
             if let Some(change) = rows.remove(&id) {
@@ -123,8 +138,12 @@ impl Window {
                 pass.deliver.push(change);
                 continue;
             }
-            let gap = &self.gaps[&id];
-            if gap.running.iter().all(|x| !snapshot.running.contains(x)) {
+            let gap = self.gaps.get_mut(&id).expect("iterating known gaps");
+            if gap.running.is_none() && fenced {
+                gap.running = Some(snapshot.running.clone());
+            }
+            let finished = gap.running.as_ref().is_some_and(|r| r.iter().all(|x| !snapshot.running.contains(x)));
+            if finished {
                 self.gaps.remove(&id);
             } else if now.duration_since(gap.since) > self.forget_after {
                 self.gaps.remove(&id);
@@ -174,7 +193,7 @@ mod tests {
     #[test]
     fn contiguous_ids_are_delivered_in_order() {
         let mut w = window();
-        let p = w.pass(vec![change(1), change(2), change(3)], &snap(&[]), 3, Instant::now());
+        let p = w.pass(vec![change(1), change(2), change(3)], &snap(&[]), 3, Instant::now(), true);
         assert_eq!(ids(&p), [1, 2, 3]);
         assert_eq!(w.settled(), 3);
     }
@@ -184,23 +203,46 @@ mod tests {
         let mut w = window();
         let t0 = Instant::now();
         // id 1 was taken by transaction 700, still running; id 2 committed first.
-        let p = w.pass(vec![change(2)], &snap(&[700]), 2, t0);
+        let p = w.pass(vec![change(2)], &snap(&[700]), 2, t0, true);
         assert!(ids(&p).is_empty());
         assert!(w.is_waiting(t0));
         assert_eq!(w.gap_ids(), [1]);
         // 700 commits: both arrive, in id order.
-        let p = w.pass(vec![change(1), change(2)], &snap(&[]), 2, t0);
+        let p = w.pass(vec![change(1), change(2)], &snap(&[]), 2, t0, true);
         assert_eq!(ids(&p), [1, 2]);
         assert_eq!(w.settled(), 2);
+    }
+
+    #[test]
+    fn an_unfenced_gap_is_never_judged_aborted_even_when_nothing_seems_running() {
+        let mut w = window();
+        let t0 = Instant::now();
+        // The newest writer is above the snapshot's xmax, so it is not listed as running.
+        let p = w.pass(vec![change(2)], &snap(&[]), 2, t0, false);
+        assert!(ids(&p).is_empty());
+        assert!(w.needs_fence());
+        // A fenced pass sees it running, then it commits.
+        assert!(ids(&w.pass(vec![change(2)], &snap(&[700]), 2, t0, true)).is_empty());
+        assert!(!w.needs_fence());
+        assert_eq!(ids(&w.pass(vec![change(1), change(2)], &snap(&[]), 2, t0, false)), [1, 2]);
+    }
+
+    #[test]
+    fn a_fenced_pass_with_nothing_running_settles_a_missing_id_as_aborted() {
+        let mut w = window();
+        let t0 = Instant::now();
+        w.pass(vec![change(2)], &snap(&[]), 2, t0, false);
+        assert_eq!(ids(&w.pass(vec![change(2)], &snap(&[]), 2, t0, true)), [2]);
+        assert!(w.gap_ids().is_empty());
     }
 
     #[test]
     fn an_aborted_id_is_skipped_once_its_transactions_finish() {
         let mut w = window();
         let t0 = Instant::now();
-        w.pass(vec![change(2)], &snap(&[700]), 2, t0);
+        w.pass(vec![change(2)], &snap(&[700]), 2, t0, true);
         // 700 is gone and id 1 never appeared: it aborted. A new transaction 900 runs.
-        let p = w.pass(vec![change(2), change(3)], &snap(&[900]), 3, t0);
+        let p = w.pass(vec![change(2), change(3)], &snap(&[900]), 3, t0, true);
         assert_eq!(ids(&p), [2, 3]);
         assert!(w.gap_ids().is_empty());
     }
@@ -209,12 +251,12 @@ mod tests {
     fn a_stale_gap_stops_blocking_and_its_row_arrives_late_once() {
         let mut w = window();
         let t0 = Instant::now();
-        w.pass(vec![change(2)], &snap(&[700]), 2, t0);
+        w.pass(vec![change(2)], &snap(&[700]), 2, t0, true);
         let later = t0 + Duration::from_secs(2);
-        let p = w.pass(vec![change(2), change(3)], &snap(&[700]), 3, later);
+        let p = w.pass(vec![change(2), change(3)], &snap(&[700]), 3, later, true);
         assert_eq!(ids(&p), [2, 3]);
         assert_eq!(w.settled(), 0);
-        let p = w.pass(vec![change(1)], &snap(&[]), 3, later);
+        let p = w.pass(vec![change(1)], &snap(&[]), 3, later, true);
         assert_eq!(ids(&p), [1]);
         assert_eq!(w.settled(), 3);
     }
@@ -222,7 +264,7 @@ mod tests {
     #[test]
     fn ids_beyond_the_known_upper_bound_are_not_judged() {
         let mut w = window();
-        let p = w.pass(vec![change(1)], &snap(&[700]), 1, Instant::now());
+        let p = w.pass(vec![change(1)], &snap(&[700]), 1, Instant::now(), true);
         assert_eq!(ids(&p), [1]);
         assert_eq!(w.high_water(), 1);
         assert!(w.gap_ids().is_empty());
@@ -232,8 +274,8 @@ mod tests {
     fn gaps_tracked_too_long_are_forgotten_and_reported() {
         let mut w = Window::starting_after(0, Duration::from_secs(1), Duration::from_secs(10));
         let t0 = Instant::now();
-        w.pass(vec![change(2)], &snap(&[700]), 2, t0);
-        let p = w.pass(vec![change(2)], &snap(&[700]), 2, t0 + Duration::from_secs(11));
+        w.pass(vec![change(2)], &snap(&[700]), 2, t0, true);
+        let p = w.pass(vec![change(2)], &snap(&[700]), 2, t0 + Duration::from_secs(11), true);
         assert_eq!(p.forgotten, [1]);
         assert_eq!(ids(&p), [2]);
         assert_eq!(w.settled(), 2);

@@ -36,14 +36,17 @@ pub struct JoinPlan {
     pub broadcast_self: bool,
     /// `config.broadcast.ack`.
     pub broadcast_ack: bool,
+    /// Some binding named a table the cache does not know (it may have just been enabled).
+    pub unknown_tables: bool,
 }
 
 /// The id Supabase would give `raw`: a hash of its canonical JSON, below 2^27.
+/// Never 0: realtime-js skips falsy ids, so a 0 would silently deliver nothing.
 pub fn binding_id(raw: &Value) -> u32 {
     // FNV-1a; serde_json maps are sorted, so the text is canonical.
     let text = raw.to_string();
     let hash = text.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
-    hash & ((1 << 27) - 1)
+    (hash & ((1 << 27) - 1)).max(1)
 }
 
 /// Reads the join `payload` against the enabled `tables`.
@@ -57,6 +60,7 @@ pub fn plan(payload: &Value, tables: &Tables) -> JoinPlan {
         notices: Vec::new(),
         broadcast_self: flag("broadcast", "self"),
         broadcast_ack: flag("broadcast", "ack"),
+        unknown_tables: false,
     };
     let mut echoed = Vec::with_capacity(raw_bindings.len());
     for raw in &raw_bindings {
@@ -66,7 +70,11 @@ pub fn plan(payload: &Value, tables: &Tables) -> JoinPlan {
         echoed.push(Value::Object(echo));
         match binding(id, raw, tables) {
             Ok(b) => plan.bindings.push(b),
-            Err(message) => plan.notices.push(Notice { ok: false, message }),
+            Err(Refusal::NotEnabled(message)) => {
+                plan.unknown_tables = true;
+                plan.notices.push(Notice { ok: false, message });
+            }
+            Err(Refusal::Invalid(message)) => plan.notices.push(Notice { ok: false, message }),
         }
     }
     if !plan.bindings.is_empty() {
@@ -81,15 +89,23 @@ fn truthy(v: &Value) -> bool {
     v.as_bool().unwrap_or_else(|| v.as_str() == Some("true"))
 }
 
-fn binding(id: u32, raw: &Value, tables: &Tables) -> Result<Binding, String> {
+/// Why a binding cannot deliver.
+enum Refusal {
+    /// No enabled table matches (yet).
+    NotEnabled(String),
+    /// The binding itself is wrong.
+    Invalid(String),
+}
+
+fn binding(id: u32, raw: &Value, tables: &Tables) -> Result<Binding, Refusal> {
     let obj = raw.as_object().cloned().unwrap_or_default();
     let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
     let (schema, table) = (text("schema"), text("table").filter(|t| t != "*"));
     if schema.is_none() && text("table").is_none() {
-        return Err(format!(
+        return Err(Refusal::Invalid(format!(
             "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {}",
             describe(&obj)
-        ));
+        )));
     }
     let schema = schema.unwrap_or_else(|| "public".into());
     let event = match text("event").unwrap_or_default().to_ascii_uppercase().as_str() {
@@ -99,20 +115,20 @@ fn binding(id: u32, raw: &Value, tables: &Tables) -> Result<Binding, String> {
         _ => EventFilter::All,
     };
     let filter_text = text("filter").unwrap_or_default();
-    let conditions = filter::parse(&filter_text).map_err(|e| e.to_string())?;
+    let conditions = filter::parse(&filter_text).map_err(|e| Refusal::Invalid(e.to_string()))?;
     let matching: Vec<_> = tables
         .all()
         .into_iter()
         .filter(|m| (schema == "*" || m.schema == schema) && table.as_ref().is_none_or(|t| *t == m.table))
         .collect();
     if matching.is_empty() {
-        return Err(format!(
+        return Err(Refusal::NotEnabled(format!(
             "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: {}",
             describe(&obj)
-        ));
+        )));
     }
     let compiled = match (&table, matching.first()) {
-        (Some(_), Some(meta)) => Some(filter::compile(&conditions, &meta.column_types()).map_err(|e| exception(&obj, &e))?),
+        (Some(_), Some(meta)) => Some(filter::compile(&conditions, &meta.column_types()).map_err(|e| Refusal::Invalid(exception(&obj, &e)))?),
         _ => None,
     };
     Ok(Binding { id, event, schema, table, conditions, compiled })

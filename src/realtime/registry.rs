@@ -50,6 +50,9 @@ impl Outbox {
 
     fn push(&self, frame: Outgoing) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+            if !self.slow.is_cancelled() {
+                tracing::warn!("a socket's outgoing queue is full: closing it as a slow consumer");
+            }
             self.slow.cancel();
         }
     }

@@ -30,6 +30,7 @@ use crate::config::Limits;
 /// Everything a socket task needs from the app; cheap to clone.
 #[derive(Clone)]
 pub struct SocketContext {
+    pub pool: sqlx::PgPool,
     pub registry: Registry,
     pub tables: Tables,
     pub verifier: Verifier,
@@ -224,7 +225,10 @@ impl Conn {
             let reason = "UnableToConnectToProject: Realtime was unable to connect to the project database";
             return self.reply(&m, protocol::reply_error(reason)).await;
         }
-        let plan = channel::plan(&m.payload, &self.ctx.tables);
+        let mut plan = channel::plan(&m.payload, &self.ctx.tables);
+        if plan.unknown_tables && self.ctx.tables.reload(&self.ctx.pool).await.is_ok() {
+            plan = channel::plan(&m.payload, &self.ctx.tables);
+        }
         let exp = principal.exp;
         let sub = Subscription::new(m.topic.as_str().into(), self.outbox.clone(), principal, plan.bindings, plan.broadcast_self);
         let sub = self.ctx.registry.insert(sub);

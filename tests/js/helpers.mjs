@@ -11,12 +11,12 @@ import pg from 'pg'
 import WebSocket from 'ws'
 
 /** How long to wait for an event that must arrive. */
-export const TIMEOUT_MS = 5_000
+const TIMEOUT_MS = 5_000
 /** supabase-js reports TIMED_OUT after 10 s without a join reply; wait a little longer. */
 const JOIN_TIMEOUT_MS = 11_000
 
 /** `commit_timestamp` as Supabase sends it: UTC, milliseconds, literal Z. */
-export const COMMIT_TIMESTAMP = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
+const COMMIT_TIMESTAMP = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 
 const REQUIRED_ENV = {
   ROWCAST_URL: 'base URL of a running rowcast gateway, e.g. http://127.0.0.1:41234',
@@ -25,7 +25,7 @@ const REQUIRED_ENV = {
 }
 
 /** Reads the required variables; throws naming every missing one. These tests never skip. */
-export function requireEnv(env = process.env) {
+function requireEnv(env = process.env) {
   const missing = Object.keys(REQUIRED_ENV).filter((name) => !env[name])
   if (missing.length > 0) {
     const lines = missing.map((name) => `  ${name}: ${REQUIRED_ENV[name]}`)
@@ -37,7 +37,7 @@ export function requireEnv(env = process.env) {
   return Object.fromEntries(Object.keys(REQUIRED_ENV).map((name) => [name, env[name]]))
 }
 
-export const ENV = requireEnv()
+const ENV = requireEnv()
 
 // ---------------------------------------------------------------------------------------------
 // JWTs
@@ -192,7 +192,7 @@ export async function userClient(t, jwt, options) {
 // Waiting for events
 
 /** Collects events and waits for one matching a predicate, failing after a timeout. */
-export class Recorder {
+class Recorder {
   items = []
   #waiters = new Set()
 

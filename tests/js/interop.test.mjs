@@ -214,13 +214,17 @@ test("a channel joined before the user's token resolved delivers their rows once
 test('a refreshed token keeps a channel alive past the old expiry, and an expired token closes the channel with a system message', async (t) => {
   const todos = await Table.create(pool, 'owner')
   const alice = newUserId()
-  // Minted together, so the refreshed channel's first token lapses at least a second earlier.
-  const shortLived = token({ sub: alice, expSeconds: 3 })
-  const expiring = token({ sub: alice, expSeconds: 4 })
-  const refreshing = await userClient(t, shortLived)
-  const kept = await subscribe(refreshing.client, 'refreshed', [{ table: todos }])
+  // Minted together, so the refreshed channel's first token lapses at least a second earlier
+  // than the one left to expire: once that one has closed its channel, the other had to survive.
+  const [refreshing, lapsing] = await Promise.all([
+    userClient(t, token({ sub: alice, expSeconds: 4 })),
+    userClient(t, token({ sub: alice, expSeconds: 5 })),
+  ])
+  const [kept, lapsed] = await Promise.all([
+    subscribe(refreshing.client, 'refreshed', [{ table: todos }]),
+    subscribe(lapsing.client, 'expiring', [{ table: todos }]),
+  ])
   await refreshing.setToken(token({ sub: alice }))
-  const lapsed = await subscribe((await userClient(t, expiring)).client, 'expiring', [{ table: todos }])
 
   const notice = await lapsed.system.waitFor((m) => m.extension === 'system', {
     timeout: 10_000,

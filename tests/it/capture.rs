@@ -1,0 +1,167 @@
+//! Change capture: nothing skipped when commits land out of id order, nothing
+//! lost or repeated under concurrent writers, the doorbell rule, pruning.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection};
+
+use crate::harness::{fresh_database, spawn_app, spawn_app_with, Client, WAIT};
+use rowcast::config::Limits;
+
+fn todos() -> serde_json::Value {
+    json!([{"event": "INSERT", "schema": "public", "table": "todos"}])
+}
+
+/// Waits until the gateway's reader has run a read after `since` (a clock_timestamp text).
+async fn reader_has_read_after(pool: &sqlx::PgPool, since: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (done,): (bool,) = sqlx::query_as(
+            "select coalesce(max(query_start) > $1::timestamptz, false) from pg_stat_activity \
+             where datname = current_database() and query like '%pg_current_snapshot()::text%' and pid <> pg_backend_pid()",
+        )
+        .bind(since)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if done {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the reader never read the log");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_lands_out_of_id_order_is_neither_skipped_nor_reordered() {
+    let app = spawn_app().await;
+    app.owned_table("todos").await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    c.subscribe("o", todos(), Some(&app.token(None, "service_role"))).await;
+    let mut slow = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("begin").execute(&mut slow).await.unwrap();
+    sqlx::query("insert into todos (user_id, title) values ('u', 'first id, commits last')").execute(&mut slow).await.unwrap();
+    app.sql("insert into todos (user_id, title) values ('u', 'second id, commits first')").await;
+    let (now,): (String,) = sqlx::query_as("select clock_timestamp()::text").fetch_one(&app.pool).await.unwrap();
+    reader_has_read_after(&app.pool, &now).await;
+    sqlx::query("commit").execute(&mut slow).await.unwrap();
+    assert_eq!(c.change("o").await["data"]["record"]["title"], "first id, commits last");
+    assert_eq!(c.change("o").await["data"]["record"]["title"], "second id, commits first");
+}
+
+#[tokio::test]
+async fn concurrent_writers_lose_nothing_and_repeat_nothing() {
+    let app = spawn_app().await;
+    app.owned_table("todos").await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    c.subscribe("w", todos(), Some(&app.token(None, "service_role"))).await;
+    let (writers, each) = (8, 60);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let pool = app.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..each {
+                sqlx::query("insert into todos (user_id, title, n) values ($1, $2, $3)")
+                    .bind(format!("w{w}"))
+                    .bind(format!("w{w}"))
+                    .bind(i)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..writers * each {
+        let record = c.change("w").await["data"]["record"].clone();
+        assert!(ids.insert(record["id"].as_i64().unwrap()), "change delivered twice: {record}");
+        let prev = last.insert(record["title"].as_str().unwrap().to_owned(), record["n"].as_i64().unwrap());
+        assert_eq!(record["n"].as_i64().unwrap(), prev.map_or(0, |p| p + 1), "each writer's rows arrive in its commit order");
+    }
+    assert_eq!(ids.len(), (writers * each) as usize);
+}
+
+/// Inserts a captured row, then sends a sentinel NOTIFY; true if the bell rang before the sentinel.
+async fn insert_rings(url: &str, bell: &mut PgListener) -> bool {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::query("insert into t (user_id) values ('u')").execute(&mut c).await.unwrap();
+    sqlx::query("select pg_notify('rowcast_changes', 'sentinel')").execute(&mut c).await.unwrap();
+    let mut rang = false;
+    loop {
+        let note = tokio::time::timeout(WAIT, bell.recv()).await.expect("a notification").unwrap();
+        if note.payload() == "sentinel" {
+            return rang;
+        }
+        rang = true;
+    }
+}
+
+#[tokio::test]
+async fn writers_ring_the_doorbell_only_while_a_live_listener_is_idle() {
+    let url = fresh_database().await;
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("create table t (id serial primary key, user_id text); select rowcast.enable('public.t', owner_column => 'user_id');")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut bell = PgListener::connect(&url).await.unwrap();
+    bell.listen("rowcast_changes").await.unwrap();
+    let set = |idle: bool, seen: &str| {
+        format!("insert into rowcast.listeners (id, idle, seen_at) values ('00000000-0000-0000-0000-000000000001', {idle}, {seen}) \
+                 on conflict (id) do update set idle = excluded.idle, seen_at = excluded.seen_at")
+    };
+    assert!(!insert_rings(&url, &mut bell).await, "no listener registered: no bell");
+    sqlx::query(&set(false, "now()")).execute(&mut conn).await.unwrap();
+    assert!(!insert_rings(&url, &mut bell).await, "a busy listener gets no bell");
+    sqlx::query(&set(true, "now()")).execute(&mut conn).await.unwrap();
+    assert!(insert_rings(&url, &mut bell).await, "an idle listener is woken");
+    sqlx::query(&set(true, "now() - interval '1 minute'")).execute(&mut conn).await.unwrap();
+    assert!(!insert_rings(&url, &mut bell).await, "a listener silent for over 30 s is presumed dead");
+}
+
+#[tokio::test]
+async fn read_changes_are_pruned_from_the_log() {
+    let app = spawn_app_with(Limits { change_retention_secs: 0, poll_ms: 100, ..Limits::default() }).await;
+    app.owned_table("todos").await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    c.subscribe("p", todos(), Some(&app.token(None, "service_role"))).await;
+    app.sql("insert into todos (user_id) select 'u' from generate_series(1, 20)").await;
+    for _ in 0..20 {
+        c.change("p").await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (left,): (i64,) = sqlx::query_as("select count(*) from rowcast.changes").fetch_one(&app.pool).await.unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} changes still in the log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_table_stops_delivering_and_enable_needs_a_primary_key() {
+    let app = spawn_app().await;
+    app.owned_table("todos").await;
+    app.sql("create table other (id serial primary key, user_id text); select rowcast.enable('public.other', owner_column => 'user_id');").await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    let both = json!([{"event": "INSERT", "schema": "public", "table": "todos"}, {"event": "INSERT", "schema": "public", "table": "other"}]);
+    c.subscribe("d", both, Some(&app.token(None, "service_role"))).await;
+    app.sql("select rowcast.disable('public.todos'); insert into todos (user_id) values ('u'); insert into other (user_id) values ('u');").await;
+    assert_eq!(c.change("d").await["data"]["table"], "other");
+    let err = sqlx::raw_sql("create table nopk (user_id text); select rowcast.enable('public.nopk', owner_column => 'user_id');")
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("needs a primary key"), "{err}");
+    let err = sqlx::raw_sql("select rowcast.enable('public.other', owner_column => 'nope')").execute(&app.pool).await.unwrap_err();
+    assert!(err.to_string().contains("no column named"), "{err}");
+}

@@ -1,0 +1,337 @@
+//! Test harness: a throwaway Postgres per test process (the same launcher as
+//! `rowcast demo`), a fresh database per test cloned from a migrated
+//! template, the app on port 0, and a raw WebSocket client. Every wait has a
+//! timeout; nothing sleeps to make a test pass.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rowcast::app::{App, AppConfig};
+use rowcast::auth::Verifier;
+use rowcast::config::{Limits, Secret};
+use rowcast::pg_local::{Durability, LocalPostgres};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgPool};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Mutex, OnceCell};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+static CLUSTER: OnceCell<LocalPostgres> = OnceCell::const_new();
+static TEMPLATE: OnceCell<()> = OnceCell::const_new();
+static CREATE_LOCK: Mutex<()> = Mutex::const_new(());
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// The process-wide throwaway cluster.
+pub async fn cluster() -> &'static LocalPostgres {
+    CLUSTER
+        .get_or_init(|| async {
+            LocalPostgres::start(Durability::Fast).await.unwrap_or_else(|e| panic!("could not start the test Postgres: {e}"))
+        })
+        .await
+}
+
+async fn admin(pg: &LocalPostgres, sql: &str) {
+    let mut conn = sqlx::PgConnection::connect(&pg.url("postgres")).await.expect("admin connection");
+    sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    conn.close().await.ok();
+}
+
+/// A new database with the migrations applied; returns its URL.
+pub async fn fresh_database() -> String {
+    let pg = cluster().await;
+    TEMPLATE
+        .get_or_init(|| async {
+            admin(pg, "create database rowcast_template").await;
+            let pool = PgPool::connect(&pg.url("rowcast_template")).await.expect("template pool");
+            rowcast::app::migrate(&pool).await.expect("migrating the template");
+            pool.close().await;
+        })
+        .await;
+    let name = format!("t{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+    let _guard = CREATE_LOCK.lock().await;
+    admin(pg, &format!("create database {name} template rowcast_template")).await;
+    pg.url(&name)
+}
+
+/// A running app on its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db_url: String,
+    pub pool: PgPool,
+    pub verifier: Verifier,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Spawns the app with default limits.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Limits { poll_ms: 200, ..Limits::default() }).await
+}
+
+/// Spawns the app with `limits`.
+pub async fn spawn_app_with(limits: Limits) -> TestApp {
+    // ROWCAST_LOG=debug shows the gateway's logs under `--nocapture`.
+    if let Ok(filter) = std::env::var("ROWCAST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+    let db_url = fresh_database().await;
+    let config = AppConfig { database_url: db_url.clone(), listen: "127.0.0.1:0".parse().unwrap(), jwt_secret: Secret::new(SECRET), limits };
+    let app = App::build(config).await.expect("building the app");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    let pool = PgPool::connect(&db_url).await.expect("test pool");
+    let test_app = TestApp { addr, db_url, pool, verifier: Verifier::new(SECRET), stop: Some(tx), task: Some(task) };
+    test_app.wait_healthy().await;
+    test_app
+}
+
+impl TestApp {
+    /// A handle on an app that someone else runs (no shutdown through it).
+    pub async fn attach(addr: SocketAddr, db_url: &str) -> TestApp {
+        let pool = PgPool::connect(db_url).await.expect("test pool");
+        TestApp { addr, db_url: db_url.to_owned(), pool, verifier: Verifier::new(SECRET), stop: None, task: None }
+    }
+
+    /// A token for `sub` with `role`, valid an hour.
+    pub fn token(&self, sub: Option<&str>, role: &str) -> String {
+        self.verifier.mint(sub, role, 3600)
+    }
+
+    /// A user's token.
+    pub fn user(&self, sub: &str) -> String {
+        self.token(Some(sub), "authenticated")
+    }
+
+    /// The anon key.
+    pub fn anon(&self) -> String {
+        self.token(None, "anon")
+    }
+
+    /// `/realtime/v1/websocket` with `apikey` and `vsn`.
+    pub fn ws_url(&self, apikey: &str, vsn: &str) -> String {
+        format!("ws://{}/realtime/v1/websocket?apikey={apikey}&vsn={vsn}", self.addr)
+    }
+
+    /// GET `path`; status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if self.get("/health").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the app did not become healthy within {WAIT:?}");
+    }
+
+    /// Runs SQL on the app's database.
+    pub async fn sql(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Creates `public.<name>` (id, user_id, title, n, done, meta) with capture on, owned by user_id.
+    pub async fn owned_table(&self, name: &str) {
+        self.sql(&format!(
+            "create table public.{name} (id bigserial primary key, user_id text not null, title text, n int, \
+             done boolean not null default false, meta jsonb, at timestamptz default now());
+             select rowcast.enable('public.{name}', owner_column => 'user_id');"
+        ))
+        .await;
+    }
+
+    /// Stops the app and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.expect("app stops in time").expect("app task").expect("app run");
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET without a client library.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// A decoded server frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub join_ref: Value,
+    pub msg_ref: Value,
+    pub topic: String,
+    pub event: String,
+    pub payload: Value,
+}
+
+/// How a socket ended, seen from the client.
+#[derive(Debug)]
+pub enum Ended {
+    Closed(Option<(u16, String)>),
+}
+
+/// A raw Phoenix client over tokio-tungstenite.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    v2: bool,
+    next_ref: u32,
+}
+
+impl Client {
+    /// Connects with `apikey` speaking `vsn`.
+    pub async fn connect(app: &TestApp, apikey: &str, vsn: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(app.ws_url(apikey, vsn)).await.expect("websocket connect");
+        Client { ws, v2: vsn.starts_with('2'), next_ref: 1 }
+    }
+
+    /// Connects speaking vsn 2.0.0 with `apikey`.
+    pub async fn v2(app: &TestApp, apikey: &str) -> Client {
+        Client::connect(app, apikey, "2.0.0").await
+    }
+
+    /// A fresh ref.
+    pub fn make_ref(&mut self) -> String {
+        self.next_ref += 1;
+        self.next_ref.to_string()
+    }
+
+    /// Sends a frame in this socket's serializer.
+    pub async fn send(&mut self, join_ref: Option<&str>, msg_ref: &str, topic: &str, event: &str, payload: Value) {
+        let text = if self.v2 {
+            json!([join_ref, msg_ref, topic, event, payload]).to_string()
+        } else {
+            json!({"join_ref": join_ref, "ref": msg_ref, "topic": topic, "event": event, "payload": payload}).to_string()
+        };
+        self.send_raw(Message::Text(text.into())).await;
+    }
+
+    /// Sends any message.
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("websocket send");
+    }
+
+    /// The next text frame (panics after `WAIT`).
+    pub async fn recv(&mut self) -> Frame {
+        match self.next().await {
+            Ok(f) => f,
+            Err(ended) => panic!("socket ended while a frame was expected: {ended:?}"),
+        }
+    }
+
+    /// The next frame, or how the socket ended.
+    pub async fn next(&mut self) -> Result<Frame, Ended> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("no frame within the wait");
+            match msg {
+                Some(Ok(Message::Text(text))) => return Ok(self.decode(text.as_str())),
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(Ended::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string()))));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(Ended::Closed(None)),
+            }
+        }
+    }
+
+    /// Waits for the close frame, skipping other frames.
+    pub async fn closed(&mut self) -> Option<(u16, String)> {
+        loop {
+            if let Err(Ended::Closed(c)) = self.next().await {
+                return c;
+            }
+        }
+    }
+
+    fn decode(&self, text: &str) -> Frame {
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("server sent non-JSON {text:?}: {e}"));
+        if self.v2 {
+            let a = v.as_array().unwrap_or_else(|| panic!("v2 frame is not an array: {text}"));
+            assert_eq!(a.len(), 5, "v2 frames have five elements: {text}");
+            Frame { join_ref: a[0].clone(), msg_ref: a[1].clone(), topic: s(&a[2]), event: s(&a[3]), payload: a[4].clone() }
+        } else {
+            assert!(v.get("join_ref").is_none(), "v1 server frames carry no join_ref: {text}");
+            Frame { join_ref: Value::Null, msg_ref: v["ref"].clone(), topic: s(&v["topic"]), event: s(&v["event"]), payload: v["payload"].clone() }
+        }
+    }
+
+    /// Waits for a frame with `event` on `topic`, skipping others.
+    pub async fn recv_event(&mut self, topic: &str, event: &str) -> Frame {
+        loop {
+            let f = self.recv().await;
+            if f.topic == topic && f.event == event {
+                return f;
+            }
+        }
+    }
+
+    /// Joins `realtime:<name>` with `bindings`; returns the reply payload.
+    pub async fn join(&mut self, name: &str, bindings: Value, access_token: Option<&str>) -> Value {
+        let topic = format!("realtime:{name}");
+        let r = self.make_ref();
+        let mut payload = json!({"config": {"broadcast": {"self": false, "ack": false}, "presence": {"key": ""}, "postgres_changes": bindings, "private": false}});
+        if let Some(t) = access_token {
+            payload["access_token"] = json!(t);
+        }
+        self.send(Some(&r), &r, &topic, "phx_join", payload).await;
+        loop {
+            let f = self.recv().await;
+            if f.event == "phx_reply" && f.msg_ref == json!(r) {
+                return f.payload;
+            }
+        }
+    }
+
+    /// Joins and asserts an `ok` reply followed by `Subscribed to PostgreSQL`.
+    pub async fn subscribe(&mut self, name: &str, bindings: Value, access_token: Option<&str>) -> Value {
+        let reply = self.join(name, bindings, access_token).await;
+        assert_eq!(reply["status"], "ok", "join refused: {reply}");
+        let sys = self.recv_event(&format!("realtime:{name}"), "system").await;
+        assert_eq!(sys.payload["message"], "Subscribed to PostgreSQL", "{}", sys.payload);
+        reply
+    }
+
+    /// The next `postgres_changes` payload on `realtime:<name>`.
+    pub async fn change(&mut self, name: &str) -> Value {
+        self.recv_event(&format!("realtime:{name}"), "postgres_changes").await.payload
+    }
+
+    /// Sends a heartbeat and waits for its reply (proves the socket is healthy).
+    pub async fn heartbeat(&mut self) {
+        let r = self.make_ref();
+        self.send(None, &r, "phoenix", "heartbeat", json!({})).await;
+        loop {
+            let f = self.recv().await;
+            if f.topic == "phoenix" && f.msg_ref == json!(r) {
+                assert_eq!(f.payload, json!({"status": "ok", "response": {}}));
+                return;
+            }
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}

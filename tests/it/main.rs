@@ -1,0 +1,11 @@
+//! Integration tests: a real Postgres, the real app on port 0, raw WebSocket
+//! frames, the real supabase-js under Node. One binary, one module per area.
+
+mod harness;
+
+mod authz;
+mod capture;
+mod delivery;
+mod faults;
+mod limits;
+mod protocol;
