@@ -7,5 +7,6 @@ mod authz;
 mod capture;
 mod delivery;
 mod faults;
+mod interop;
 mod limits;
 mod protocol;

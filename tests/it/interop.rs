@@ -1,0 +1,35 @@
+//! The real `@supabase/supabase-js` (pinned in tests/js/package-lock.json)
+//! under Node against the gateway. The suite lives in tests/js; this test
+//! gives it a fresh gateway and database and fails with its output.
+
+use std::path::Path;
+
+use crate::harness::{spawn_app, SECRET};
+
+/// Runs `node --test <file>` in tests/js against `app`; panics with the output on failure.
+pub async fn run_node_suite(app: &crate::harness::TestApp, file: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        dir.join("node_modules/@supabase/supabase-js").exists(),
+        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test does this)"
+    );
+    let out = tokio::process::Command::new("node")
+        .args(["--test", "--test-reporter=spec", file])
+        .current_dir(&dir)
+        .env("ROWCAST_URL", format!("http://{}", app.addr))
+        .env("DATABASE_URL", &app.db_url)
+        .env("JWT_SECRET", SECRET)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running node (is Node.js 20+ installed?)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "supabase-js suite {file} failed:\n{text}");
+    println!("{text}");
+}
+
+#[tokio::test]
+async fn the_official_supabase_js_client_passes_the_interop_suite() {
+    let app = spawn_app().await;
+    run_node_suite(&app, "interop.test.mjs").await;
+}
