@@ -1,13 +1,18 @@
 //! The composition root: pool, migrations, subsystems, ordered shutdown.
 //!
-//! `App::build` connects, migrates and binds (port 0 works, see
-//! `local_addr`); `App::run` serves until the shutdown future resolves, then
-//! stops in order: stop accepting, close sockets with `phx_close`, stop the
-//! change listener, close the pool. `main` and every test use this same path.
-//! Also home of the small admin commands (migrate, enable, disable).
+//! `App::build` connects, migrates, binds (port 0 works, see `local_addr`)
+//! and wires the gateway (HTTP, realtime, change listener) and the job
+//! runner, either of which may be switched off. `App::run` serves until the
+//! shutdown future resolves, then stops in order: stop accepting, close
+//! sockets with `phx_close`, let running job steps finish within the grace
+//! period, stop the change listener, close the pool. `main` and every test
+//! use this same path. Also home of the small admin commands.
+
+pub mod demo;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +30,13 @@ use crate::changes::listener::{Listener, ListenerConfig};
 use crate::changes::tables::Tables;
 use crate::config::{Limits, Secret};
 use crate::http::{self, AppState};
+use crate::jobs::config::JobsConfig;
+use crate::jobs::handlers::JobsState;
+use crate::jobs::hooks::Hooks;
+use crate::jobs::runner::Runner;
+use crate::jobs::scheduler::Scheduler;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
-
-pub mod demo;
 
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -40,15 +48,45 @@ pub struct AppConfig {
     pub listen: SocketAddr,
     pub jwt_secret: Secret,
     pub limits: Limits,
+    pub jobs: JobsConfig,
+    /// Serve HTTP, realtime and the change listener.
+    pub gateway: bool,
+    /// Run the job runner and its upkeep.
+    pub runner: bool,
+    /// Offer `/demo/session` (demo tokens) and the web demo. Only `rowcast demo` sets it.
+    pub demo: bool,
+    /// Where the web demo's files are.
+    pub web_dir: PathBuf,
+}
+
+impl AppConfig {
+    /// Gateway and runner on `database_url`, default limits, no job types, no demo.
+    pub fn new(database_url: impl Into<String>, listen: SocketAddr, jwt_secret: Secret) -> Self {
+        AppConfig {
+            database_url: database_url.into(),
+            listen,
+            jwt_secret,
+            limits: Limits::default(),
+            jobs: JobsConfig::default(),
+            gateway: true,
+            runner: true,
+            demo: false,
+            web_dir: PathBuf::from("web-demo"),
+        }
+    }
+}
+
+struct Gateway {
+    listener: TcpListener,
+    state: AppState,
+    change_listener: Listener,
 }
 
 /// A built, bound, not yet running app.
 pub struct App {
-    listener: TcpListener,
-    state: AppState,
     pool: PgPool,
-    change_listener: Listener,
-    root: CancellationToken,
+    gateway: Option<Gateway>,
+    runner: Option<(Runner, Scheduler)>,
 }
 
 impl App {
@@ -56,61 +94,96 @@ impl App {
     pub async fn build(config: AppConfig) -> anyhow::Result<App> {
         let pool = connect(&config.database_url).await?;
         migrate(&pool).await?;
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let root = CancellationToken::new();
-        let (live_tx, live_rx) = watch::channel(false);
-        let tables = Tables::default();
-        let registry = Registry::new(config.limits.max_record_bytes);
-        let listener_config = ListenerConfig {
-            poll: Duration::from_millis(config.limits.poll_ms.max(1)),
-            retention: Duration::from_secs(config.limits.change_retention_secs),
-            batch: 500,
+        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
+        let jobs = Arc::new(config.jobs.clone());
+        let runner = if config.runner {
+            Runner::sync_types(&pool, &jobs.types.values().collect::<Vec<_>>()).await.context("saving job types")?;
+            let hooks = Hooks::new(pool.clone(), Arc::new(jobs.types.clone()), jobs.signing_secret.clone(), client.clone());
+            Some((Runner::new(pool.clone(), jobs.clone(), client), Scheduler::new(pool.clone(), jobs.clone(), hooks)))
+        } else {
+            None
         };
-        let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(registry.clone()), live_tx, listener_config);
-        let sockets = SocketContext {
-            pool: pool.clone(),
-            registry,
-            tables,
-            verifier: Verifier::new(config.jwt_secret.expose()),
-            limits: Arc::new(config.limits),
-            live: live_rx,
-            shutdown: root.child_token(),
-        };
-        let state = AppState { pool: pool.clone(), sockets };
-        Ok(App { listener, state, pool, change_listener, root })
+        let gateway = if config.gateway { Some(build_gateway(&config, &pool, &jobs).await?) } else { None };
+        Ok(App { pool, gateway, runner })
     }
 
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+    /// The bound address, when this process serves HTTP (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(|g| g.listener.local_addr().expect("a bound listener has an address"))
     }
 
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let App { listener, state, pool, change_listener, root } = self;
+        let App { pool, gateway, runner } = self;
+        let root = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let listener_cancel = root.child_token();
-        let sockets_cancel = state.sockets.shutdown.clone();
-        let listener_task = tracker.spawn(change_listener.run(listener_cancel.clone()));
-        let http_cancel = root.child_token();
-        let server = axum::serve(listener, http::router(state)).with_graceful_shutdown({
-            let http_cancel = http_cancel.clone();
-            async move { http_cancel.cancelled().await }
-        });
-        let server = tracker.spawn(server.into_future());
+        let (http_stop, runner_stop, listener_stop) = (root.child_token(), root.child_token(), root.child_token());
+        let mut sockets_stop = None;
+        let mut server = None;
+        let mut change_listener = None;
+        if let Some(g) = gateway {
+            sockets_stop = Some(g.state.sockets.shutdown.clone());
+            change_listener = Some(tracker.spawn(g.change_listener.run(listener_stop.clone())));
+            let stop = http_stop.clone();
+            let serve = axum::serve(g.listener, http::router(g.state)).with_graceful_shutdown(async move { stop.cancelled().await });
+            server = Some(tracker.spawn(serve.into_future()));
+        }
+        let mut runner_tasks = Vec::new();
+        if let Some((runner, scheduler)) = runner {
+            runner_tasks.push(tracker.spawn(runner.run(runner_stop.clone())));
+            runner_tasks.push(tracker.spawn(scheduler.run(runner_stop.clone())));
+        }
         tracker.close();
         shutdown.await;
         info!("shutting down: closing sockets");
-        sockets_cancel.cancel();
-        http_cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        listener_cancel.cancel();
-        let _ = listener_task.await;
+        if let Some(sockets) = sockets_stop {
+            sockets.cancel();
+        }
+        http_stop.cancel();
+        if let Some(server) = server {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+        info!("shutting down: letting running job steps finish");
+        runner_stop.cancel();
+        for task in runner_tasks {
+            let _ = task.await;
+        }
+        listener_stop.cancel();
+        if let Some(l) = change_listener {
+            let _ = l.await;
+        }
         root.cancel();
         pool.close().await;
         info!("stopped");
         Ok(())
     }
+}
+
+async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>) -> anyhow::Result<Gateway> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let (live_tx, live_rx) = watch::channel(false);
+    let tables = Tables::default();
+    let registry = Registry::new(config.limits.max_record_bytes);
+    let listener_config = ListenerConfig {
+        poll: Duration::from_millis(config.limits.poll_ms.max(1)),
+        retention: Duration::from_secs(config.limits.change_retention_secs),
+        batch: 500,
+    };
+    let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(registry.clone()), live_tx, listener_config);
+    let verifier = Verifier::new(config.jwt_secret.expose());
+    let sockets = SocketContext {
+        pool: pool.clone(),
+        registry,
+        tables,
+        verifier: verifier.clone(),
+        limits: Arc::new(config.limits.clone()),
+        live: live_rx,
+        shutdown: CancellationToken::new(),
+    };
+    let jobs = JobsState { pool: pool.clone(), verifier: verifier.clone(), types: Arc::new(jobs.types.clone()) };
+    let demo = config.demo.then(|| verifier.clone());
+    let state = AppState { pool: pool.clone(), sockets, jobs, demo, web_dir: config.web_dir.clone() };
+    Ok(Gateway { listener, state, change_listener })
 }
 
 /// A pool for `url`.
@@ -148,4 +221,13 @@ pub async fn disable(pool: &PgPool, table: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("disabling change capture on {table}"))?;
     Ok(())
+}
+
+/// Loads the job config `--config` names, plus the demo type if asked.
+pub fn jobs_config(path: Option<&str>, demo_jobs: bool) -> anyhow::Result<JobsConfig> {
+    let config = match path {
+        Some(p) => JobsConfig::load(p)?,
+        None => JobsConfig::default(),
+    };
+    Ok(if demo_jobs { config.with_demo_type() } else { config })
 }

@@ -143,6 +143,25 @@ pub struct ServeArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub jobs: JobsArgs,
+    /// Do not run the job runner in this process (gateway only).
+    #[arg(long, env = "ROWCAST_NO_RUNNER")]
+    pub no_runner: bool,
+    /// Do not serve HTTP or realtime from this process (runner only).
+    #[arg(long, env = "ROWCAST_NO_GATEWAY", conflicts_with = "no_runner")]
+    pub no_gateway: bool,
+}
+
+/// Job runner settings.
+#[derive(Debug, Clone, Args)]
+pub struct JobsArgs {
+    /// TOML file with job types, cron entries and runner settings.
+    #[arg(long = "config", env = "ROWCAST_CONFIG")]
+    pub config: Option<String>,
+    /// Add the built-in `demo` job type.
+    #[arg(long, env = "ROWCAST_DEMO_JOBS")]
+    pub demo_jobs: bool,
 }
 
 /// `rowcast enable <schema.table> --owner <column> | --public`.

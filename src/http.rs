@@ -1,11 +1,13 @@
 //! The HTTP surface: the one place routes are wired.
 //!
 //! Owns `/health`, the WebSocket upgrade (token checked before upgrading, as
-//! Supabase does: a bad key gets HTTP 401 with `{"error": ...}`), and the
-//! frame-size limits handed to the WebSocket layer. The socket itself lives
-//! in `realtime::socket`.
+//! Supabase does: a bad key gets HTTP 401 with `{"error": ...}`), the
+//! frame-size limits handed to the WebSocket layer, the demo-only session
+//! route and the static web demo. The socket lives in `realtime::socket`,
+//! the job routes in `jobs::handlers`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::extract::{Query, State, WebSocketUpgrade};
@@ -16,7 +18,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::auth::AuthError;
+use tower_http::cors::CorsLayer;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::auth::{AuthError, Verifier};
+use crate::jobs::handlers::{self as job_routes, JobsState};
 use crate::realtime::protocol::Vsn;
 use crate::realtime::socket::{self, SocketContext};
 
@@ -25,15 +31,51 @@ use crate::realtime::socket::{self, SocketContext};
 pub struct AppState {
     pub pool: PgPool,
     pub sockets: SocketContext,
+    pub jobs: JobsState,
+    /// Set only by `rowcast demo`: mints demo users' tokens.
+    pub demo: Option<Verifier>,
+    pub web_dir: PathBuf,
 }
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/health", get(health))
         .route("/realtime/v1/websocket", get(websocket))
-        .route("/socket/websocket", get(websocket))
-        .with_state(state)
+        .route("/socket/websocket", get(websocket));
+    if state.demo.is_some() {
+        router = router.route("/demo/session", get(demo_session));
+    }
+    let supabase_umd = state.web_dir.join("node_modules/@supabase/supabase-js/dist/umd/supabase.js");
+    let files = ServeDir::new(&state.web_dir).append_index_html_on_directories(true);
+    router
+        .with_state(state.clone())
+        .merge(job_routes::router(state.jobs))
+        .route_service("/vendor/supabase.js", ServeFile::new(supabase_umd))
+        .fallback_service(files)
+        .layer(CorsLayer::permissive())
+}
+
+#[derive(serde::Deserialize)]
+struct DemoUser {
+    user: String,
+}
+
+/// Demo mode only: a token for a demo user, as a real app's sign-in would give.
+async fn demo_session(State(state): State<AppState>, Query(q): Query<DemoUser>) -> Response {
+    let Some(verifier) = &state.demo else { return error(StatusCode::NOT_FOUND, "not found") };
+    let valid = (1..=32).contains(&q.user.len()) && q.user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        return error(StatusCode::BAD_REQUEST, "user must be 1-32 characters of a-z, 0-9, - or _");
+    }
+    let ttl = 12 * 3600;
+    let body = json!({
+        "user": q.user,
+        "anon_key": verifier.mint(None, "anon", ttl),
+        "access_token": verifier.mint(Some(&q.user), "authenticated", ttl),
+        "expires_at": crate::auth::now_secs() + ttl,
+    });
+    Json(body).into_response()
 }
 
 /// 200 only when the database answers and the change listener is live.

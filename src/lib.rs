@@ -5,6 +5,7 @@
 //! - `app`: composition root; builds and runs everything, ordered shutdown.
 //! - `http`: the axum router; the only place routes are wired.
 //! - `realtime`: the Supabase Realtime protocol: framing, filters, channels, sockets, fan-out.
+//! - `jobs`: the job runner and its REST API.
 //! - `changes`: capture side: change-log reader, table cache, change rendering.
 //! - `auth`: JWT verify/mint, pure.
 //! - `config`: clap settings, pure.
@@ -15,5 +16,6 @@ pub mod auth;
 pub mod changes;
 pub mod config;
 pub mod http;
+pub mod jobs;
 pub mod pg_local;
 pub mod realtime;

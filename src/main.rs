@@ -12,9 +12,15 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match Cli::parse().command {
         Command::Serve(a) => {
-            let config = AppConfig { database_url: a.db.database_url, listen: a.gateway.listen, jwt_secret: a.gateway.jwt_secret, limits: a.gateway.limits };
+            let mut config = AppConfig::new(a.db.database_url, a.gateway.listen, a.gateway.jwt_secret);
+            config.limits = a.gateway.limits;
+            config.jobs = app::jobs_config(a.jobs.config.as_deref(), a.jobs.demo_jobs)?;
+            (config.gateway, config.runner) = (!a.no_gateway, !a.no_runner);
             let app = App::build(config).await?;
-            tracing::info!(addr = %app.local_addr(), "rowcast serving");
+            match app.local_addr() {
+                Some(addr) => tracing::info!(%addr, "rowcast serving"),
+                None => tracing::info!("rowcast running jobs only"),
+            }
             app.run(shutdown_signal()).await
         }
         Command::Migrate(db) => app::migrate(&app::connect(&db.database_url).await?).await,

@@ -6,7 +6,8 @@ use std::future::Future;
 
 use crate::app::{self, App, AppConfig};
 use crate::auth::Verifier;
-use crate::config::{DemoArgs, Limits, Secret};
+use crate::config::{DemoArgs, Secret};
+use crate::jobs::config::JobsConfig;
 use crate::pg_local::{Durability, LocalPostgres};
 
 const DEMO_TABLE: &str = "create table if not exists public.notes (
@@ -31,11 +32,14 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     sqlx::query(DEMO_TABLE).execute(&pool).await?;
     app::enable(&pool, "public.notes", Some("user_id"), false).await?;
     pool.close().await;
-    let config = AppConfig { database_url, listen: args.listen, jwt_secret: secret.clone(), limits: Limits::default() };
+    let mut config = AppConfig::new(database_url, args.listen, secret.clone());
+    config.jobs = JobsConfig::default().with_demo_type();
+    config.demo = true;
     let app = App::build(config).await?;
+    let addr = app.local_addr().expect("the demo serves HTTP");
     let verifier = Verifier::new(secret.expose());
-    println!("rowcast demo at http://{}/", app.local_addr());
-    println!("realtime: ws://{}/realtime/v1/websocket", app.local_addr());
+    println!("rowcast demo at http://{addr}/");
+    println!("realtime: ws://{addr}/realtime/v1/websocket");
     println!("anon key:       {}", verifier.mint(None, "anon", 86_400));
     println!("token (alice):  {}", verifier.mint(Some("alice"), "authenticated", 86_400));
     let result = app.run(shutdown).await;

@@ -59,7 +59,8 @@ async fn killing_the_gateways_database_connections_mid_stream_loses_and_repeats_
         .fetch_one(&mut killer)
         .await
         .unwrap();
-        assert_eq!(listeners, 1, "round {round}: the change listener's connection was killed");
+        // (A backend killed last round may still be listed while it exits.)
+        assert!(listeners >= 1, "round {round}: the change listener's connection was killed");
         // ...commit updates while it is away...
         for i in round * 25 + 1..=round * 25 + 25 {
             sqlx::query("update todos set n = $1").bind(i).execute(&mut writer).await.unwrap();
@@ -75,9 +76,10 @@ async fn killing_the_gateways_database_connections_mid_stream_loses_and_repeats_
 async fn a_postgres_restart_loses_nothing_committed_before_or_after_it() {
     let mut pg = LocalPostgres::start(Durability::Fast).await.expect("a private cluster for this test");
     let url = pg.url("postgres");
-    let config = AppConfig { database_url: url.clone(), listen: "127.0.0.1:0".parse().unwrap(), jwt_secret: Secret::new(SECRET), limits: Limits { poll_ms: 100, ..Limits::default() } };
+    let mut config = AppConfig::new(url.clone(), "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
+    config.limits = Limits { poll_ms: 100, ..Limits::default() };
     let app = App::build(config).await.unwrap();
-    let addr = app.local_addr();
+    let addr = app.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async move {
         let _ = stopped.await;

@@ -82,9 +82,11 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
     let db_url = fresh_database().await;
-    let config = AppConfig { database_url: db_url.clone(), listen: "127.0.0.1:0".parse().unwrap(), jwt_secret: Secret::new(SECRET), limits };
+    let mut config = AppConfig::new(db_url.clone(), "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
+    config.limits = limits;
+    config.jobs = rowcast::jobs::config::JobsConfig::default().with_demo_type();
     let app = App::build(config).await.expect("building the app");
-    let addr = app.local_addr();
+    let addr = app.local_addr().expect("the gateway is on");
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(app.run(async move {
         let _ = rx.await;

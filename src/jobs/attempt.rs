@@ -1,0 +1,203 @@
+//! Running one claimed attempt of a job: call its handler step by step,
+//! store each step, renew the lease, and end in exactly one transition.
+//!
+//! Every write is a compare-and-set on (status = 'running', attempts = this
+//! attempt): if the job was cancelled, rescued or expired meanwhile, the
+//! write matches no row and the attempt stops without touching it. Finished
+//! steps are memoized in `rowcast.job_steps`, so a retry resumes after them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::config::JobType;
+use super::hooks;
+use super::model::{Job, COLUMNS};
+use super::steps::{backoff, random_unit, Outcome, StepHandler};
+
+/// What an attempt needs besides the job itself.
+#[derive(Clone)]
+pub struct AttemptContext {
+    pub pool: PgPool,
+    pub job_type: Arc<JobType>,
+    pub handler: StepHandler,
+    pub lease: Duration,
+    pub hooks: hooks::Hooks,
+}
+
+/// Signals an attempt listens to.
+#[derive(Clone)]
+pub struct Signals {
+    /// The job was cancelled (or its lease lost): stop, write nothing.
+    pub cancel: CancellationToken,
+    /// The runner is shutting down: finish the current step, then release.
+    pub draining: CancellationToken,
+    /// The grace period is over: stop the current step too, then release.
+    pub abort: CancellationToken,
+}
+
+/// Runs `job` (already claimed as `job.attempts`) until it ends or is handed back.
+pub async fn run(ctx: AttemptContext, job: Job, signals: Signals) {
+    let heartbeat = tokio::spawn(heartbeat(ctx.pool.clone(), job.id, job.attempts, ctx.lease, signals.cancel.clone()));
+    let result = steps_loop(&ctx, &job, &signals).await;
+    heartbeat.abort();
+    if let Err(e) = result {
+        warn!(job.id = %job.id, error = %e, "job attempt ended on a database error; its lease will expire and another runner resumes it");
+    }
+}
+
+async fn steps_loop(ctx: &AttemptContext, job: &Job, signals: &Signals) -> Result<(), sqlx::Error> {
+    let mut steps = load_steps(&ctx.pool, job.id).await?;
+    let work = signals.abort.child_token();
+    loop {
+        if signals.draining.is_cancelled() {
+            return release(&ctx.pool, job).await;
+        }
+        let timeout = ctx.job_type.timeout;
+        let outcome = tokio::select! {
+            // Cancelled or lease lost: the row is no longer ours.
+            _ = signals.cancel.cancelled() => {
+                work.cancel();
+                info!(job.id = %job.id, "job attempt stopped: cancelled");
+                return Ok(());
+            }
+            // Shutdown grace period over: hand the job back.
+            _ = signals.abort.cancelled() => return release(&ctx.pool, job).await,
+            // The step itself, bounded by the type's timeout.
+            result = tokio::time::timeout(timeout, ctx.handler.call(job, &steps, &work)) => result.unwrap_or_else(|_| Outcome::Retry {
+                message: format!("step timed out after {} s", timeout.as_secs_f64()),
+                after: None,
+            }),
+        };
+        match outcome {
+            Outcome::Step { id, output, progress, message } => {
+                if !store_step(&ctx.pool, job, &id, steps.len(), &output, progress, message.as_deref()).await? {
+                    return Ok(());
+                }
+                steps.insert(id, output);
+            }
+            Outcome::Done { output } => return finish(ctx, job, Transition::Complete(output)).await,
+            Outcome::Fail { message } => return finish(ctx, job, Transition::Fail(message)).await,
+            Outcome::Retry { message, after } => return finish(ctx, job, Transition::Retry(message, after)).await,
+        }
+    }
+}
+
+async fn load_steps(pool: &PgPool, id: Uuid) -> Result<Map<String, Value>, sqlx::Error> {
+    let rows: Vec<(String, Option<Value>)> =
+        sqlx::query_as("select step_id, output from rowcast.job_steps where job_id = $1 order by seq").bind(id).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(id, out)| (id, out.unwrap_or(Value::Null))).collect())
+}
+
+/// Stores a finished step and its progress; false if the job is no longer this attempt's.
+async fn store_step(pool: &PgPool, job: &Job, step: &str, seq: usize, output: &Value, progress: Option<i32>, message: Option<&str>) -> Result<bool, sqlx::Error> {
+    let (live,): (i64,) = sqlx::query_as(
+        "with live as (
+            update rowcast.jobs set progress = coalesce($4, progress), message = coalesce($5, message)
+            where id = $1 and status = 'running' and attempts = $2 returning id),
+         stored as (
+            insert into rowcast.job_steps (job_id, step_id, seq, output)
+            select id, $3, $6, $7 from live on conflict (job_id, step_id) do nothing returning 1)
+         select count(*) from live",
+    )
+    .bind(job.id)
+    .bind(job.attempts)
+    .bind(step)
+    .bind(progress)
+    .bind(message)
+    .bind(seq as i32)
+    .bind(output)
+    .fetch_one(pool)
+    .await?;
+    Ok(live == 1)
+}
+
+enum Transition {
+    Complete(Value),
+    Fail(String),
+    Retry(String, Option<Duration>),
+}
+
+async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sqlx::Error> {
+    let t = match t {
+        Transition::Retry(message, _) if job.attempts >= job.max_attempts => {
+            Transition::Fail(format!("{message} (gave up after {} attempts)", job.attempts))
+        }
+        t => t,
+    };
+    let (set, value): (&str, Value) = match &t {
+        Transition::Complete(output) => ("status = 'completed', progress = 100, output = $3, error = null, completed_at = now()", output.clone()),
+        Transition::Fail(message) => ("status = 'failed', error = $3 #>> '{}', completed_at = now()", Value::from(message.as_str())),
+        Transition::Retry(message, after) => {
+            let delay = after.unwrap_or_else(|| backoff(job.attempts, ctx.job_type.backoff_base, ctx.job_type.backoff_max, random_unit()));
+            let set = "status = 'pending', error = $3 #>> '{}', run_at = now() + make_interval(secs => $4), \
+                       message = format('retrying in %s s: %s', round($4::numeric, 1), $3 #>> '{}')";
+            return transition(&ctx.pool, job, set, Value::from(message.as_str()), delay.as_secs_f64()).await.map(|_| ());
+        }
+    };
+    let ended = transition(&ctx.pool, job, set, value, 0.0).await?;
+    if let (Some(ended), Transition::Fail(_)) = (ended, &t) {
+        ctx.hooks.failed(&ended).await;
+    }
+    Ok(())
+}
+
+/// One compare-and-set transition that also drops the lease.
+async fn transition(pool: &PgPool, job: &Job, set: &str, value: Value, secs: f64) -> Result<Option<Job>, sqlx::Error> {
+    let sql = format!(
+        "with moved as (
+            update rowcast.jobs set {set} where id = $1 and status = 'running' and attempts = $2 returning {COLUMNS}),
+         freed as (delete from rowcast.job_leases where job_id in (select id from moved) and attempt = $2)
+         select * from moved"
+    );
+    let row: Option<Job> = sqlx::query_as(&sql).bind(job.id).bind(job.attempts).bind(value).bind(secs).fetch_optional(pool).await?;
+    match &row {
+        Some(j) => info!(job.id = %j.id, job.type = %j.job_type, status = %j.status, "job attempt ended"),
+        None => info!(job.id = %job.id, "job changed hands before this attempt ended; left as is"),
+    }
+    Ok(row)
+}
+
+/// Hands a job back at shutdown without spending an attempt.
+async fn release(pool: &PgPool, job: &Job) -> Result<(), sqlx::Error> {
+    let set = "status = 'pending', attempts = attempts - 1, run_at = now(), message = 'released by a stopping runner'";
+    let sql = format!(
+        "with moved as (update rowcast.jobs set {set} where id = $1 and status = 'running' and attempts = $2 returning id, type),
+         freed as (delete from rowcast.job_leases where job_id in (select id from moved)),
+         rang as (select pg_notify('rowcast_jobs', type) from moved)
+         select count(*) from rang"
+    );
+    sqlx::query(&sql).bind(job.id).bind(job.attempts).execute(pool).await?;
+    info!(job.id = %job.id, "job released for another runner");
+    Ok(())
+}
+
+/// Renews the lease every third of its length; a renewal that matches no
+/// row means the job was rescued or cancelled, so the attempt is stopped.
+async fn heartbeat(pool: PgPool, id: Uuid, attempt: i32, lease: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let renewed = sqlx::query("update rowcast.job_leases set expires_at = now() + make_interval(secs => $3) where job_id = $1 and attempt = $2")
+            .bind(id)
+            .bind(attempt)
+            .bind(lease.as_secs_f64())
+            .execute(&pool)
+            .await;
+        match renewed {
+            Ok(r) if r.rows_affected() == 0 => {
+                warn!(job.id = %id, "lease lost (rescued, cancelled or expired): stopping this attempt");
+                cancel.cancel();
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(job.id = %id, error = %e, "lease renewal failed; retrying at the next beat"),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The bundled job runner: durable steps, retries, leases, per-user limits.
+//!
+//! Job rows live in `rowcast.jobs`, a change-captured table like any other,
+//! so progress reaches browsers through the same path as every row change
+//! (this module never imports `realtime`).
+//!
+//! - `config`: TOML job types, cron entries, runner settings (pure).
+//! - `model`: the job row.
+//! - `steps`: the HTTP step protocol, the demo handler, backoff (no database).
+//! - `api`: enqueue/get/list/cancel/retry SQL; `handlers`: its REST routes.
+//! - `attempt`: running one claimed attempt; `runner`: claiming.
+//! - `scheduler`: rescue, expiry, cron, retention; `hooks`: on_failure.
+
+pub mod api;
+pub mod attempt;
+pub mod config;
+pub mod handlers;
+pub mod hooks;
+pub mod model;
+pub mod runner;
+pub mod scheduler;
+pub mod steps;

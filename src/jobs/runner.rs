@@ -1,0 +1,195 @@
+//! The runner: claims runnable jobs while it has free slots and runs each
+//! claimed attempt in its own task.
+//!
+//! Owns the doorbell (LISTEN `rowcast_jobs` for new work and
+//! `rowcast_job_cancel` for cancellations) with a polling fallback, the
+//! per-process slots, and shutdown: stop claiming, let running steps finish
+//! within the grace period, then hand every remaining job back. Claims go
+//! through `rowcast.claim`, which takes rows with SKIP LOCKED and enforces
+//! the type's limits, so any number of runners can share a database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::attempt::{self, AttemptContext, Signals};
+use super::config::{Handler, JobType, JobsConfig};
+use super::hooks::Hooks;
+use super::model::{Job, COLUMNS};
+use super::steps::StepHandler;
+
+/// A runner process's job executor.
+pub struct Runner {
+    pool: PgPool,
+    config: Arc<JobsConfig>,
+    contexts: HashMap<String, AttemptContext>,
+    worker: String,
+    running: Arc<DashMap<Uuid, CancellationToken>>,
+    slots: Arc<Semaphore>,
+    freed: Arc<Notify>,
+}
+
+impl Runner {
+    /// A runner for the types of `config`.
+    pub fn new(pool: PgPool, config: Arc<JobsConfig>, client: reqwest::Client) -> Self {
+        let types = Arc::new(config.types.clone());
+        let hooks = Hooks::new(pool.clone(), types, config.signing_secret.clone(), client.clone());
+        let contexts = config
+            .types
+            .values()
+            .map(|t| {
+                let handler = match &t.handler {
+                    Handler::Http(url) => StepHandler::Http { url: url.clone(), secret: config.signing_secret.clone(), client: client.clone() },
+                    Handler::Builtin(_) => StepHandler::Demo,
+                };
+                let ctx = AttemptContext { pool: pool.clone(), job_type: Arc::new(t.clone()), handler, lease: config.runner.lease, hooks: hooks.clone() };
+                (t.name.clone(), ctx)
+            })
+            .collect();
+        let worker = format!("{}:{}", std::process::id(), Uuid::new_v4().simple());
+        let slots = Arc::new(Semaphore::new(config.runner.slots));
+        Runner { pool, config, contexts, worker, running: Arc::default(), slots, freed: Arc::default() }
+    }
+
+    /// Writes each type's limits to `rowcast.job_types`, where enqueue and claim read them.
+    pub async fn sync_types(pool: &PgPool, types: &[&JobType]) -> Result<(), sqlx::Error> {
+        for t in types {
+            sqlx::query(
+                "insert into rowcast.job_types (type, max_attempts, concurrency, concurrency_per_user, rate_count, rate_window_secs, max_active_per_user)
+                 values ($1, $2, $3, $4, $5, $6, $7)
+                 on conflict (type) do update set max_attempts = excluded.max_attempts, concurrency = excluded.concurrency,
+                    concurrency_per_user = excluded.concurrency_per_user, rate_count = excluded.rate_count,
+                    rate_window_secs = excluded.rate_window_secs, max_active_per_user = excluded.max_active_per_user, updated_at = now()",
+            )
+            .bind(&t.name)
+            .bind(t.max_attempts)
+            .bind(t.concurrency)
+            .bind(t.concurrency_per_user)
+            .bind(t.rate_limit.map(|(n, _)| n))
+            .bind(t.rate_limit.map(|(_, w)| w.as_secs_f64()))
+            .bind(t.max_active_per_user)
+            .execute(pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Claims and runs jobs until `shutdown`; then drains as described above.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        let draining = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let mut listener: Option<PgListener> = None;
+        let mut turn = 0usize;
+        info!(worker = %self.worker, types = ?self.contexts.keys().collect::<Vec<_>>(), "job runner started");
+        loop {
+            turn += 1;
+            self.claim_while_free(&tasks, &draining, &abort, turn).await;
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            tokio::select! {
+                // SIGTERM: stop claiming.
+                _ = shutdown.cancelled() => break,
+                // A slot was freed: claim again.
+                _ = self.freed.notified() => {}
+                // Fallback poll (also picks up delayed retries and run_at).
+                _ = tokio::time::sleep(self.config.runner.poll) => {}
+                // The doorbell: new work, or a cancellation to pass on.
+                note = next_note(&mut listener) => if let Some(note) = note { self.on_note(&note) },
+            }
+        }
+        self.drain(tasks, draining, abort).await;
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen_all(["rowcast_jobs", "rowcast_job_cancel"]).await.ok()?;
+        Some(listener)
+    }
+
+    fn on_note(&self, note: &sqlx::postgres::PgNotification) {
+        if note.channel() != "rowcast_job_cancel" {
+            return;
+        }
+        if let Some(token) = note.payload().parse().ok().and_then(|id: Uuid| self.running.get(&id).map(|t| t.clone())) {
+            token.cancel();
+        }
+    }
+
+    async fn claim_while_free(&self, tasks: &TaskTracker, draining: &CancellationToken, abort: &CancellationToken, turn: usize) {
+        let names: Vec<&String> = self.contexts.keys().collect();
+        let mut idle_types = 0;
+        let mut i = turn;
+        while idle_types < names.len() {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else { return };
+            let name = names[i % names.len()];
+            i += 1;
+            match self.claim(name).await {
+                Ok(Some(job)) => {
+                    idle_types = 0;
+                    let cancel = CancellationToken::new();
+                    self.running.insert(job.id, cancel.clone());
+                    let signals = Signals { cancel, draining: draining.clone(), abort: abort.clone() };
+                    let (ctx, running, freed) = (self.contexts[name].clone(), self.running.clone(), self.freed.clone());
+                    tasks.spawn(async move {
+                        let id = job.id;
+                        attempt::run(ctx, job, signals).await;
+                        running.remove(&id);
+                        drop(permit);
+                        freed.notify_one();
+                    });
+                }
+                Ok(None) => idle_types += 1,
+                Err(e) => {
+                    warn!(error = %e, "claiming jobs failed; retrying at the next poll");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn claim(&self, job_type: &str) -> Result<Option<Job>, sqlx::Error> {
+        sqlx::query_as(&format!("select {COLUMNS} from rowcast.claim($1, $2, $3) where id is not null"))
+            .bind(job_type)
+            .bind(&self.worker)
+            .bind(self.config.runner.lease.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    async fn drain(&self, tasks: TaskTracker, draining: CancellationToken, abort: CancellationToken) {
+        tasks.close();
+        info!(running = self.running.len(), "job runner draining: running steps may finish");
+        draining.cancel();
+        if tokio::time::timeout(self.config.runner.shutdown_grace, tasks.wait()).await.is_err() {
+            warn!("shutdown grace period over: interrupting the remaining steps");
+            abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+        }
+        info!("job runner stopped");
+    }
+}
+
+/// The next notification; `None` (and the listener dropped) when its connection failed.
+async fn next_note(listener: &mut Option<PgListener>) -> Option<sqlx::postgres::PgNotification> {
+    let Some(l) = listener.as_mut() else {
+        return std::future::pending().await;
+    };
+    match l.try_recv().await {
+        Ok(Some(note)) => Some(note),
+        _ => {
+            *listener = None;
+            None
+        }
+    }
+}
