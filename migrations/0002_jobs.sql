@@ -140,6 +140,8 @@ create function rowcast.enqueue(
     max_attempts    int default null,
     parent_id       uuid default null
 ) returns rowcast.jobs language plpgsql as $$
+-- Bare names are columns; the parameters are always written enqueue.<name>.
+#variable_conflict use_column
 declare
     settings rowcast.job_types;
     job      rowcast.jobs;

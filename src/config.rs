@@ -219,18 +219,19 @@ pub struct DemoArgs {
     pub jwt_secret: Option<Secret>,
 }
 
-/// Parses `30s`, `15m`, `1h`, `7d` or a bare number of seconds.
+/// Parses `250ms`, `30s`, `15m`, `1h`, `7d` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().map_err(|_| format!("not a duration: {text:?}"))?;
     let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("unknown unit in {text:?}: use s, m, h or d")),
+        _ => return Err(format!("unknown unit in {text:?}: use ms, s, m, h or d")),
     };
     Ok(Duration::from_secs(secs))
 }
@@ -242,6 +243,7 @@ mod tests {
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("1y").is_err());

@@ -32,6 +32,7 @@ class Feed {
 
   async open() {
     this.session = await demoSession(this.user)
+    if (this.closed) return // another user was picked meanwhile
     this.client = supabase.createClient(location.origin, this.session.anon_key, {
       accessToken: async () => this.session.access_token,
       auth: { persistSession: false, autoRefreshToken: false },
@@ -39,6 +40,7 @@ class Feed {
     // supabase-js 2.109 joins with the token it has cached and never re-sends it on join:
     // resolve it first.
     await this.client.realtime.setAuth()
+    if (this.closed) return
     this.#subscribe()
     this.#scheduleRefresh()
     await this.loadSnapshot()
@@ -53,14 +55,14 @@ class Feed {
 
   /** The newest 50 jobs, through supabase-js's PostgREST client. */
   async loadSnapshot() {
-    const { data, error } = await this.client
+    const { data, error, status } = await this.client
       .schema('rowcast')
       .from('jobs')
       .select('*')
       .order('created_at', { ascending: false })
       .limit(50)
     if (this.closed) return
-    if (error) return notice(`Could not load jobs: ${error.message}`)
+    if (error || !Array.isArray(data)) return notice(`Could not load jobs: ${error?.message ?? `HTTP ${status}`}`)
     for (const row of data) list.upsert(row)
     jobsEl.dataset.user = this.user
     jobsEl.setAttribute('aria-busy', 'false')

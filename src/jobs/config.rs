@@ -320,7 +320,9 @@ fn cron_entry(c: RawCron, types: &BTreeMap<String, JobType>) -> Result<CronEntry
     if !types.contains_key(&c.job_type) {
         return Err(err(format!("unknown job type {:?}", c.job_type)));
     }
-    let schedule = c.schedule.parse::<croner::Cron>().map_err(|e| err(format!("schedule {:?}: {e}", c.schedule)))?;
+    // Five fields as in crontab; a sixth, leading seconds field is allowed.
+    let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).build();
+    let schedule = parser.parse(&c.schedule).map_err(|e| err(format!("schedule {:?}: {e}", c.schedule)))?;
     let input = match c.input {
         Some(v) => serde_json::to_value(v).map_err(|e| err(e.to_string()))?,
         None => Value::Object(Default::default()),

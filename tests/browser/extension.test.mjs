@@ -27,6 +27,7 @@ import {
   uniqueUser,
   until,
   waitForCard,
+  waitForLiveList,
 } from './helpers.mjs'
 
 const EXTENSION_DIR = fileURLToPath(new URL('../../web-demo/extension', import.meta.url))
@@ -59,8 +60,7 @@ test('the extension popup shows a job enqueued over REST, follows it live, and t
   await popup.setViewportSize({ width: 384, height: 640 })
   failOnPageErrors(t, popup)
   await popup.goto(`chrome-extension://${extension.id}/popup.html`)
-  await popup.waitForSelector(`#jobs[data-user="${user}"][aria-busy="false"]`, { state: 'attached' })
-  await popup.waitForSelector('#connection[data-state="SUBSCRIBED"]', { state: 'attached' })
+  await waitForLiveList(popup, user)
 
   const session = await demoSession(user)
   const slow = await enqueue(session, 'slow')

@@ -149,6 +149,26 @@ export async function recordCardHistory(context) {
   })
 }
 
+/**
+ * Waits until a job list page (the demo page or the popup) shows `user`'s snapshot and its
+ * connection reads SUBSCRIBED; fails with what the page says (its notice) otherwise.
+ */
+export async function waitForLiveList(page, user, { timeout = TIMEOUT_MS } = {}) {
+  try {
+    await page.waitForSelector(`#jobs[data-user="${user}"][aria-busy="false"]`, { state: 'attached', timeout })
+    await page.waitForSelector('#connection[data-state="SUBSCRIBED"]', { state: 'attached', timeout })
+  } catch (err) {
+    const shown = await page
+      .evaluate(() => ({
+        notice: document.querySelector('#notice')?.textContent,
+        connection: document.querySelector('#connection')?.dataset.state,
+        list: document.querySelector('#jobs')?.dataset,
+      }))
+      .catch(() => 'page gone')
+    throw new Error(`${user}'s job list did not go live within ${timeout} ms; page shows ${JSON.stringify(shown)}\n${err.message}`)
+  }
+}
+
 /** What `recordCardHistory` saw for job `id` on `page` since it loaded. */
 export const cardHistory = (page, id) => page.evaluate((id) => window.__jobs?.[id] ?? [], id)
 

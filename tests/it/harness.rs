@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use rowcast::app::{App, AppConfig};
 use rowcast::auth::Verifier;
 use rowcast::config::{Limits, Secret};
+use rowcast::jobs::config::JobsConfig;
 use rowcast::pg_local::{Durability, LocalPostgres};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgPool};
@@ -77,14 +78,40 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the app with `limits`.
 pub async fn spawn_app_with(limits: Limits) -> TestApp {
-    // ROWCAST_LOG=debug shows the gateway's logs under `--nocapture`.
+    let db_url = fresh_database().await;
+    spawn_on(&db_url, limits, "").await
+}
+
+/// Spawns gateway and runner on a fresh database with job types from `toml` (plus `demo`).
+pub async fn spawn_jobs_app(toml: &str) -> TestApp {
+    let db_url = fresh_database().await;
+    spawn_on(&db_url, Limits { poll_ms: 100, ..Limits::default() }, toml).await
+}
+
+/// The job config of the tests: `toml` plus the demo type, fast polls and short leases.
+pub fn jobs_config(toml: &str) -> JobsConfig {
+    JobsConfig::parse(&with_runner_defaults(toml)).unwrap_or_else(|e| panic!("test job config: {e}")).with_demo_type()
+}
+
+/// Fast polls, 2 s leases and a 5 s shutdown grace, unless `toml` sets `[runner]` itself.
+fn with_runner_defaults(toml: &str) -> String {
+    if toml.contains("[runner]") {
+        return toml.to_owned();
+    }
+    // Appended: keys after a table header belong to that table.
+    format!("{toml}\n[runner]\npoll = \"100ms\"\nlease = \"2s\"\nshutdown_grace = \"5s\"\n")
+}
+
+/// Spawns gateway and runner on `db_url`.
+pub async fn spawn_on(db_url: &str, limits: Limits, toml: &str) -> TestApp {
+    // ROWCAST_LOG=debug shows the app's logs under `--nocapture`.
     if let Ok(filter) = std::env::var("ROWCAST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
-    let db_url = fresh_database().await;
+    let db_url = db_url.to_owned();
     let mut config = AppConfig::new(db_url.clone(), "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
     config.limits = limits;
-    config.jobs = rowcast::jobs::config::JobsConfig::default().with_demo_type();
+    config.jobs = jobs_config(toml);
     let app = App::build(config).await.expect("building the app");
     let addr = app.local_addr().expect("the gateway is on");
     let (tx, rx) = oneshot::channel();
@@ -153,6 +180,32 @@ impl TestApp {
              select rowcast.enable('public.{name}', owner_column => 'user_id');"
         ))
         .await;
+    }
+
+    /// POSTs JSON with `token`; status and JSON body.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new().post(format!("http://{}{path}", self.addr)).bearer_auth(token).json(&body).send().await.expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs JSON with `token`; status and JSON body.
+    pub async fn get_as(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = reqwest::Client::new().get(format!("http://{}{path}", self.addr)).bearer_auth(token).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Enqueues as `user` over REST; the new row.
+    pub async fn enqueue(&self, user: &str, body: Value) -> Value {
+        let (status, row) = self.post("/api/jobs", &self.user(user), body).await;
+        assert_eq!(status, 202, "enqueue refused: {row}");
+        row
+    }
+
+    /// Waits until job `id` satisfies `done` (polling the row); returns it.
+    pub async fn wait_job(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        wait_job(&self.pool, id, done).await
     }
 
     /// Stops the app and waits for it.
@@ -336,4 +389,103 @@ impl Client {
 
 fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
+}
+
+/// Waits until job `id` satisfies `done` (polling its row every 20 ms, up to `WAIT`).
+pub async fn wait_job(pool: &PgPool, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (row,): (Value,) = sqlx::query_as("select to_jsonb(j) from rowcast.jobs j where id = $1::uuid")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("job row");
+        if done(&row) {
+            return row;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job never reached the expected state; last: {row}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A runner-only app in this process (a second runner on the same database).
+pub struct RunnerApp {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunnerApp {
+    /// Starts a runner with `toml` on `db_url`.
+    pub async fn start(db_url: &str, toml: &str) -> RunnerApp {
+        let mut config = AppConfig::new(db_url, "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
+        config.gateway = false;
+        config.jobs = jobs_config(toml);
+        let app = App::build(config).await.expect("building a runner");
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        RunnerApp { stop, task }
+    }
+
+    /// Stops it (graceful) and waits.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.task).await.expect("runner stops in time").unwrap().unwrap();
+    }
+}
+
+/// `rowcast serve --no-gateway` as its own OS process.
+pub struct RunnerProcess {
+    pub child: tokio::process::Child,
+    _config: tempfile_path::TempFile,
+}
+
+impl RunnerProcess {
+    /// Starts the binary with `toml` (see `jobs_config`) on `db_url`.
+    pub fn spawn(db_url: &str, toml: &str) -> RunnerProcess {
+        let config = tempfile_path::TempFile::with(&with_runner_defaults(toml));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rowcast"))
+            .args(["serve", "--no-gateway", "--config"])
+            .arg(config.path())
+            .env("DATABASE_URL", db_url)
+            .env("JWT_SECRET", SECRET)
+            .env("ROWCAST_LOG", std::env::var("ROWCAST_LOG").unwrap_or_else(|_| "warn".into()))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the rowcast binary");
+        RunnerProcess { child, _config: config }
+    }
+
+    /// Sends a signal (KILL, STOP, CONT, TERM).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid).status().unwrap().success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; its exit status.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait()).await.expect("the runner process exits in time").unwrap()
+    }
+}
+
+mod tempfile_path {
+    //! A file under the temp dir, removed on drop.
+    pub struct TempFile(std::path::PathBuf);
+    impl TempFile {
+        pub fn with(text: &str) -> TempFile {
+            let path = std::env::temp_dir().join(format!("rowcast-test-{}.toml", uuid::Uuid::new_v4()));
+            std::fs::write(&path, text).expect("writing a temp file");
+            TempFile(path)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }

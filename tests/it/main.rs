@@ -2,11 +2,13 @@
 //! frames, the real supabase-js under Node. One binary, one module per area.
 
 mod harness;
+mod step_server;
 
 mod authz;
 mod capture;
 mod delivery;
 mod faults;
 mod interop;
+mod jobs_api;
 mod limits;
 mod protocol;

@@ -33,8 +33,10 @@ class Feed {
   closed = false
 
   async open() {
-    state.settings = { ...DEFAULTS, ...(await chrome.storage.local.get(['gateway', 'user'])) }
-    const { gateway, user } = state.settings
+    const settings = { ...DEFAULTS, ...(await chrome.storage.local.get(['gateway', 'user'])) }
+    if (this.closed) return
+    state.settings = settings
+    const { gateway, user } = settings
     this.session = await demoSession(gateway, user)
     if (this.closed) return
     this.client = supabase.createClient(gateway, this.session.anon_key, {
@@ -43,6 +45,7 @@ class Feed {
     })
     // supabase-js 2.109 joins with the token it has cached: resolve it before subscribing.
     await this.client.realtime.setAuth()
+    if (this.closed) return
     const changes = { event: '*', schema: 'rowcast', table: 'jobs', filter: `user_id=eq.${user}` }
     this.client
       .channel(`jobs-${user}`)
@@ -65,14 +68,14 @@ class Feed {
 
   /** The newest 50 jobs, so the badge counts jobs that were running before we subscribed. */
   async loadSnapshot() {
-    const { data, error } = await this.client
+    const { data, error, status } = await this.client
       .schema('rowcast')
       .from('jobs')
       .select('*')
       .order('created_at', { ascending: false })
       .limit(50)
     if (this.closed) return
-    if (error) return setStatus(state.status, `snapshot: ${error.message}`)
+    if (error || !Array.isArray(data)) return setStatus(state.status, `snapshot: ${error?.message ?? `HTTP ${status}`}`)
     for (const row of data) upsert(row)
     updateBadge()
   }

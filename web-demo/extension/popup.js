@@ -35,13 +35,13 @@ function onMessage(message) {
 async function loadSnapshot() {
   try {
     client ??= await connect()
-    const { data, error } = await client
+    const { data, error, status } = await client
       .schema('rowcast')
       .from('jobs')
       .select('*')
       .order('created_at', { ascending: false })
       .limit(50)
-    if (error) throw new Error(error.message)
+    if (error || !Array.isArray(data)) throw new Error(error?.message ?? `HTTP ${status}`)
     for (const row of data) list.upsert(row)
     jobsEl.dataset.user = settings.user
     jobsEl.setAttribute('aria-busy', 'false')
