@@ -225,9 +225,9 @@ pub async fn disable(pool: &PgPool, table: &str) -> anyhow::Result<()> {
 
 /// Loads the job config `--config` names, plus the demo type if asked.
 pub fn jobs_config(path: Option<&str>, demo_jobs: bool) -> anyhow::Result<JobsConfig> {
-    let config = match path {
-        Some(p) => JobsConfig::load(p)?,
+    Ok(match path {
+        Some(p) => JobsConfig::load(p, demo_jobs)?,
+        None if demo_jobs => JobsConfig::default().with_demo_type(),
         None => JobsConfig::default(),
-    };
-    Ok(if demo_jobs { config.with_demo_type() } else { config })
+    })
 }

@@ -215,20 +215,31 @@ fn duration(text: Option<&str>, default: Duration, what: &str) -> Result<Duratio
 }
 
 impl JobsConfig {
-    /// Reads a file.
-    pub fn load(path: &str) -> Result<JobsConfig, ConfigError> {
+    /// Reads a file; `demo` adds the built-in demo type (see `with_demo_type`).
+    pub fn load(path: &str, demo: bool) -> Result<JobsConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text)
+        Self::parse_with(&text, demo)
     }
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<JobsConfig, ConfigError> {
+        Self::parse_with(text, false)
+    }
+
+    /// Parses TOML text, with the demo type when `demo` (cron entries may then name it).
+    pub fn parse_with(text: &str, demo: bool) -> Result<JobsConfig, ConfigError> {
         let raw: RawFile = toml::from_str(text)?;
-        let types = raw
+        let mut types = raw
             .jobs
             .into_iter()
             .map(|(name, t)| job_type(&name, t).map(|t| (name.clone(), t)).map_err(|e| ConfigError::Type(name, e)))
             .collect::<Result<BTreeMap<_, _>, _>>()?;
+        if demo && !types.contains_key("demo") {
+            let RawFile { jobs, .. } = toml::from_str(DEMO_TYPE).expect("the built-in demo type parses");
+            for (name, t) in jobs {
+                types.insert(name.clone(), job_type(&name, t).expect("the built-in demo type is valid"));
+            }
+        }
         let cron = raw.cron.into_iter().map(|c| cron_entry(c, &types)).collect::<Result<_, _>>()?;
         let day = Duration::from_secs(86_400);
         let retention = |t: Option<String>, d: Duration| duration(t.as_deref(), d, "retention").map_err(|e| ConfigError::Type("retention".into(), e));
@@ -249,11 +260,10 @@ impl JobsConfig {
         })
     }
 
-    /// Adds the built-in `demo` type (unless the file defines one).
+    /// Adds the built-in `demo` type (unless the config defines one).
     pub fn with_demo_type(mut self) -> Self {
         if !self.types.contains_key("demo") {
-            let demo = JobsConfig::parse(DEMO_TYPE).expect("the built-in demo type parses");
-            self.types.extend(demo.types);
+            self.types.extend(JobsConfig::parse_with("", true).expect("the built-in demo type parses").types);
         }
         self
     }

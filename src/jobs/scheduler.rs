@@ -129,10 +129,11 @@ impl Scheduler {
             if (now - slot).to_std().unwrap_or_default() > CRON_CATCH_UP {
                 continue;
             }
+            // The slot's primary key decides the one runner that fires it; the
+            // enqueue is this statement's result, so it runs exactly when the insert won.
             let fired: Option<(uuid::Uuid,)> = sqlx::query_as(
-                "with won as (insert into rowcast.cron_slots (name, slot) values ($1, $2) on conflict do nothing returning name),
-                 job as (select (rowcast.enqueue($3, $4)).id as id from won)
-                 update rowcast.cron_slots set job_id = job.id from job where name = $1 and slot = $2 returning job.id",
+                "with won as (insert into rowcast.cron_slots (name, slot) values ($1, $2) on conflict do nothing returning name)
+                 select (rowcast.enqueue($3, $4)).id from won",
             )
             .bind(&entry.name)
             .bind(slot)
@@ -140,6 +141,14 @@ impl Scheduler {
             .bind(&entry.input)
             .fetch_optional(&self.pool)
             .await?;
+            if let Some((id,)) = fired {
+                sqlx::query("update rowcast.cron_slots set job_id = $3 where name = $1 and slot = $2")
+                    .bind(&entry.name)
+                    .bind(slot)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            }
             if let Some((id,)) = fired {
                 info!(cron = %entry.name, %slot, job.id = %id, "cron slot fired");
             }

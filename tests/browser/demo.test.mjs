@@ -20,6 +20,7 @@ import {
   readCard,
   recordCardHistory,
   screenshot,
+  until,
   waitForCard,
   waitForLiveList,
 } from './helpers.mjs'
@@ -74,7 +75,7 @@ test('a quick job started as alice fills its bar step by step to 100 and ends co
   await screenshot(page, 'demo-1-quick-completed')
 })
 
-test('a failing job ends failed and shows its error, with Retry offered', { timeout: 60_000 }, async (t) => {
+test('a failing job ends failed and shows its error, and Retry runs it again to the same end', { timeout: 60_000 }, async (t) => {
   const page = await openDemo(t, 'alice')
   const job = await startJob(page, 'Failing job')
 
@@ -82,6 +83,16 @@ test('a failing job ends failed and shows its error, with Retry offered', { time
   assert.match(card.error ?? '', /demo failure: this job always fails/)
   assert.deepEqual(card.buttons, ['Retry'])
   await screenshot(page, 'demo-2-failing-job-error')
+
+  // Retry runs it again from the start: pending (or running) once more, then failed again.
+  await page.locator(`[data-job-id="${job.id}"]`).getByRole('button', { name: 'Retry', exact: true }).click()
+  const statuses = await until(
+    async () => (await cardHistory(page, job.id)).map((entry) => entry.status),
+    (seen) => seen.lastIndexOf('failed') > seen.indexOf('failed') + 1,
+    { what: 'failed, then pending or running, then failed again' }
+  )
+  assert.ok(statuses.slice(statuses.indexOf('failed') + 1, -1).some((s) => s === 'pending' || s === 'running'), `${statuses}`)
+  assert.match((await readCard(page, job.id)).error ?? '', /demo failure: this job always fails/)
 })
 
 test('a flaky job fails once, is retried and completes on attempt 2', { timeout: 60_000 }, async (t) => {

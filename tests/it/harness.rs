@@ -79,18 +79,18 @@ pub async fn spawn_app() -> TestApp {
 /// Spawns the app with `limits`.
 pub async fn spawn_app_with(limits: Limits) -> TestApp {
     let db_url = fresh_database().await;
-    spawn_on(&db_url, limits, "").await
+    spawn_on(&db_url, limits, "", true).await
 }
 
 /// Spawns gateway and runner on a fresh database with job types from `toml` (plus `demo`).
 pub async fn spawn_jobs_app(toml: &str) -> TestApp {
     let db_url = fresh_database().await;
-    spawn_on(&db_url, Limits { poll_ms: 100, ..Limits::default() }, toml).await
+    spawn_on(&db_url, Limits { poll_ms: 100, ..Limits::default() }, toml, true).await
 }
 
 /// The job config of the tests: `toml` plus the demo type, fast polls and short leases.
 pub fn jobs_config(toml: &str) -> JobsConfig {
-    JobsConfig::parse(&with_runner_defaults(toml)).unwrap_or_else(|e| panic!("test job config: {e}")).with_demo_type()
+    JobsConfig::parse_with(&with_runner_defaults(toml), true).unwrap_or_else(|e| panic!("test job config: {e}"))
 }
 
 /// Fast polls, 2 s leases and a 5 s shutdown grace, unless `toml` sets `[runner]` itself.
@@ -102,8 +102,8 @@ fn with_runner_defaults(toml: &str) -> String {
     format!("{toml}\n[runner]\npoll = \"100ms\"\nlease = \"2s\"\nshutdown_grace = \"5s\"\n")
 }
 
-/// Spawns gateway and runner on `db_url`.
-pub async fn spawn_on(db_url: &str, limits: Limits, toml: &str) -> TestApp {
+/// Spawns the gateway, and the runner if `runner`, on `db_url`.
+pub async fn spawn_on(db_url: &str, limits: Limits, toml: &str, runner: bool) -> TestApp {
     // ROWCAST_LOG=debug shows the app's logs under `--nocapture`.
     if let Ok(filter) = std::env::var("ROWCAST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
@@ -112,6 +112,7 @@ pub async fn spawn_on(db_url: &str, limits: Limits, toml: &str) -> TestApp {
     let mut config = AppConfig::new(db_url.clone(), "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
     config.limits = limits;
     config.jobs = jobs_config(toml);
+    config.runner = runner;
     let app = App::build(config).await.expect("building the app");
     let addr = app.local_addr().expect("the gateway is on");
     let (tx, rx) = oneshot::channel();
@@ -446,7 +447,7 @@ impl RunnerProcess {
     pub fn spawn(db_url: &str, toml: &str) -> RunnerProcess {
         let config = tempfile_path::TempFile::with(&with_runner_defaults(toml));
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rowcast"))
-            .args(["serve", "--no-gateway", "--config"])
+            .args(["serve", "--no-gateway", "--demo-jobs", "--config"])
             .arg(config.path())
             .env("DATABASE_URL", db_url)
             .env("JWT_SECRET", SECRET)

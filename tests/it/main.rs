@@ -10,5 +10,6 @@ mod delivery;
 mod faults;
 mod interop;
 mod jobs_api;
+mod jobs_runners;
 mod limits;
 mod protocol;

@@ -19,7 +19,6 @@ use crate::harness::WAIT;
 /// One step call as the handler saw it.
 #[derive(Debug, Clone)]
 pub struct Call {
-    pub path: String,
     pub job: Value,
     pub steps: Map<String, Value>,
     pub signature: Option<String>,
@@ -57,7 +56,7 @@ pub enum Event {
     /// A call arrived.
     Called(Call),
     /// A call was answered.
-    Answered { job: String, step: usize },
+    Answered,
     /// The client closed the connection before the answer.
     Dropped { job: String, step: usize },
 }
@@ -147,7 +146,7 @@ impl StepServer {
     }
 }
 
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Option<String>, String)> {
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Option<String>, String)> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -164,9 +163,8 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Stri
                 buf.extend_from_slice(&chunk[..n]);
             }
             let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-            let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
             buf.drain(..end + 4 + len);
-            return Some((path, header("x-rowcast-signature"), body));
+            return Some((header("x-rowcast-signature"), body));
         }
         let mut chunk = [0u8; 65536];
         let n = stream.read(&mut chunk).await.ok()?;
@@ -179,9 +177,9 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Stri
 
 async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<Event>, load: Arc<Mutex<Load>>, script: Script) {
     let mut buf = Vec::new();
-    while let Some((path, signature, body)) = read_request(&mut stream, &mut buf).await {
+    while let Some((signature, body)) = read_request(&mut stream, &mut buf).await {
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        let call = Call { path, job: v["job"].clone(), steps: v["steps"].as_object().cloned().unwrap_or_default(), signature, body };
+        let call = Call { job: v["job"].clone(), steps: v["steps"].as_object().cloned().unwrap_or_default(), signature, body };
         let (job, step, user) = (call.job_id(), call.next_step(), call.job["user_id"].as_str().unwrap_or("").to_owned());
         let _ = tx.send(Event::Called(call.clone()));
         enter(&load, &user);
@@ -202,7 +200,7 @@ async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<Event>, load: Ar
             let _ = tx.send(Event::Dropped { job, step });
             return;
         }
-        let _ = tx.send(Event::Answered { job, step });
+        let _ = tx.send(Event::Answered);
     }
 }
 

@@ -1,0 +1,249 @@
+//! Runners as separate processes and side by side: SIGKILL and lease rescue,
+//! a late worker after SIGSTOP, SIGTERM draining, limits across two
+//! processes, cron slots, expiry, rate limits and retention.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::harness::{fresh_database, spawn_jobs_app, wait_job, RunnerApp, RunnerProcess, TestApp, WAIT};
+use crate::step_server::{step, Call, Event, Reply, StepServer};
+
+fn http_type(name: &str, url: &str, extra: &str) -> String {
+    format!("[jobs.{name}]\nurl = \"{url}\"\nbackoff_base = \"100ms\"\n{extra}\n")
+}
+
+/// (attempt, step) of every call the handler saw for `job`.
+fn calls_of(events: &[Event], job: &str) -> Vec<(i64, usize)> {
+    events.iter().filter_map(|e| match e { Event::Called(c) if c.job_id() == job => Some((c.attempt(), c.next_step())), _ => None }).collect()
+}
+
+async fn enqueue_sql(app: &TestApp, job_type: &str, user: &str) -> String {
+    let (id,): (uuid::Uuid,) = sqlx::query_as("select id from rowcast.enqueue($1, '{}', $2)").bind(job_type).bind(user).fetch_one(&app.pool).await.unwrap();
+    id.to_string()
+}
+
+/// A gateway with no runner of its own, for tests whose runners are elsewhere.
+async fn gateway_only(toml: &str) -> TestApp {
+    let db = fresh_database().await;
+    crate::harness::spawn_on(&db, rowcast::config::Limits::default(), toml, false).await
+}
+
+#[tokio::test]
+async fn a_runner_killed_with_sigkill_has_its_job_resumed_elsewhere_without_repeating_steps() {
+    let hold = Arc::new(Notify::new());
+    let h = hold.clone();
+    let mut handler = StepServer::start(move |call: &Call| match (call.next_step(), call.attempt()) {
+        (1, _) => Reply::Now(200, step(1, 3, json!("one"))),
+        (2, 1) => Reply::Hold(h.clone(), 200, step(2, 3, json!("never"))),
+        (n, _) if n <= 3 => Reply::Now(200, step(n, 3, json!(n))),
+        _ => Reply::Now(200, json!({"done": true})),
+    })
+    .await;
+    let toml = http_type("work", &handler.url, "");
+    let app = gateway_only(&toml).await;
+    let mut first = RunnerProcess::spawn(&app.db_url, &toml);
+    let id = enqueue_sql(&app, "work", "alice").await;
+    loop {
+        let c = handler.next_call().await;
+        if c.job_id() == id && c.next_step() == 2 {
+            break;
+        }
+    }
+    first.signal("KILL");
+    first.exited().await;
+    let killed_at = std::time::Instant::now();
+    let second = RunnerApp::start(&app.db_url, &toml).await;
+    let done = app.wait_job(&id, |j| j["status"] == "completed").await;
+    assert!(killed_at.elapsed() < Duration::from_secs(30), "resumed within 30 s: {:?}", killed_at.elapsed());
+    assert_eq!(done["attempts"], 2);
+    let calls = calls_of(&handler.drain(), &id);
+    assert!(!calls.contains(&(2, 1)), "step 1 was not run again: {calls:?}");
+    let (steps,): (Value,) = sqlx::query_as("select jsonb_object_agg(step_id, output) from rowcast.job_steps where job_id = $1::uuid").bind(&id).fetch_one(&app.pool).await.unwrap();
+    assert_eq!(steps["s1"], "one");
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_worker_cannot_overwrite_a_job_rescued_from_it() {
+    let hold = Arc::new(Notify::new());
+    let h = hold.clone();
+    let mut handler = StepServer::start(move |call: &Call| match (call.next_step(), call.attempt()) {
+        (1, 1) => Reply::Hold(h.clone(), 200, json!({"done": true, "output": "from the late worker"})),
+        _ => Reply::Now(200, json!({"done": true, "output": "from the rescuer"})),
+    })
+    .await;
+    let toml = http_type("work", &handler.url, "");
+    let app = gateway_only(&toml).await;
+    let mut late = RunnerProcess::spawn(&app.db_url, &toml);
+    let id = enqueue_sql(&app, "work", "alice").await;
+    let call = handler.next_call().await;
+    assert_eq!((call.job_id(), call.attempt()), (id.clone(), 1));
+    late.signal("STOP");
+    let rescuer = RunnerApp::start(&app.db_url, &toml).await;
+    let done = app.wait_job(&id, |j| j["status"] == "completed").await;
+    assert_eq!((done["attempts"].as_i64(), done["output"].clone()), (Some(2), json!("from the rescuer")));
+    rescuer.stop().await;
+    late.signal("CONT");
+    hold.notify_waiters();
+    late.signal("TERM");
+    assert!(late.exited().await.success());
+    let after = app.wait_job(&id, |_| true).await;
+    assert_eq!((after["output"].clone(), after["attempts"].as_i64(), after["updated_at"].clone()), (json!("from the rescuer"), Some(2), done["updated_at"].clone()));
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_step_finish_then_hands_the_job_back() {
+    let mut handler = StepServer::start(|call: &Call| match call.next_step() {
+        1 => Reply::Now(200, step(1, 3, json!(1))),
+        n if n <= 3 && call.attempt() == 1 => Reply::After(Duration::from_millis(800), 200, step(n, 3, json!(n))),
+        n if n <= 3 => Reply::Now(200, step(n, 3, json!(n))),
+        _ => Reply::Now(200, json!({"done": true})),
+    })
+    .await;
+    let toml = http_type("work", &handler.url, "");
+    let app = gateway_only(&toml).await;
+    let mut runner = RunnerProcess::spawn(&app.db_url, &toml);
+    let id = enqueue_sql(&app, "work", "alice").await;
+    let mut calls = Vec::new();
+    while calls.last() != Some(&(1, 2)) {
+        let c = handler.next_call().await;
+        calls.push((c.attempt(), c.next_step()));
+    }
+    runner.signal("TERM");
+    assert!(runner.exited().await.success(), "a clean exit");
+    let released = app.wait_job(&id, |_| true).await;
+    assert_eq!((released["status"].as_str(), released["attempts"].as_i64(), released["progress"].as_i64()), (Some("pending"), Some(0), Some(66)));
+    assert_eq!(released["message"], "released by a stopping runner");
+    let next = RunnerApp::start(&app.db_url, &toml).await;
+    app.wait_job(&id, |j| j["status"] == "completed").await;
+    calls.extend(calls_of(&handler.drain(), &id));
+    assert_eq!(calls, [(1, 1), (1, 2), (1, 3), (1, 4)], "no step ran twice; the released attempt was not spent");
+    next.stop().await;
+}
+
+#[tokio::test]
+async fn concurrency_limits_hold_across_two_runner_processes_and_no_attempt_runs_twice() {
+    let handler = StepServer::start(|call: &Call| match call.next_step() {
+        n if n <= 2 => Reply::After(Duration::from_millis(60), 200, step(n, 2, json!(n))),
+        _ => Reply::Now(200, json!({"done": true})),
+    })
+    .await;
+    let toml = http_type("limited", &handler.url, "concurrency = 3\nconcurrency_per_user = 1");
+    let app = gateway_only(&toml).await;
+    let mut a = RunnerProcess::spawn(&app.db_url, &toml);
+    let mut b = RunnerProcess::spawn(&app.db_url, &toml);
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        ids.push(enqueue_sql(&app, "limited", &format!("user{}", i % 4)).await);
+    }
+    for id in &ids {
+        let done = app.wait_job(id, |j| j["status"] == "completed").await;
+        assert_eq!(done["attempts"], 1);
+    }
+    let mut handler = handler;
+    let events = handler.drain();
+    let mut seen = HashSet::new();
+    for e in &events {
+        if let Event::Called(c) = e {
+            assert!(seen.insert((c.job_id(), c.next_step())), "a step was called twice: {}", c.job_id());
+        }
+    }
+    assert_eq!(seen.len(), 16 * 3);
+    let load = handler.load.lock().unwrap();
+    assert!(load.max <= 3, "at most 3 running at once, saw {}", load.max);
+    assert_eq!(load.max_per_user, 1, "at most 1 per user");
+    assert!(load.max >= 2, "both processes did work in parallel (max {})", load.max);
+    drop(load);
+    a.signal("TERM");
+    b.signal("TERM");
+    a.exited().await;
+    b.exited().await;
+}
+
+#[tokio::test]
+async fn each_cron_slot_fires_exactly_once_across_runners() {
+    let toml = "[[cron]]\nname = \"tick\"\nschedule = \"* * * * * *\"\ntype = \"demo\"\ninput = { steps = 1, step_ms = 1 }\n";
+    let app = spawn_jobs_app(toml).await;
+    let other = RunnerApp::start(&app.db_url, toml).await;
+    let third = RunnerApp::start(&app.db_url, toml).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (slots,): (i64,) = sqlx::query_as("select count(*) from rowcast.cron_slots where name = 'tick'").fetch_one(&app.pool).await.unwrap();
+        if slots >= 4 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cron did not fire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    other.stop().await;
+    third.stop().await;
+    let (slots, jobs, distinct): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from rowcast.cron_slots where name = 'tick'), \
+                (select count(*) from rowcast.jobs where type = 'demo'), \
+                (select count(distinct job_id) from rowcast.cron_slots where name = 'tick')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((jobs, distinct), (slots, slots), "one job per slot");
+}
+
+#[tokio::test]
+async fn jobs_stuck_pending_or_running_past_their_limits_fail_with_a_clear_error() {
+    let handler = StepServer::start(|_: &Call| Reply::After(Duration::from_secs(60), 200, json!({"done": true}))).await;
+    let app = spawn_jobs_app(&http_type("stuck", &handler.url, "concurrency = 1\ntimeout = \"1m\"\npending_timeout = \"1s\"\nrunning_timeout = \"2s\"")).await;
+    let mut handler = handler;
+    let running = enqueue_sql(&app, "stuck", "alice").await;
+    handler.next_call().await;
+    let waiting = enqueue_sql(&app, "stuck", "alice").await;
+    let expired = app.wait_job(&waiting, |j| j["status"] == "failed").await;
+    assert_eq!(expired["error"], "expired: still pending after 1 s");
+    let timed_out = app.wait_job(&running, |j| j["status"] == "failed").await;
+    assert_eq!(timed_out["error"], "timed out: still running after 2 s");
+    handler.dropped(&running, 1).await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_spaces_a_users_starts() {
+    let app = spawn_jobs_app("[jobs.rated]\nbuiltin = \"demo\"\nrate_limit = \"2/1s\"\n").await;
+    let body = json!({"type": "rated", "input": {"steps": 1, "step_ms": 1}});
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.enqueue("alice", body.clone()).await["id"].as_str().unwrap().to_owned());
+    }
+    let other = app.enqueue("bob", body).await;
+    for id in ids.iter().chain([other["id"].as_str().unwrap().to_owned()].iter()) {
+        app.wait_job(id, |j| j["status"] == "completed").await;
+    }
+    let starts: Vec<(f64,)> = sqlx::query_as("select extract(epoch from started_at)::float8 from rowcast.job_starts where user_id = 'alice' order by 1")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(starts.len(), 5);
+    for w in starts.windows(3) {
+        assert!(w[2].0 - w[0].0 >= 1.0, "no three starts within one second: {starts:?}");
+    }
+}
+
+#[tokio::test]
+async fn finished_jobs_are_pruned_after_their_retention() {
+    let app = spawn_jobs_app("[retention]\ncompleted = \"1s\"\nfailed = \"1h\"\n").await;
+    let done = app.enqueue("alice", json!({"type": "demo", "input": {"steps": 1, "step_ms": 1}})).await;
+    let failed = app.enqueue("alice", json!({"type": "demo", "input": {"mode": "fail", "step_ms": 1}})).await;
+    app.wait_job(failed["id"].as_str().unwrap(), |j| j["status"] == "failed").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (left,): (i64,) = sqlx::query_as("select count(*) from rowcast.jobs where id = $1::uuid").bind(done["id"].as_str()).fetch_one(&app.pool).await.unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the completed job was not pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let still = wait_job(&app.pool, failed["id"].as_str().unwrap(), |_| true).await;
+    assert_eq!(still["status"], "failed", "failed jobs keep their longer retention");
+}
