@@ -130,7 +130,7 @@ async function demoSession(user) {
   const response = await fetch(`/demo/session?user=${encodeURIComponent(user)}`)
   const json = await response.json().catch(() => ({}))
   if (response.ok) return json
-  if (response.status === 404) throw new Error('this gateway hands out no demo sessions: start it with `rowcast demo`')
+  if (response.status === 404) throw new Error('this gateway hands out no demo sessions: run `rowcast demo`')
   throw new Error(json.error ?? `GET /demo/session: HTTP ${response.status}`)
 }
 

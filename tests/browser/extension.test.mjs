@@ -35,7 +35,8 @@ const EXTENSION_DIR = fileURLToPath(new URL('../../web-demo/extension', import.m
 /** The extension's service worker, its id, and probes of its state. */
 async function extensionWorker(context) {
   const isOurs = (worker) => worker.url().endsWith('/background.js')
-  const worker = context.serviceWorkers().find(isOurs) ?? (await context.waitForEvent('serviceworker', { predicate: isOurs }))
+  const worker =
+    context.serviceWorkers().find(isOurs) ?? (await context.waitForEvent('serviceworker', { predicate: isOurs }))
   return {
     worker,
     id: new URL(worker.url()).host,
@@ -44,15 +45,19 @@ async function extensionWorker(context) {
   }
 }
 
-test('the extension popup shows a job enqueued over REST, follows it live, and the badge counts running jobs', { timeout: 60_000 }, async (t) => {
+const LIMIT = { timeout: 60_000 }
+
+test('the popup shows a job enqueued over REST and follows it live; the badge counts running jobs', LIMIT, async (t) => {
   execFileSync('bash', [`${EXTENSION_DIR}/setup.sh`], { stdio: 'inherit' })
   const context = await launchWithExtension(t, EXTENSION_DIR)
   const extension = await extensionWorker(context)
 
   // A user of its own, so that the badge counts only this test's jobs.
   const user = uniqueUser('ext')
-  await extension.worker.evaluate((settings) => chrome.storage.local.set(settings), { gateway: ENV.ROWCAST_URL, user })
-  await until(extension.state, (s) => s.user === user && s.status === 'SUBSCRIBED', { what: `worker subscribed as ${user}` })
+  const settings = { gateway: ENV.ROWCAST_URL, user }
+  await extension.worker.evaluate((settings) => chrome.storage.local.set(settings), settings)
+  const subscribed = (s) => s.user === user && s.status === 'SUBSCRIBED'
+  await until(extension.state, subscribed, { what: `worker subscribed as ${user}` })
   assert.equal(await extension.badge(), '', 'no running jobs, no badge')
 
   await recordCardHistory(context)

@@ -81,7 +81,8 @@ export const uniqueUser = (prefix) => `${prefix}-${randomBytes(4).toString('hex'
 /** Saves a full-page screenshot as ARTIFACTS_DIR/<name>.png. */
 export async function screenshot(page, name) {
   mkdirSync(ENV.ARTIFACTS_DIR, { recursive: true })
-  await page.screenshot({ path: path.join(ENV.ARTIFACTS_DIR, `${name}.png`), fullPage: true, animations: 'disabled' })
+  const file = path.join(ENV.ARTIFACTS_DIR, `${name}.png`)
+  await page.screenshot({ path: file, fullPage: true, animations: 'disabled' })
 }
 
 /** Fails test `t` at its end if the page threw an uncaught error. */
@@ -128,7 +129,7 @@ export async function recordCardHistory(context) {
   await context.addInitScript(() => {
     const history = (window.__jobs = {})
     const record = (card) => {
-      const now = card.getAttribute('aria-valuenow') ?? card.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')
+      const now = card.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')
       if (now === null || now === undefined) return
       const entry = { status: card.dataset.status, progress: Number(now) }
       const seen = (history[card.dataset.jobId] ??= [])
@@ -145,7 +146,12 @@ export async function recordCardHistory(context) {
           for (const card of owner ? [owner] : cards) record(card)
         }
       }
-    }).observe(document, { subtree: true, childList: true, attributes: true, attributeFilter: ['aria-valuenow', 'data-status'] })
+    }).observe(document, {
+      subtree: true,
+      childList: true,
+      attributes: true,
+      attributeFilter: ['aria-valuenow', 'data-status'],
+    })
   })
 }
 

@@ -33,3 +33,9 @@ async fn the_official_supabase_js_client_passes_the_interop_suite() {
     let app = spawn_app().await;
     run_node_suite(&app, "interop.test.mjs").await;
 }
+
+#[tokio::test]
+async fn supabase_js_subscribers_follow_a_jobs_progress_live() {
+    let app = spawn_app().await;
+    run_node_suite(&app, "jobs.test.mjs").await;
+}

@@ -7,6 +7,7 @@ mod step_server;
 mod authz;
 mod capture;
 mod delivery;
+mod example_handler;
 mod faults;
 mod interop;
 mod jobs_api;

@@ -234,7 +234,7 @@ class Recorder {
 
 /**
  * Subscribes channel `name` with one postgres_changes binding per entry of `bindings`
- * (`{table, event?, filter?}`, schema public) plus a `system` listener, and resolves once
+ * (`{table, schema?, event?, filter?}`; `table` a Table or a name, schema default public) plus a `system` listener, and resolves once
  * supabase-js reports SUBSCRIBED. Returns the channel and its recorders: `changes[i]` for
  * binding i, `system`, and `status` (every subscribe-callback status).
  */
@@ -243,8 +243,8 @@ export async function subscribe(client, name, bindings) {
   const changes = bindings.map((_, i) => new Recorder(`${name} binding ${i}`))
   const system = new Recorder(`${name} system`)
   const status = new Recorder(`${name} status`)
-  bindings.forEach(({ table, event = '*', filter }, i) => {
-    const spec = { event, schema: 'public', table: table.name, ...(filter && { filter }) }
+  bindings.forEach(({ table, schema = 'public', event = '*', filter }, i) => {
+    const spec = { event, schema, table: typeof table === 'string' ? table : table.name, ...(filter && { filter }) }
     channel.on('postgres_changes', spec, changes[i].push)
   })
   channel.on('system', {}, system.push)

@@ -75,7 +75,9 @@ class Feed {
       .order('created_at', { ascending: false })
       .limit(50)
     if (this.closed) return
-    if (error || !Array.isArray(data)) return setStatus(state.status, `snapshot: ${error?.message ?? `HTTP ${status}`}`)
+    if (error || !Array.isArray(data)) {
+      return setStatus(state.status, `snapshot: ${error?.message ?? `HTTP ${status}`}`)
+    }
     for (const row of data) upsert(row)
     updateBadge()
   }
