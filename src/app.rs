@@ -35,6 +35,7 @@ use crate::jobs::handlers::JobsState;
 use crate::jobs::hooks::Hooks;
 use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
+use crate::rest::snapshot::RestState;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
 
@@ -181,8 +182,9 @@ async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>
         shutdown: CancellationToken::new(),
     };
     let jobs = JobsState { pool: pool.clone(), verifier: verifier.clone(), types: Arc::new(jobs.types.clone()) };
+    let rest = RestState { pool: pool.clone(), verifier: verifier.clone(), tables: sockets.tables.clone() };
     let demo = config.demo.then(|| verifier.clone());
-    let state = AppState { pool: pool.clone(), sockets, jobs, demo, web_dir: config.web_dir.clone() };
+    let state = AppState { pool: pool.clone(), sockets, jobs, rest, demo, web_dir: config.web_dir.clone() };
     Ok(Gateway { listener, state, change_listener })
 }
 

@@ -23,6 +23,7 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::auth::{AuthError, Verifier};
 use crate::jobs::handlers::{self as job_routes, JobsState};
+use crate::rest::snapshot::{self as rest_routes, RestState};
 use crate::realtime::protocol::Vsn;
 use crate::realtime::socket::{self, SocketContext};
 
@@ -32,6 +33,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub sockets: SocketContext,
     pub jobs: JobsState,
+    pub rest: RestState,
     /// Set only by `rowcast demo`: mints demo users' tokens.
     pub demo: Option<Verifier>,
     pub web_dir: PathBuf,
@@ -51,6 +53,9 @@ pub fn router(state: AppState) -> Router {
     router
         .with_state(state.clone())
         .merge(job_routes::router(state.jobs))
+        .merge(rest_routes::router(state.rest))
+        // Only the demo's own files are served: not its node_modules.
+        .route("/node_modules/{*rest}", get(|| async { StatusCode::NOT_FOUND }))
         .route_service("/vendor/supabase.js", ServeFile::new(supabase_umd))
         .fallback_service(files)
         .layer(CorsLayer::permissive())

@@ -6,6 +6,7 @@
 //! - `http`: the axum router; the only place routes are wired.
 //! - `realtime`: the Supabase Realtime protocol: framing, filters, channels, sockets, fan-out.
 //! - `jobs`: the job runner and its REST API.
+//! - `rest`: read-only PostgREST-compatible snapshots of captured tables.
 //! - `changes`: capture side: change-log reader, table cache, change rendering.
 //! - `auth`: JWT verify/mint, pure.
 //! - `config`: clap settings, pure.
@@ -19,3 +20,4 @@ pub mod http;
 pub mod jobs;
 pub mod pg_local;
 pub mod realtime;
+pub mod rest;

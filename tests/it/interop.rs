@@ -39,3 +39,9 @@ async fn supabase_js_subscribers_follow_a_jobs_progress_live() {
     let app = spawn_app().await;
     run_node_suite(&app, "jobs.test.mjs").await;
 }
+
+#[tokio::test]
+async fn supabase_js_reads_snapshots_through_rest_v1() {
+    let app = spawn_app().await;
+    run_node_suite(&app, "rest.test.mjs").await;
+}

@@ -14,3 +14,4 @@ mod jobs_api;
 mod jobs_runners;
 mod limits;
 mod protocol;
+mod rest;

@@ -1,0 +1,351 @@
+//! The PostgREST query grammar supabase-js sends, parsed and turned into SQL. Pure.
+//!
+//! `select=a,b` (or `*`), `<col>=[not.]<op>.<value>` with eq, neq, gt, gte,
+//! lt, lte, like, ilike, is, in; `or=(a.eq.1,b.gt.2)`; `order=a.asc,b.desc.nullslast`;
+//! `limit`, `offset`. Every identifier is checked against the table's columns
+//! and quoted; every value is a bound parameter cast to the column's type,
+//! so no request text ever becomes SQL text. Errors carry PostgREST's codes.
+
+use crate::changes::change::TableMeta;
+
+/// A request PostgREST would refuse; `status` and the JSON fields of its error body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RestError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl RestError {
+    /// A 400 with PostgREST's parse-error code.
+    pub fn parse(message: impl Into<String>, details: impl Into<String>) -> Self {
+        RestError { status: 400, code: "PGRST100", message: message.into(), details: Some(details.into()), hint: None }
+    }
+}
+
+fn no_column(meta: &TableMeta, column: &str) -> RestError {
+    RestError {
+        status: 400,
+        code: "42703",
+        message: format!("column {}.{} does not exist", meta.table, column),
+        details: None,
+        hint: None,
+    }
+}
+
+/// A condition on one column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Filter {
+    column: String,
+    negate: bool,
+    op: String,
+    value: String,
+}
+
+/// A parsed, validated request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Query {
+    /// Columns to return (empty: all).
+    pub select: Vec<String>,
+    filters: Vec<Filter>,
+    /// Groups of conditions ORed together, each group ANDed with the rest.
+    any_of: Vec<Vec<Filter>>,
+    /// (column, descending, nulls first)
+    order: Vec<(String, bool, Option<bool>)>,
+    pub limit: Option<i64>,
+    pub offset: i64,
+}
+
+/// A bound parameter: text, or a text array (for `in`), cast in SQL to the column's type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    Text(String),
+    Array(Vec<String>),
+}
+
+/// The parameters of a statement, `$1` first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sql {
+    pub params: Vec<Param>,
+}
+
+impl Sql {
+    /// Adds a parameter; its `$n` number.
+    fn push(&mut self, p: Param) -> usize {
+        self.params.push(p);
+        self.params.len()
+    }
+}
+
+/// Parses the query string pairs (already percent-decoded) against `meta`.
+pub fn parse(pairs: &[(String, String)], meta: &TableMeta) -> Result<Query, RestError> {
+    let mut q = Query::default();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "select" => q.select = select(value, meta)?,
+            "order" => q.order = order(value, meta)?,
+            "limit" => q.limit = Some(number(key, value)?),
+            "offset" => q.offset = number(key, value)?,
+            "or" => q.any_of.push(or_group(value, meta)?),
+            "and" => return Err(RestError::parse("`and=` groups are not supported", value.clone())),
+            column => q.filters.push(filter(column, value, meta)?),
+        }
+    }
+    Ok(q)
+}
+
+fn number(key: &str, value: &str) -> Result<i64, RestError> {
+    value.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| RestError::parse(format!("`{key}` must be a non-negative integer"), value))
+}
+
+fn check_column(meta: &TableMeta, column: &str) -> Result<String, RestError> {
+    meta.columns.iter().find(|c| c.name == column).map(|c| c.name.clone()).ok_or_else(|| no_column(meta, column))
+}
+
+fn select(value: &str, meta: &TableMeta) -> Result<Vec<String>, RestError> {
+    let value = value.trim();
+    if value.is_empty() || value == "*" {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            if c.contains(|ch: char| "():!".contains(ch)) {
+                return Err(RestError::parse("embedding, aliases and casts in `select` are not supported", c));
+            }
+            check_column(meta, c)
+        })
+        .collect()
+}
+
+fn order(value: &str, meta: &TableMeta) -> Result<Vec<(String, bool, Option<bool>)>, RestError> {
+    value
+        .split(',')
+        .map(|term| {
+            let mut parts = term.split('.');
+            let column = check_column(meta, parts.next().unwrap_or_default())?;
+            let (mut desc, mut nulls_first) = (false, None);
+            for p in parts {
+                match p {
+                    "asc" => desc = false,
+                    "desc" => desc = true,
+                    "nullsfirst" => nulls_first = Some(true),
+                    "nullslast" => nulls_first = Some(false),
+                    _ => return Err(RestError::parse(format!("failed to parse order ({term})"), term)),
+                }
+            }
+            Ok((column, desc, nulls_first))
+        })
+        .collect()
+}
+
+const OPS: [&str; 10] = ["eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "is", "in"];
+
+/// `value` is `[not.]op.operand` (the column is the key).
+fn filter(column: &str, value: &str, meta: &TableMeta) -> Result<Filter, RestError> {
+    let column = check_column(meta, column)?;
+    let (negate, rest) = value.strip_prefix("not.").map_or((false, value), |r| (true, r));
+    let (op, operand) = rest.split_once('.').ok_or_else(|| RestError::parse(format!("failed to parse filter ({value})"), value))?;
+    if !OPS.contains(&op) {
+        return Err(RestError::parse(format!("failed to parse filter ({value})"), format!("unknown operator {op:?}")));
+    }
+    if op == "is" && !["null", "true", "false", "unknown"].contains(&operand) {
+        return Err(RestError::parse(format!("failed to parse filter ({value})"), "`is` takes null, true, false or unknown"));
+    }
+    if op == "in" && !(operand.starts_with('(') && operand.ends_with(')')) {
+        return Err(RestError::parse(format!("failed to parse filter ({value})"), "`in` takes a list in parentheses"));
+    }
+    Ok(Filter { column, negate, op: op.to_owned(), value: operand.to_owned() })
+}
+
+/// `or=(a.eq.1,b.not.gt.2)`.
+fn or_group(value: &str, meta: &TableMeta) -> Result<Vec<Filter>, RestError> {
+    let inner = value.strip_prefix('(').and_then(|v| v.strip_suffix(')')).ok_or_else(|| RestError::parse("failed to parse logic tree", value))?;
+    split_list(inner)
+        .iter()
+        .map(|term| {
+            let (column, rest) = term.split_once('.').ok_or_else(|| RestError::parse("failed to parse logic tree", term.clone()))?;
+            if column == "and" || column == "or" {
+                return Err(RestError::parse("nested logic trees are not supported", term.clone()));
+            }
+            filter(column, rest, meta)
+        })
+        .collect()
+}
+
+/// Splits on commas outside parentheses and double quotes; unquotes items.
+fn split_list(text: &str) -> Vec<String> {
+    let (mut items, mut cur, mut depth, mut quoted) = (Vec::new(), String::new(), 0, false);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => cur.extend(chars.next()),
+            '"' => quoted = !quoted,
+            '(' if !quoted => {
+                depth += 1;
+                cur.push(c)
+            }
+            ')' if !quoted => {
+                depth -= 1;
+                cur.push(c)
+            }
+            ',' if !quoted && depth == 0 => items.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    items.push(cur);
+    items
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+impl Query {
+    /// `where` clause (with a leading ` where` when non-empty) for `meta`, restricted to `owner`
+    /// (the owner column must equal it) when given; fills `sql.params`.
+    pub fn where_clause(&self, meta: &TableMeta, owner: Option<(&str, &str)>, sql: &mut Sql) -> String {
+        let mut terms: Vec<String> = self.filters.iter().map(|f| condition(f, meta, sql)).collect();
+        for group in &self.any_of {
+            let ors: Vec<String> = group.iter().map(|f| condition(f, meta, sql)).collect();
+            terms.push(format!("({})", ors.join(" or ")));
+        }
+        if let Some((column, sub)) = owner {
+            let n = sql.push(Param::Text(sub.to_owned()));
+            terms.push(format!("{}::text = ${n}", quote(column)));
+        }
+        if terms.is_empty() { String::new() } else { format!(" where {}", terms.join(" and ")) }
+    }
+
+    /// The `order by` / `limit` / `offset` tail.
+    pub fn tail(&self) -> String {
+        let mut out = String::new();
+        if !self.order.is_empty() {
+            let terms: Vec<String> = self
+                .order
+                .iter()
+                .map(|(c, desc, nulls)| {
+                    let dir = if *desc { "desc" } else { "asc" };
+                    let nulls = match nulls {
+                        Some(true) => " nulls first",
+                        Some(false) => " nulls last",
+                        None => "",
+                    };
+                    format!("{} {dir}{nulls}", quote(c))
+                })
+                .collect();
+            out += &format!(" order by {}", terms.join(", "));
+        }
+        if let Some(limit) = self.limit {
+            out += &format!(" limit {limit}");
+        }
+        if self.offset > 0 {
+            out += &format!(" offset {}", self.offset);
+        }
+        out
+    }
+
+    /// The column list for `select`.
+    pub fn columns(&self) -> String {
+        if self.select.is_empty() { "*".into() } else { self.select.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ") }
+    }
+}
+
+fn column_type(meta: &TableMeta, column: &str) -> String {
+    let typ = meta.columns.iter().find(|c| c.name == column).map(|c| c.typ.as_str()).unwrap_or("text");
+    quote(typ)
+}
+
+/// One condition's SQL; values become parameters cast to the column's type.
+fn condition(f: &Filter, meta: &TableMeta, sql: &mut Sql) -> String {
+    let col = quote(&f.column);
+    let expr = match f.op.as_str() {
+        // `is` takes only the four keywords parse() allowed.
+        "is" => format!("{col} is {}", f.value),
+        "in" => {
+            let n = sql.push(Param::Array(split_list(&f.value[1..f.value.len() - 1])));
+            format!("{col} = any(cast(${n} as {}[]))", column_type(meta, &f.column))
+        }
+        "like" | "ilike" => {
+            let n = sql.push(Param::Text(f.value.replace('*', "%")));
+            format!("{col}::text {} ${n}", f.op)
+        }
+        op => {
+            let n = sql.push(Param::Text(f.value.clone()));
+            let sym = match op {
+                "eq" => "=",
+                "neq" => "<>",
+                "gt" => ">",
+                "gte" => ">=",
+                "lt" => "<",
+                _ => "<=",
+            };
+            format!("{col} {sym} cast(${n} as {})", column_type(meta, &f.column))
+        }
+    };
+    if f.negate { format!("not ({expr})") } else { expr }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::change::Column;
+
+    fn meta() -> TableMeta {
+        let col = |n: &str, t: &str| Column { name: n.into(), typ: t.into() };
+        TableMeta {
+            schema: "public".into(),
+            table: "todos".into(),
+            owner_column: Some("user_id".into()),
+            public: false,
+            full_identity: false,
+            columns: vec![col("id", "int8"), col("user_id", "text"), col("title", "text"), col("n", "int4")],
+            primary_key: vec!["id".into()],
+        }
+    }
+
+    fn q(pairs: &[(&str, &str)]) -> Result<Query, RestError> {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        parse(&pairs, &meta())
+    }
+
+    #[test]
+    fn filters_become_typed_parameters_never_sql_text() {
+        let query = q(&[("n", "gt.5"), ("title", "not.like.a*"), ("id", "in.(1,2,\"3\")"), ("or", "(n.eq.1,title.is.null)")]).unwrap();
+        let mut sql = Sql::default();
+        let clause = query.where_clause(&meta(), Some(("user_id", "u1")), &mut sql);
+        assert_eq!(
+            clause,
+            " where \"n\" > cast($1 as \"int4\") and not (\"title\"::text like $2) and \"id\" = any(cast($3 as \"int8\"[])) \
+             and (\"n\" = cast($4 as \"int4\") or \"title\" is null) and \"user_id\"::text = $5"
+        );
+        let t = |s: &str| Param::Text(s.into());
+        assert_eq!(sql.params, vec![t("5"), t("a%"), Param::Array(vec!["1".into(), "2".into(), "3".into()]), t("1"), t("u1")]);
+    }
+
+    #[test]
+    fn select_order_limit_and_offset_are_checked_and_quoted() {
+        let query = q(&[("select", "id,title"), ("order", "n.desc.nullslast,id"), ("limit", "10"), ("offset", "20")]).unwrap();
+        assert_eq!(query.columns(), "\"id\", \"title\"");
+        assert_eq!(query.tail(), " order by \"n\" desc nulls last, \"id\" asc limit 10 offset 20");
+    }
+
+    #[test]
+    fn hostile_or_unknown_input_is_refused_with_postgrest_codes() {
+        let err = |pairs: &[(&str, &str)]| q(pairs).unwrap_err();
+        assert_eq!(err(&[("id;drop table x", "eq.1")]).code, "42703");
+        assert_eq!(err(&[("select", "id,\"x\"")]).code, "42703");
+        assert_eq!(err(&[("select", "id,author:users(name)")]).code, "PGRST100");
+        assert_eq!(err(&[("order", "id.sideways")]).code, "PGRST100");
+        assert_eq!(err(&[("n", "foo.1")]).code, "PGRST100");
+        assert_eq!(err(&[("n", "is.maybe")]).code, "PGRST100");
+        assert_eq!(err(&[("n", "in.1,2")]).code, "PGRST100");
+        assert_eq!(err(&[("limit", "-1")]).code, "PGRST100");
+        assert_eq!(err(&[("or", "(and(n.eq.1))")]).code, "PGRST100");
+        assert_eq!(err(&[("nope", "eq.1")]).message, "column todos.nope does not exist");
+    }
+}
