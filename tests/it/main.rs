@@ -5,6 +5,7 @@ mod harness;
 mod step_server;
 
 mod authz;
+mod browser;
 mod capture;
 mod delivery;
 mod example_handler;
