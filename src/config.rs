@@ -19,7 +19,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the realtime gateway against DATABASE_URL.
+    /// Run the gateway (HTTP, realtime) and the job runner against DATABASE_URL.
     Serve(ServeArgs),
     /// Apply the embedded migrations (idempotent).
     Migrate(DbArgs),

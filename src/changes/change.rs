@@ -114,9 +114,14 @@ struct Data<'a> {
 
 /// Renders the `data` object of the frame for `change` on `meta`.
 pub fn render_data(change: &Change, meta: &TableMeta, max_record_bytes: usize) -> Arc<str> {
-    let old = change.old_record.as_ref().map(|old| {
-        if meta.full_identity { old.clone() } else { only_keys(old, &meta.primary_key) }
-    });
+    // The trigger keeps an UPDATE's old row only for REPLICA IDENTITY FULL tables;
+    // otherwise the old primary key is the new row's (a changed key is not seen).
+    let old = match (&change.old_record, change.op) {
+        (Some(old), _) if meta.full_identity => Some(old.clone()),
+        (Some(old), _) => Some(only_keys(old, &meta.primary_key)),
+        (None, Op::Update) => change.record.as_ref().map(|new| only_keys(new, &meta.primary_key)),
+        (None, _) => None,
+    };
     let mut record = change.record.clone();
     let mut old_record = old;
     let too_big = [&record, &old_record].iter().any(|r| r.as_ref().is_some_and(|r| json_len(r) > max_record_bytes));
@@ -209,6 +214,13 @@ mod tests {
         assert!(data.get("record").is_none());
         let data: Value = serde_json::from_str(&render_data(&c, &meta(true), 1 << 20)).unwrap();
         assert_eq!(data["old_record"], old);
+    }
+
+    #[test]
+    fn an_update_without_its_old_row_takes_the_old_key_from_the_new_row() {
+        let c = change(Op::Update, Some(json!({"id": 9, "user_id": "u1", "title": "b"})), None);
+        let data: Value = serde_json::from_str(&render_data(&c, &meta(false), 1 << 20)).unwrap();
+        assert_eq!(data["old_record"], json!({"id": 9}));
     }
 
     #[test]

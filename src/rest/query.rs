@@ -168,10 +168,10 @@ fn or_group(value: &str, meta: &TableMeta) -> Result<Vec<Filter>, RestError> {
     split_list(inner)
         .iter()
         .map(|term| {
-            let (column, rest) = term.split_once('.').ok_or_else(|| RestError::parse("failed to parse logic tree", term.clone()))?;
-            if column == "and" || column == "or" {
+            if term.starts_with("and(") || term.starts_with("or(") || term.starts_with("not.and(") || term.starts_with("not.or(") {
                 return Err(RestError::parse("nested logic trees are not supported", term.clone()));
             }
+            let (column, rest) = term.split_once('.').ok_or_else(|| RestError::parse("failed to parse logic tree", term.clone()))?;
             filter(column, rest, meta)
         })
         .collect()

@@ -222,3 +222,37 @@ async fn sql_enqueue_joins_the_apps_own_transaction() {
     let (n,): (i64,) = sqlx::query_as("select count(*) from rowcast.jobs where id = $1").bind(rolled).fetch_one(&app.pool).await.unwrap();
     assert_eq!(n, 0, "a rolled-back enqueue leaves no job");
 }
+
+#[tokio::test]
+async fn an_http_failure_hook_receives_the_failed_job_signed() {
+    let mut handler = StepServer::start(|call: &Call| {
+        if call.body.contains("\"job.failed\"") {
+            Reply::Now(200, json!({}))
+        } else {
+            Reply::Now(200, json!({"error": {"message": "boom", "retriable": false}}))
+        }
+    })
+    .await;
+    let hook = handler.url.clone();
+    let app = spawn_jobs_app(&format!("{}on_failure = \"{hook}\"\n", http_type("hooked", &handler.url, ""))).await;
+    let row = app.enqueue("alice", json!({"type": "hooked"})).await;
+    app.wait_job(&id(&row), |j| j["status"] == "failed").await;
+    loop {
+        let call = handler.next_call().await;
+        if call.body.contains("\"job.failed\"") {
+            let body: Value = serde_json::from_str(&call.body).unwrap();
+            assert_eq!((body["job"]["id"].clone(), body["job"]["error"].as_str()), (row["id"].clone(), Some("boom")));
+            let sig = call.signature.expect("the hook call is signed");
+            let t: i64 = sig.trim_start_matches("t=").split(',').next().unwrap().parse().unwrap();
+            assert_eq!(sig, rowcast::jobs::steps::sign("test-signing-secret", t, call.body.as_bytes()));
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_mode_offers_no_way_to_obtain_a_token() {
+    let app = spawn_jobs_app("").await;
+    let (status, _) = app.get("/demo/session?user=alice").await;
+    assert_eq!(status, 404, "demo sessions exist only in `rowcast demo`");
+}
