@@ -55,6 +55,11 @@ pub enum ListenerError {
 const CHANNELS: [&str; 2] = ["rowcast_changes", "rowcast_tables"];
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const GAP_STALE: Duration = Duration::from_secs(1);
+/// While changes keep coming the reader polls at this pace without arming the
+/// doorbell (arming lets every commit NOTIFY, which is what we avoid)...
+const BUSY_POLL: Duration = Duration::from_millis(3);
+/// ...and arms it only after the log has been quiet this long.
+const QUIET: Duration = Duration::from_millis(50);
 const GAP_FORGET: Duration = Duration::from_secs(3600);
 
 /// The reader task; build with `new`, run with `run`.
@@ -93,6 +98,13 @@ impl Row {
             old_record: self.old_record,
         })
     }
+}
+
+/// What one read pass did.
+struct PassResult {
+    /// The batch was full: read again at once.
+    full: bool,
+    delivered: usize,
 }
 
 /// Per-session state: what the reader last told the database.
@@ -164,21 +176,27 @@ impl Listener {
 
     async fn serve(&mut self, s: &mut Session, cancel: &CancellationToken) -> Result<(), ListenerError> {
         let mut wait_step = Duration::from_millis(1);
+        let mut last_activity = Instant::now();
         loop {
-            let full = self.read_pass(s).await?;
-            if full {
+            let pass = self.read_pass(s).await?;
+            if pass.full {
                 continue;
             }
             let waiting = self.window().is_waiting(Instant::now());
-            if !s.idle {
+            if pass.delivered > 0 || waiting {
+                last_activity = Instant::now();
+            }
+            let busy = last_activity.elapsed() < QUIET;
+            if !busy && !s.idle {
                 self.set_idle(s, true).await?;
                 // Close the race with a writer that saw us busy: read once more after arming.
-                if self.read_pass(s).await? {
+                if self.read_pass(s).await?.delivered > 0 {
+                    last_activity = Instant::now();
                     continue;
                 }
             }
             self.housekeeping(s).await?;
-            let wait = if waiting { wait_step } else { self.config.poll };
+            let wait = if waiting { wait_step } else if busy { BUSY_POLL } else { self.config.poll };
             wait_step = if waiting { (wait_step * 2).min(Duration::from_millis(50)) } else { Duration::from_millis(1) };
             let rang = tokio::select! {
                 // Shutdown.
@@ -186,12 +204,13 @@ impl Listener {
                 // The doorbell or a table reload; Ok(None) is a lost connection, which
                 // we rebuild ourselves so the session's settings are applied again.
                 note = s.listener.try_recv() => Some(note?.ok_or(ListenerError::Lost)?),
-                // Fallback poll, or a short wait while a gap is undecided.
+                // Busy polling, a short wait while a gap is undecided, or the fallback poll.
                 _ = tokio::time::sleep(wait) => None,
             };
             if let Some(note) = rang {
                 self.on_notification(s, note).await?;
                 self.set_idle(s, false).await?;
+                last_activity = Instant::now();
             }
         }
     }
@@ -254,8 +273,8 @@ impl Listener {
         Ok(())
     }
 
-    /// Reads and delivers one batch; true when the batch was full (read again at once).
-    async fn read_pass(&mut self, s: &mut Session) -> Result<bool, ListenerError> {
+    /// Reads and delivers one batch.
+    async fn read_pass(&mut self, s: &mut Session) -> Result<PassResult, ListenerError> {
         // The sequence first, then the snapshot: every id up to `upper` was
         // handed out to a transaction that is finished or running in the snapshot.
         let (upper,): (i64,) =
@@ -278,11 +297,12 @@ impl Listener {
         for id in pass.forgotten {
             warn!(change_id = id, "gave up waiting for a change-log id held by a transaction open for over an hour");
         }
-        if !pass.deliver.is_empty() {
-            debug!(count = pass.deliver.len(), first = pass.deliver[0].id, "delivering changes");
+        let delivered = pass.deliver.len();
+        if delivered > 0 {
+            debug!(count = delivered, first = pass.deliver[0].id, "delivering changes");
         }
         self.deliver(s, pass.deliver).await?;
-        Ok(full)
+        Ok(PassResult { full, delivered })
     }
 
     async fn deliver(&mut self, s: &mut Session, changes: Vec<Change>) -> Result<(), ListenerError> {
