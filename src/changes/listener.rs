@@ -1,8 +1,8 @@
 //! The change-log reader: LISTEN for the doorbell, read `rowcast.changes` in
 //! id order behind a safe watermark, hand each change to a `ChangeSink`.
 //!
-//! Owns one database connection (the LISTEN one, also used for reads), the
-//! reader's `Window`, the gateway's row in `rowcast.listeners` (idle flag,
+//! Owns two database connections (one that only LISTENs, one for reads and
+//! the reader's own writes, with its session settings), the reader's `Window`, the gateway's row in `rowcast.listeners` (idle flag,
 //! cursor, liveness) and pruning. When the connection dies or Postgres
 //! restarts it reconnects with backoff and resumes from its in-memory window,
 //! so clients still connected get every change committed meanwhile, once.
@@ -109,7 +109,11 @@ struct PassResult {
 
 /// Per-session state: what the reader last told the database.
 struct Session {
+    /// Only receives notifications. (Queries are never run through it: sqlx
+    /// reconnects a PgListener silently, which would drop our session settings.)
     listener: PgListener,
+    /// Reads and the reader's own writes.
+    conn: sqlx::PgConnection,
     idle: bool,
     last_heartbeat: Instant,
     last_prune: Instant,
@@ -126,7 +130,10 @@ impl Listener {
         let mut backoff = Duration::from_millis(50);
         loop {
             let result = self.session(&cancel).await;
-            self.live.send_replace(false);
+            // A session that went live resets the backoff: only repeated failures to connect grow it.
+            if self.live.send_replace(false) {
+                backoff = Duration::from_millis(50);
+            }
             match result {
                 Ok(()) => break,
                 Err(e) => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "change listener lost its connection"),
@@ -149,21 +156,22 @@ impl Listener {
 
     async fn session(&mut self, cancel: &CancellationToken) -> Result<(), ListenerError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        // The reader's own writes (flag, cursor, fences) need no durability wait.
-        sqlx::query("set synchronous_commit = off").execute(&mut listener).await?;
-        sqlx::query("set application_name = 'rowcast-listener'").execute(&mut listener).await?;
         listener.listen_all(CHANNELS).await?;
-        self.tables.reload(&mut listener).await?;
+        let mut conn = self.pool.acquire().await?.detach();
+        // The reader's own writes (flag, cursor, fences) need no durability wait.
+        sqlx::query("set synchronous_commit = off").execute(&mut conn).await?;
+        sqlx::query("set application_name = 'rowcast-listener'").execute(&mut conn).await?;
+        self.tables.reload(&mut conn).await?;
         if self.window.is_none() {
-            let (max,): (i64,) = sqlx::query_as("select coalesce(max(id), 0) from rowcast.changes").fetch_one(&mut listener).await?;
+            let (max,): (i64,) = sqlx::query_as("select coalesce(max(id), 0) from rowcast.changes").fetch_one(&mut conn).await?;
             self.window = Some(Window::starting_after(max, GAP_STALE, GAP_FORGET));
         }
         sqlx::query("insert into rowcast.listeners (id, cursor) values ($1, $2) on conflict (id) do update set idle = false, seen_at = now()")
             .bind(self.id)
             .bind(self.window().settled())
-            .execute(&mut listener)
+            .execute(&mut conn)
             .await?;
-        let mut session = Session { listener, idle: false, last_heartbeat: Instant::now(), last_prune: Instant::now() };
+        let mut session = Session { listener, conn, idle: false, last_heartbeat: Instant::now(), last_prune: Instant::now() };
         self.live.send_replace(true);
         let from = self.window().high_water();
         info!(listener = %self.id, from, "change listener live");
@@ -221,7 +229,7 @@ impl Listener {
             reload |= more.channel() == "rowcast_tables";
         }
         if reload {
-            self.tables.reload(&mut s.listener).await?;
+            self.tables.reload(&mut s.conn).await?;
         }
         Ok(())
     }
@@ -234,7 +242,7 @@ impl Listener {
             .bind(self.id)
             .bind(idle)
             .bind(self.window().settled())
-            .execute(&mut s.listener)
+            .execute(&mut s.conn)
             .await?;
         s.idle = idle;
         s.last_heartbeat = Instant::now();
@@ -246,7 +254,7 @@ impl Listener {
             sqlx::query("update rowcast.listeners set cursor = $2, seen_at = now() where id = $1")
                 .bind(self.id)
                 .bind(self.window().settled())
-                .execute(&mut s.listener)
+                .execute(&mut s.conn)
                 .await?;
             s.last_heartbeat = Instant::now();
         }
@@ -265,10 +273,10 @@ impl Listener {
              and id <= (select min(cursor) from rowcast.listeners where seen_at > now() - interval '30 seconds')",
         )
         .bind(self.config.retention.as_secs_f64())
-        .execute(&mut s.listener)
+        .execute(&mut s.conn)
         .await?
         .rows_affected();
-        sqlx::query("delete from rowcast.listeners where seen_at < now() - interval '10 minutes'").execute(&mut s.listener).await?;
+        sqlx::query("delete from rowcast.listeners where seen_at < now() - interval '10 minutes'").execute(&mut s.conn).await?;
         debug!(pruned, "pruned the change log");
         Ok(())
     }
@@ -279,15 +287,15 @@ impl Listener {
         // handed out to a transaction that is finished or running in the snapshot.
         let (upper,): (i64,) =
             sqlx::query_as("select case when is_called then last_value else 0 end from rowcast.changes_id_seq")
-                .fetch_one(&mut s.listener)
+                .fetch_one(&mut s.conn)
                 .await?;
         let fenced = self.window().needs_fence();
         if fenced {
             // A committed write of ours, newer than every writer that took an id up to `upper`.
-            sqlx::query("update rowcast.listeners set seen_at = now() where id = $1").bind(self.id).execute(&mut s.listener).await?;
+            sqlx::query("update rowcast.listeners set seen_at = now() where id = $1").bind(self.id).execute(&mut s.conn).await?;
         }
         let (hw, gaps, batch) = (self.window().high_water(), self.window().gap_ids(), self.config.batch);
-        let (snap, rows): (String, sqlx::types::Json<Vec<Row>>) = sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&mut s.listener).await?;
+        let (snap, rows): (String, sqlx::types::Json<Vec<Row>>) = sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&mut s.conn).await?;
         let snapshot = Snapshot::parse(&snap).ok_or(ListenerError::Snapshot(snap))?;
         let rows: Vec<Change> = rows.0.into_iter().filter_map(Row::into_change).collect();
         let full = rows.len() as i64 >= batch;
@@ -311,7 +319,7 @@ impl Listener {
             let mut meta = self.tables.get(&change.schema, &change.table);
             let stale = meta.as_ref().is_none_or(|m| change.filter_row().is_some_and(|r| !m.fits(r)));
             if stale && !reloaded {
-                self.tables.reload(&mut s.listener).await?;
+                self.tables.reload(&mut s.conn).await?;
                 reloaded = true;
                 meta = self.tables.get(&change.schema, &change.table);
             }

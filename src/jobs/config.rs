@@ -195,6 +195,10 @@ struct RawRunner {
     shutdown_grace: Option<String>,
 }
 
+/// This build's HTTP client has no TLS (it keeps the build free of a C crypto library).
+const TLS_UNSUPPORTED: &str =
+    "{url}: https is not supported by this build; put the handler behind a local TLS-terminating proxy and use http://";
+
 /// The built-in demo type, as `--demo-jobs` adds it.
 pub const DEMO_TYPE: &str = r#"
 [jobs.demo]
@@ -280,8 +284,9 @@ fn job_type(name: &str, t: RawType) -> Result<JobType, String> {
         return Err("`bulk` is reserved for bulk-enqueue parents".into());
     }
     let handler = match (t.url, t.builtin) {
-        (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => Handler::Http(url),
-        (Some(url), None) => return Err(format!("url {url:?} must start with http:// or https://")),
+        (Some(url), None) if url.starts_with("http://") => Handler::Http(url),
+        (Some(url), None) if url.starts_with("https://") => return Err(TLS_UNSUPPORTED.replace("{url}", &url)),
+        (Some(url), None) => return Err(format!("url {url:?} must start with http://")),
         (None, Some(b)) if b == "demo" => Handler::Builtin(b),
         (None, Some(b)) => return Err(format!("unknown builtin {b:?} (the one builtin is \"demo\")")),
         _ => return Err("give exactly one of `url` or `builtin`".into()),
@@ -292,8 +297,9 @@ fn job_type(name: &str, t: RawType) -> Result<JobType, String> {
     };
     let on_failure = t.on_failure.map(|f| match f.strip_prefix("job:") {
         Some(job) => Ok(OnFailure::Job(job.to_owned())),
-        None if f.starts_with("http://") || f.starts_with("https://") => Ok(OnFailure::Http(f)),
-        None => Err(format!("on_failure {f:?}: use \"job:<type>\" or an http(s) URL")),
+        None if f.starts_with("http://") => Ok(OnFailure::Http(f)),
+        None if f.starts_with("https://") => Err(TLS_UNSUPPORTED.replace("{url}", &f)),
+        None => Err(format!("on_failure {f:?}: use \"job:<type>\" or an http:// URL")),
     });
     Ok(JobType {
         name: name.to_owned(),
@@ -378,6 +384,7 @@ mod tests {
         let err = |t: &str| JobsConfig::parse(t).unwrap_err().to_string();
         assert!(err("[jobs.a]\nmax_attempts = 3").contains("exactly one of `url` or `builtin`"));
         assert!(err("[jobs.a]\nurl = \"ftp://x\"").contains("must start with http"));
+        assert!(err("[jobs.a]\nurl = \"https://x\"").contains("https is not supported"));
         assert!(err("[jobs.a]\nbuiltin = \"demo\"\nrate_limit = \"ten\"").contains("rate_limit"));
         assert!(err("[jobs.a]\nbuiltin = \"demo\"\nbogus = 1").contains("bogus"));
         assert!(err("[jobs.a]\nbuiltin = \"demo\"\n[[cron]]\nschedule = \"nope\"\ntype = \"a\"").contains("schedule"));
