@@ -7,6 +7,7 @@ mod step_server;
 mod authz;
 mod browser;
 mod capture;
+mod cli;
 mod delivery;
 mod example_handler;
 mod faults;
