@@ -88,13 +88,17 @@ fn owner_for(caller: &Caller, job: &NewJob) -> Result<Option<String>, ApiError> 
 
 const ENQUEUE: &str = "select * from rowcast.enqueue($1, $2, $3, $4, $5, $6, null, $7)";
 
+/// A missing input is an empty object.
+fn input_of(job: &NewJob) -> Value {
+    if job.input.is_null() { Value::Object(Default::default()) } else { job.input.clone() }
+}
+
 /// Enqueues one job.
 pub async fn enqueue(pool: &PgPool, caller: &Caller, job: &NewJob) -> Result<Job, ApiError> {
     let owner = owner_for(caller, job)?;
-    let input = if job.input.is_null() { Value::Object(Default::default()) } else { job.input.clone() };
     let row = sqlx::query_as::<_, Job>(ENQUEUE)
         .bind(&job.job_type)
-        .bind(input)
+        .bind(input_of(job))
         .bind(owner)
         .bind(&job.idempotency_key)
         .bind(job.run_at)
@@ -123,10 +127,9 @@ pub async fn enqueue_bulk(pool: &PgPool, caller: &Caller, jobs: &[NewJob]) -> Re
     .fetch_one(&mut *tx)
     .await?;
     for job in jobs {
-        let input = if job.input.is_null() { Value::Object(Default::default()) } else { job.input.clone() };
         sqlx::query(ENQUEUE)
             .bind(&job.job_type)
-            .bind(input)
+            .bind(input_of(job))
             .bind(owner_for(caller, job)?)
             .bind(&job.idempotency_key)
             .bind(job.run_at)

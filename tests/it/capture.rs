@@ -2,13 +2,12 @@
 //! lost or repeated under concurrent writers, the doorbell rule, pruning.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::json;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 
-use crate::harness::{fresh_database, spawn_app, spawn_app_with, Client, WAIT};
+use crate::harness::{eventually, fresh_database, scalar, spawn_app, spawn_app_with, Client, WAIT};
 use rowcast::config::Limits;
 
 fn todos() -> serde_json::Value {
@@ -17,22 +16,12 @@ fn todos() -> serde_json::Value {
 
 /// Waits until the gateway's reader has run a read after `since` (a clock_timestamp text).
 async fn reader_has_read_after(pool: &sqlx::PgPool, since: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (done,): (bool,) = sqlx::query_as(
-            "select coalesce(max(query_start) > $1::timestamptz, false) from pg_stat_activity \
-             where datname = current_database() and query like '%pg_current_snapshot()::text%' and pid <> pg_backend_pid()",
-        )
-        .bind(since)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if done {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the reader never read the log");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let sql = format!(
+        "select coalesce(max(query_start) > '{since}'::timestamptz, false) from pg_stat_activity \
+         where datname = current_database() and query like '%pg_current_snapshot()::text%' and pid <> pg_backend_pid()"
+    );
+    let sql = &sql;
+    eventually(|| async move { if scalar::<bool>(pool, sql).await { Ok(()) } else { Err("the reader never read the log".into()) } }).await
 }
 
 #[tokio::test]
@@ -136,15 +125,13 @@ async fn read_changes_are_pruned_from_the_log() {
     for _ in 0..20 {
         c.change("p").await;
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (left,): (i64,) = sqlx::query_as("select count(*) from rowcast.changes").fetch_one(&app.pool).await.unwrap();
-        if left == 0 {
-            break;
+    eventually(|| async {
+        match scalar::<i64>(&app.pool, "select count(*) from rowcast.changes").await {
+            0 => Ok(()),
+            left => Err(format!("{left} changes still in the log")),
         }
-        assert!(tokio::time::Instant::now() < deadline, "{left} changes still in the log");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

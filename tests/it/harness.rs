@@ -158,14 +158,13 @@ impl TestApp {
     }
 
     async fn wait_healthy(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::Instant::now() < deadline {
-            if self.get("/health").await.0 == 200 {
-                return;
+        eventually(|| async {
+            match self.get("/health").await {
+                (200, _) => Ok(()),
+                (status, body) => Err(format!("the app is not healthy: {status} {body}")),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the app did not become healthy within {WAIT:?}");
+        })
+        .await
     }
 
     /// Runs SQL on the app's database.
@@ -392,21 +391,37 @@ fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
 
-/// Waits until job `id` satisfies `done` (polling its row every 20 ms, up to `WAIT`).
-pub async fn wait_job(pool: &PgPool, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+/// Polls `check` every 20 ms until it answers `Ok`; after `WAIT` fails with its last `Err`,
+/// which describes what was seen instead.
+pub async fn eventually<T, Fut: std::future::Future<Output = Result<T, String>>>(mut check: impl FnMut() -> Fut) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (row,): (Value,) = sqlx::query_as("select to_jsonb(j) from rowcast.jobs j where id = $1::uuid")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .expect("job row");
-        if done(&row) {
-            return row;
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(tokio::time::Instant::now() < deadline, "waited {WAIT:?} in vain: {seen}"),
         }
-        assert!(tokio::time::Instant::now() < deadline, "job never reached the expected state; last: {row}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One scalar query's result.
+pub async fn scalar<T>(pool: &PgPool, sql: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Waits until job `id` satisfies `done`; returns its row.
+pub async fn wait_job(pool: &PgPool, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let id: uuid::Uuid = id.parse().expect("a job id");
+    let sql = format!("select to_jsonb(j) from rowcast.jobs j where id = '{id}'");
+    let (sql, done) = (&sql, &done);
+    eventually(|| async move {
+        let row: Value = scalar(pool, sql).await;
+        if done(&row) { Ok(row) } else { Err(format!("job {id} is {row}")) }
+    })
+    .await
 }
 
 /// A runner-only app in this process (a second runner on the same database).

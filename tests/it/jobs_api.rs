@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{spawn_jobs_app, WAIT};
+use crate::harness::{eventually, spawn_jobs_app};
 use crate::step_server::{program, step, Call, Event, Reply, StepServer};
 
 fn http_type(name: &str, url: &str, extra: &str) -> String {
@@ -116,16 +116,12 @@ async fn a_non_retriable_error_fails_at_once_and_runs_the_failure_hook() {
     let row = app.enqueue("alice", json!({"type": "strict"})).await;
     let failed = app.wait_job(&id(&row), |j| j["status"] == "failed").await;
     assert_eq!((failed["attempts"].as_i64(), failed["error"].as_str()), (Some(1), Some("bad input")));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let follow: Option<(Value,)> = sqlx::query_as("select input from rowcast.jobs where type = 'demo' and user_id = 'alice'").fetch_optional(&app.pool).await.unwrap();
-        if let Some((input,)) = follow {
-            assert_eq!(input["failed_job"]["id"], row["id"]);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no follow-up job");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let input: Value = eventually(|| async {
+        let follow: Option<Value> = sqlx::query_scalar("select input from rowcast.jobs where type = 'demo' and user_id = 'alice'").fetch_optional(&app.pool).await.unwrap();
+        follow.ok_or_else(|| "no follow-up job yet".to_owned())
+    })
+    .await;
+    assert_eq!(input["failed_job"]["id"], row["id"]);
 }
 
 #[tokio::test]

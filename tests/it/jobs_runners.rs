@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::harness::{fresh_database, spawn_jobs_app, wait_job, RunnerApp, RunnerProcess, TestApp, WAIT};
+use crate::harness::{eventually, fresh_database, scalar, spawn_jobs_app, wait_job, RunnerApp, RunnerProcess, TestApp};
 use crate::step_server::{step, Call, Event, Reply, StepServer};
 
 fn http_type(name: &str, url: &str, extra: &str) -> String {
@@ -170,15 +170,13 @@ async fn each_cron_slot_fires_exactly_once_across_runners() {
     let app = spawn_jobs_app(toml).await;
     let other = RunnerApp::start(&app.db_url, toml).await;
     let third = RunnerApp::start(&app.db_url, toml).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (slots,): (i64,) = sqlx::query_as("select count(*) from rowcast.cron_slots where name = 'tick'").fetch_one(&app.pool).await.unwrap();
-        if slots >= 4 {
-            break;
+    eventually(|| async {
+        match scalar::<i64>(&app.pool, "select count(*) from rowcast.cron_slots where name = 'tick'").await {
+            n if n >= 4 => Ok(()),
+            n => Err(format!("cron fired {n} slots so far")),
         }
-        assert!(tokio::time::Instant::now() < deadline, "cron did not fire");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     other.stop().await;
     third.stop().await;
     let (slots, jobs, distinct): (i64, i64, i64) = sqlx::query_as(
@@ -235,15 +233,9 @@ async fn finished_jobs_are_pruned_after_their_retention() {
     let done = app.enqueue("alice", json!({"type": "demo", "input": {"steps": 1, "step_ms": 1}})).await;
     let failed = app.enqueue("alice", json!({"type": "demo", "input": {"mode": "fail", "step_ms": 1}})).await;
     app.wait_job(failed["id"].as_str().unwrap(), |j| j["status"] == "failed").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (left,): (i64,) = sqlx::query_as("select count(*) from rowcast.jobs where id = $1::uuid").bind(done["id"].as_str()).fetch_one(&app.pool).await.unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the completed job was not pruned");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let pruned = format!("select count(*) = 0 from rowcast.jobs where id = '{}'", done["id"].as_str().unwrap());
+    let (pruned, pool) = (&pruned, &app.pool);
+    eventually(|| async move { if scalar::<bool>(pool, pruned).await { Ok(()) } else { Err("the completed job is still there".into()) } }).await;
     let still = wait_job(&app.pool, failed["id"].as_str().unwrap(), |_| true).await;
     assert_eq!(still["status"], "failed", "failed jobs keep their longer retention");
 }
