@@ -325,10 +325,11 @@ impl Conn {
 
 /// Maps a read error to how we close: an oversized frame gets 1009 and the limit.
 fn read_error(e: &axum::Error, max_frame_bytes: usize) -> End {
-    let text = e.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity") {
+    use std::error::Error;
+    let inner = e.source().and_then(|s| s.downcast_ref::<tungstenite::Error>());
+    if let Some(tungstenite::Error::Capacity(_)) = inner {
         return End::Close(TOO_BIG, format!("frame larger than {max_frame_bytes} bytes"));
     }
-    debug!(error = %text, "socket read failed");
+    debug!(error = %e, "socket read failed");
     End::Gone
 }
