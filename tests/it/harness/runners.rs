@@ -1,0 +1,92 @@
+//! Extra job runners on a test's database: in this process, or as the
+//! `rowcast` binary in its own OS process (for SIGKILL, SIGSTOP and SIGTERM).
+
+use rowcast::app::{App, AppConfig};
+use rowcast::config::Secret;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{jobs_config, with_runner_defaults, SECRET, WAIT};
+
+/// A runner-only app in this process (a second runner on the same database).
+pub struct RunnerApp {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunnerApp {
+    /// Starts a runner with `toml` on `db_url`.
+    pub async fn start(db_url: &str, toml: &str) -> RunnerApp {
+        let mut config = AppConfig::new(db_url, "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
+        config.gateway = false;
+        config.jobs = jobs_config(toml);
+        let app = App::build(config).await.expect("building a runner");
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        RunnerApp { stop, task }
+    }
+
+    /// Stops it (graceful) and waits.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.task).await.expect("runner stops in time").unwrap().unwrap();
+    }
+}
+
+/// `rowcast serve --no-gateway` as its own OS process.
+pub struct RunnerProcess {
+    pub child: tokio::process::Child,
+    _config: tempfile_path::TempFile,
+}
+
+impl RunnerProcess {
+    /// Starts the binary with `toml` (see `jobs_config`) on `db_url`.
+    pub fn spawn(db_url: &str, toml: &str) -> RunnerProcess {
+        let config = tempfile_path::TempFile::with(&with_runner_defaults(toml));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rowcast"))
+            .args(["serve", "--no-gateway", "--demo-jobs", "--config"])
+            .arg(config.path())
+            .env("DATABASE_URL", db_url)
+            .env("JWT_SECRET", SECRET)
+            .env("ROWCAST_LOG", std::env::var("ROWCAST_LOG").unwrap_or_else(|_| "warn".into()))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the rowcast binary");
+        RunnerProcess { child, _config: config }
+    }
+
+    /// Sends a signal (KILL, STOP, CONT, TERM).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid).status().unwrap().success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; its exit status.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait()).await.expect("the runner process exits in time").unwrap()
+    }
+}
+
+mod tempfile_path {
+    //! A file under the temp dir, removed on drop.
+    pub struct TempFile(std::path::PathBuf);
+    impl TempFile {
+        pub fn with(text: &str) -> TempFile {
+            let path = std::env::temp_dir().join(format!("rowcast-test-{}.toml", uuid::Uuid::new_v4()));
+            std::fs::write(&path, text).expect("writing a temp file");
+            TempFile(path)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
