@@ -163,8 +163,10 @@ impl Listener {
         sqlx::query("set application_name = 'rowcast-listener'").execute(&mut conn).await?;
         self.tables.reload(&mut conn).await?;
         if self.window.is_none() {
-            let (max,): (i64,) = sqlx::query_as("select coalesce(max(id), 0) from rowcast.changes").fetch_one(&mut conn).await?;
-            self.window = Some(Window::starting_after(max, GAP_STALE, GAP_FORGET));
+            // Start at the newest change, but keep watching ids just below it that
+            // are not visible yet: their transactions may still commit.
+            let (max, missing): (i64, Vec<i64>) = sqlx::query_as(STARTING_POINT).fetch_one(&mut conn).await?;
+            self.window = Some(Window::starting_with_gaps(max, &missing, Instant::now(), GAP_STALE, GAP_FORGET));
         }
         sqlx::query("insert into rowcast.listeners (id, cursor) values ($1, $2) on conflict (id) do update set idle = false, seen_at = now()")
             .bind(self.id)
@@ -179,7 +181,7 @@ impl Listener {
     }
 
     fn window(&mut self) -> &mut Window {
-        self.window.as_mut().expect("window is set when a session starts")
+        self.window.as_mut().expect("the window is set when a session starts")
     }
 
     async fn serve(&mut self, s: &mut Session, cancel: &CancellationToken) -> Result<(), ListenerError> {
@@ -331,6 +333,16 @@ impl Listener {
         Ok(())
     }
 }
+
+/// The newest id, and the ids among the 1,000 below it that are not visible
+/// (in flight, aborted or pruned: the fenced gap logic tells them apart).
+const STARTING_POINT: &str = r#"
+with top as (select coalesce(max(id), 0) as max from rowcast.changes)
+select top.max,
+       coalesce((select array_agg(g.id) from generate_series(greatest(top.max - 1000, 1), top.max) g(id)
+                 where not exists (select 1 from rowcast.changes c where c.id = g.id)), '{}')
+from top
+"#;
 
 const READ: &str = r#"
 select pg_current_snapshot()::text,

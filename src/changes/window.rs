@@ -79,6 +79,13 @@ impl Window {
         Window { hw, gaps: BTreeMap::new(), stale_after, forget_after }
     }
 
+    /// A window starting after `hw` that still watches `missing` (ids at or
+    /// below `hw` not visible at start: their transactions may still commit).
+    pub fn starting_with_gaps(hw: i64, missing: &[i64], now: Instant, stale_after: Duration, forget_after: Duration) -> Window {
+        let gaps = missing.iter().map(|id| (*id, Gap { running: None, since: now })).collect();
+        Window { hw, gaps, stale_after, forget_after }
+    }
+
     /// Highest id scanned.
     pub fn high_water(&self) -> i64 {
         self.hw
@@ -268,6 +275,16 @@ mod tests {
         assert_eq!(ids(&p), [1]);
         assert_eq!(w.high_water(), 1);
         assert!(w.gap_ids().is_empty());
+    }
+
+    #[test]
+    fn ids_missing_at_start_are_delivered_if_their_transaction_commits_later() {
+        let t0 = Instant::now();
+        let mut w = Window::starting_with_gaps(5, &[3], t0, Duration::from_secs(1), Duration::from_secs(3600));
+        assert!(w.needs_fence());
+        assert!(ids(&w.pass(vec![], &snap(&[700]), 5, t0, true)).is_empty());
+        assert_eq!(ids(&w.pass(vec![change(3)], &snap(&[]), 5, t0, false)), [3]);
+        assert_eq!(w.settled(), 5);
     }
 
     #[test]

@@ -152,3 +152,22 @@ async fn a_disabled_table_stops_delivering_and_enable_needs_a_primary_key() {
     let err = sqlx::raw_sql("select rowcast.enable('public.other', owner_column => 'nope')").execute(&app.pool).await.unwrap_err();
     assert!(err.to_string().contains("no column named"), "{err}");
 }
+
+#[tokio::test]
+async fn a_change_in_flight_when_the_gateway_starts_is_still_delivered() {
+    let db = fresh_database().await;
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    sqlx::raw_sql("create table todos (id bigserial primary key, user_id text not null, title text); select rowcast.enable('public.todos', owner_column => 'user_id');")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut slow = PgConnection::connect(&db).await.unwrap();
+    sqlx::query("begin").execute(&mut slow).await.unwrap();
+    sqlx::query("insert into todos (user_id, title) values ('u', 'in flight at start')").execute(&mut slow).await.unwrap();
+    sqlx::query("insert into todos (user_id, title) values ('u', 'committed before start')").execute(&pool).await.unwrap();
+    let app = crate::harness::spawn_on(&db, rowcast::config::Limits { poll_ms: 100, ..Default::default() }, "", false).await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    c.subscribe("s", todos(), Some(&app.token(None, "service_role"))).await;
+    sqlx::query("commit").execute(&mut slow).await.unwrap();
+    assert_eq!(c.change("s").await["data"]["record"]["title"], "in flight at start");
+}

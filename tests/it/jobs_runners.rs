@@ -239,3 +239,19 @@ async fn finished_jobs_are_pruned_after_their_retention() {
     let still = wait_job(&app.pool, failed["id"].as_str().unwrap(), |_| true).await;
     assert_eq!(still["status"], "failed", "failed jobs keep their longer retention");
 }
+
+#[tokio::test]
+async fn a_step_still_running_after_the_grace_period_is_interrupted_and_its_job_handed_back() {
+    let mut handler = StepServer::start(|_: &Call| Reply::After(Duration::from_secs(60), 200, json!({"done": true}))).await;
+    let toml = format!("{}[runner]\npoll = \"100ms\"\nlease = \"2s\"\nshutdown_grace = \"1s\"\n", http_type("long", &handler.url, "timeout = \"2m\""));
+    let app = gateway_only(&toml).await;
+    let mut runner = RunnerProcess::spawn(&app.db_url, &toml);
+    let id = enqueue_sql(&app, "long", "alice").await;
+    handler.next_call().await;
+    runner.signal("TERM");
+    assert!(runner.exited().await.success(), "a clean exit after the grace period");
+    handler.dropped(&id, 1).await;
+    let released = app.wait_job(&id, |_| true).await;
+    assert_eq!((released["status"].as_str(), released["attempts"].as_i64()), (Some("pending"), Some(0)));
+    assert_eq!(released["message"], "released by a stopping runner");
+}
