@@ -100,7 +100,7 @@ impl App {
         let runner = if config.runner {
             Runner::sync_types(&pool, &jobs.types.values().collect::<Vec<_>>()).await.context("saving job types")?;
             let hooks = Hooks::new(pool.clone(), Arc::new(jobs.types.clone()), jobs.signing_secret.clone(), client.clone());
-            Some((Runner::new(pool.clone(), jobs.clone(), client), Scheduler::new(pool.clone(), jobs.clone(), hooks)))
+            Some((Runner::new(pool.clone(), jobs.clone(), client, hooks.clone()), Scheduler::new(pool.clone(), jobs.clone(), hooks)))
         } else {
             None
         };

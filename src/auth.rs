@@ -175,6 +175,12 @@ fn time_claim(v: &Value) -> Result<i64, AuthError> {
     v.as_f64().map(|f| f.round() as i64).ok_or(AuthError::BadTimeClaim)
 }
 
+/// The token of an HTTP request: the `Authorization: Bearer` value, else the
+/// `apikey` header, as supabase-js sends them.
+pub fn request_token<'a>(authorization: Option<&'a str>, apikey: Option<&'a str>) -> Option<&'a str> {
+    authorization.and_then(|v| v.strip_prefix("Bearer ")).or(apikey)
+}
+
 /// Seconds since the epoch.
 pub fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -246,6 +252,13 @@ mod tests {
         assert_eq!(v.verify(none), Err(AuthError::Malformed));
         assert_eq!(v.verify("not-a-jwt"), Err(AuthError::Malformed));
         assert_eq!(v.verify("  "), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn a_bearer_token_wins_over_the_apikey_header() {
+        assert_eq!(request_token(Some("Bearer user"), Some("anon")), Some("user"));
+        assert_eq!(request_token(Some("Basic x"), Some("anon")), Some("anon"));
+        assert_eq!(request_token(None, None), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::api::{self, ApiError, Caller, ListQuery, NewJob};
 use super::config::{Enqueuer, JobType};
-use crate::auth::Verifier;
+use crate::auth::{request_token, Verifier};
 
 /// What the job handlers need.
 #[derive(Clone)]
@@ -76,14 +76,9 @@ impl From<ApiError> for Refusal {
     }
 }
 
-/// The bearer token, else the `apikey` header.
-fn token(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()))
-}
-
 fn caller(state: &JobsState, headers: &HeaderMap) -> Result<Caller, Refusal> {
-    let token = token(headers).ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <jwt>"))?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let token = request_token(header("authorization"), header("apikey")).ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <jwt>"))?;
     let principal = state.verifier.verify(token).map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
     match (principal.is_service(), principal.owner_id()) {
         (true, _) => Ok(Caller::Service),

@@ -39,10 +39,8 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner for the types of `config`.
-    pub fn new(pool: PgPool, config: Arc<JobsConfig>, client: reqwest::Client) -> Self {
-        let types = Arc::new(config.types.clone());
-        let hooks = Hooks::new(pool.clone(), types, config.signing_secret.clone(), client.clone());
+    /// A runner for the types of `config`, running `hooks` after final failures.
+    pub fn new(pool: PgPool, config: Arc<JobsConfig>, client: reqwest::Client, hooks: Hooks) -> Self {
         let contexts = config
             .types
             .values()

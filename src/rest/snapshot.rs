@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tracing::error;
 
 use super::query::{self, Param, RestError, Sql};
-use crate::auth::{AuthError, Verifier};
+use crate::auth::{request_token, AuthError, Verifier};
 use crate::changes::change::TableMeta;
 use crate::changes::tables::Tables;
 
@@ -62,8 +62,7 @@ enum Visibility {
 
 fn visibility(headers: &HeaderMap, verifier: &Verifier, meta: &TableMeta) -> Result<Visibility, RestError> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let token = h("authorization").and_then(|v| v.strip_prefix("Bearer ")).or_else(|| h("apikey"));
-    let token = token.ok_or_else(|| rest_error(401, "PGRST301", "No API key found in request"))?;
+    let token = request_token(h("authorization"), h("apikey")).ok_or_else(|| rest_error(401, "PGRST301", "No API key found in request"))?;
     let principal = verifier.verify(token).map_err(|e| match e {
         AuthError::Expired(_) => rest_error(401, "PGRST303", "JWT expired"),
         e => rest_error(401, "PGRST301", e.to_string()),
