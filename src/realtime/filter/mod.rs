@@ -7,6 +7,12 @@
 //! comparison with NULL is unknown and fails even under `not.`; `is` and
 //! `isdistinct` are two-valued. A column missing from the row fails closed.
 //! Text compares byte-wise (C collation); numeric compares as f64.
+//!
+//! `like`, `ilike`, `match` and `imatch` run on the fan-out path for every
+//! subscriber, so one client's pattern must not cost others anything: each is
+//! compiled once, at join, into a `regex` whose engines (lazy DFA, PikeVM) are
+//! linear in the text, never backtracking, and patterns are capped at
+//! `MAX_PATTERN_CHARS` with a compiled-size limit behind that.
 
 mod typed;
 
@@ -18,6 +24,15 @@ use typed::{kind_of, text_of, typed_from_json, typed_from_text, Kind, Typed};
 
 /// Most values an `in` filter may list, as in Supabase.
 pub const MAX_IN_VALUES: usize = 100;
+
+/// Longest `like`/`ilike`/`match`/`imatch` pattern, in characters. Supabase
+/// has no cap (Postgres evaluates it); ours bounds the matcher's size, since
+/// matching costs the pattern's size times the text's length at worst.
+pub const MAX_PATTERN_CHARS: usize = 256;
+
+/// Compiled-program budget of one pattern: a short pattern with counted
+/// repetitions (`a{100}{100}`) must not compile into something huge.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// The operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +53,25 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operator as the filter grammar spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Eq => "eq",
+            Op::Neq => "neq",
+            Op::Lt => "lt",
+            Op::Lte => "lte",
+            Op::Gt => "gt",
+            Op::Gte => "gte",
+            Op::In => "in",
+            Op::Like => "like",
+            Op::Ilike => "ilike",
+            Op::Is => "is",
+            Op::Match => "match",
+            Op::Imatch => "imatch",
+            Op::IsDistinct => "isdistinct",
+        }
+    }
+
     fn parse(text: &str) -> Option<Op> {
         Some(match text {
             "eq" => Op::Eq,
@@ -82,6 +116,9 @@ pub enum FilterError {
     /// `match`/`imatch` with a pattern that does not compile.
     #[error("invalid regular expression: {0}")]
     BadRegex(String),
+    /// A pattern over `MAX_PATTERN_CHARS`; carries the operator.
+    #[error("pattern too long for `{0}` filter. Maximum 256 characters")]
+    PatternTooLong(&'static str),
 }
 
 impl FilterError {
@@ -90,7 +127,9 @@ impl FilterError {
     pub fn sql_error(&self) -> Option<(&'static str, &'static str)> {
         match self {
             FilterError::Parse(_) | FilterError::InNotParenthesized => None,
-            FilterError::TooManyInValues | FilterError::UnknownColumn(_) => Some(("P0001", "raise_exception")),
+            FilterError::TooManyInValues | FilterError::UnknownColumn(_) | FilterError::PatternTooLong(_) => {
+                Some(("P0001", "raise_exception"))
+            }
             FilterError::BadValue { .. } | FilterError::BadIsValue(_) => Some(("22P02", "invalid_text_representation")),
             FilterError::BadRegex(_) => Some(("2201B", "invalid_regular_expression")),
         }
@@ -190,8 +229,8 @@ fn unquote(value: &str) -> String {
 enum Test {
     Compare(Op, Typed),
     In(Vec<Typed>),
-    Like { pattern: Vec<char>, fold: bool },
-    Regex(regex_lite::Regex),
+    /// `like`, `ilike`, `match`, `imatch`, all compiled to a linear-time matcher.
+    Pattern(regex::Regex),
     IsNull,
     IsBool(bool),
     /// `isdistinct`; `None` compares with NULL.
@@ -228,11 +267,7 @@ fn compile_one(c: &Condition, columns: &[(String, String)]) -> Result<TypedCondi
     let first = c.values.first().map(String::as_str).unwrap_or("");
     let test = match c.op {
         Op::In => Test::In(c.values.iter().map(|v| typed(v)).collect::<Result<_, _>>()?),
-        Op::Like | Op::Ilike => Test::Like { pattern: first.chars().collect(), fold: c.op == Op::Ilike },
-        Op::Match | Op::Imatch => {
-            let source = if c.op == Op::Imatch { format!("(?i){first}") } else { first.to_owned() };
-            Test::Regex(regex_lite::Regex::new(&source).map_err(|e| FilterError::BadRegex(e.to_string()))?)
-        }
+        Op::Like | Op::Ilike | Op::Match | Op::Imatch => Test::Pattern(pattern(c.op, first)?),
         Op::Is => match (first.to_ascii_lowercase().as_str(), kind) {
             ("null", _) => Test::IsNull,
             ("unknown", Kind::Bool) => Test::IsNull,
@@ -266,8 +301,7 @@ impl TypedCondition {
             Test::Distinct(other) => Some(distinct(value.as_ref(), other.as_ref())),
             Test::Compare(op, v) => value.and_then(|x| x.compare(v)).map(|o| ordering_holds(*op, o)),
             Test::In(list) => value.map(|x| list.iter().any(|v| x.compare(v) == Some(Ordering::Equal))),
-            Test::Like { pattern, fold } => text_of(raw).map(|t| like(&t, pattern, *fold)),
-            Test::Regex(re) => text_of(raw).map(|t| re.is_match(&t)),
+            Test::Pattern(re) => text_of(raw).map(|t| re.is_match(&t)),
         };
         verdict.map(|v| v != self.negate).unwrap_or(false)
     }
@@ -293,24 +327,45 @@ fn ordering_holds(op: Op, o: Ordering) -> bool {
     }
 }
 
-/// SQL LIKE: `%` any run, `_` one character, `\` escapes the next.
-fn like(text: &str, pattern: &[char], fold: bool) -> bool {
-    let fold_chars = |s: &str| -> Vec<char> {
-        if fold { s.to_lowercase().chars().collect() } else { s.chars().collect() }
+/// Compiles a `like`/`ilike` (SQL LIKE) or `match`/`imatch` (POSIX-ish regex)
+/// pattern into one linear-time matcher, refusing long or oversized ones.
+fn pattern(op: Op, text: &str) -> Result<regex::Regex, FilterError> {
+    if text.chars().count() > MAX_PATTERN_CHARS {
+        return Err(FilterError::PatternTooLong(op.name()));
+    }
+    let (source, fold) = match op {
+        Op::Like => (like_to_regex(text), false),
+        Op::Ilike => (like_to_regex(text), true),
+        Op::Imatch => (text.to_owned(), true),
+        _ => (text.to_owned(), false),
     };
-    let text = fold_chars(text);
-    let pattern: Vec<char> = if fold { fold_chars(&pattern.iter().collect::<String>()) } else { pattern.to_vec() };
-    like_at(&text, &pattern)
+    regex::RegexBuilder::new(&source)
+        .case_insensitive(fold)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| FilterError::BadRegex(e.to_string()))
 }
 
-fn like_at(text: &[char], pattern: &[char]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some(('%', rest)) => (0..=text.len()).any(|i| like_at(&text[i..], rest)),
-        Some(('_', rest)) => !text.is_empty() && like_at(&text[1..], rest),
-        Some(('\\', rest)) if !rest.is_empty() => text.first() == Some(&rest[0]) && like_at(&text[1..], &rest[1..]),
-        Some((c, rest)) => text.first() == Some(c) && like_at(&text[1..], rest),
+/// SQL LIKE as an anchored regex: `%` any run, `_` one character, `\` escapes
+/// the next; `.` matches newlines too, as `%` does in SQL.
+fn like_to_regex(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    out.push_str("(?s)^");
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => out.push_str(".*"),
+            '_' => out.push('.'),
+            '\\' => match chars.next() {
+                Some(escaped) => out.push_str(&regex::escape(escaped.encode_utf8(&mut [0; 4]))),
+                None => out.push_str(&regex::escape("\\")),
+            },
+            c => out.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
     }
+    out.push('$');
+    out
 }
 
 #[cfg(test)]
@@ -402,14 +457,52 @@ mod tests {
         assert!(parse(&hundred).is_ok());
     }
 
+    fn like(text: &str, pat: &str, fold: bool) -> bool {
+        pattern(if fold { Op::Ilike } else { Op::Like }, pat).unwrap().is_match(text)
+    }
+
     #[test]
     fn like_escapes_and_wildcards_behave_as_in_sql() {
-        let p = |s: &str| s.chars().collect::<Vec<_>>();
-        assert!(like("100%", &p("100\\%"), false));
-        assert!(!like("1000", &p("100\\%"), false));
-        assert!(like("abc", &p("%"), false));
-        assert!(like("", &p("%"), false));
-        assert!(!like("ab", &p("a_c"), false));
-        assert!(like("ÀBC", &p("àb%"), true));
+        assert!(like("100%", "100\\%", false));
+        assert!(!like("1000", "100\\%", false));
+        assert!(like("abc", "%", false));
+        assert!(like("", "%", false));
+        assert!(!like("ab", "a_c", false));
+        assert!(like("ÀBC", "àb%", true));
+        assert!(like("a.c", "a.c", false));
+        assert!(!like("abc", "a.c", false));
+        assert!(like("line one\nline two", "line%two", false));
+        assert!(like("(x)[y]{z}+*?", "(x)[y]{z}+*?", false));
+        assert!(like("ends with \\", "%\\", false));
+    }
+
+    #[test]
+    fn a_hostile_like_pattern_costs_linear_time() {
+        let hostile = format!("{}%b", "%a".repeat(25));
+        let compiled = compile(&parse(&format!("title=like.{hostile}")).unwrap(), &columns()).unwrap();
+        let started = std::time::Instant::now();
+        for len in [60, 1_000, 100_000] {
+            assert!(!compiled.matches(json!({"title": "a".repeat(len)}).as_object().unwrap()));
+        }
+        // Backtracking took longer than 20 s for 60 characters; linear matching is microseconds.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn patterns_longer_than_the_cap_are_refused_with_a_precise_error() {
+        let long = "a".repeat(MAX_PATTERN_CHARS + 1);
+        for op in ["like", "ilike", "match", "imatch"] {
+            let err = compile(&parse(&format!("title={op}.{long}")).unwrap(), &columns()).unwrap_err();
+            assert_eq!(err.to_string(), format!("pattern too long for `{op}` filter. Maximum 256 characters"));
+            assert_eq!(err.sql_error(), Some(("P0001", "raise_exception")));
+        }
+        let at_cap = "a".repeat(MAX_PATTERN_CHARS);
+        assert!(compile(&parse(&format!("title=like.{at_cap}")).unwrap(), &columns()).is_ok());
+    }
+
+    #[test]
+    fn a_short_pattern_that_compiles_into_a_huge_program_is_refused() {
+        let err = compile(&parse("title=match.(a{100}){100}{100}").unwrap(), &columns()).unwrap_err();
+        assert!(err.to_string().starts_with("invalid regular expression"), "{err}");
     }
 }
