@@ -97,9 +97,22 @@ pub struct Limits {
     /// Largest WebSocket frame or message accepted from a client, in bytes.
     #[arg(long, env = "ROWCAST_MAX_FRAME_BYTES", default_value_t = 5_000_000)]
     pub max_frame_bytes: usize,
-    /// Frames queued for one socket before it counts as too slow and is closed.
+    /// Frames queued for one socket before it counts as too slow and is closed (1013).
     #[arg(long, env = "ROWCAST_OUTGOING_QUEUE", default_value_t = 1024)]
     pub outgoing_queue: usize,
+    /// Bytes queued for one socket before it counts as too slow and is closed (1013).
+    #[arg(long, env = "ROWCAST_OUTGOING_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub outgoing_queue_bytes: usize,
+    /// Seconds one write to a client may make no progress before the socket is closed as a
+    /// slow consumer (1013); also how long its close frame may take.
+    #[arg(long, env = "ROWCAST_WRITE_TIMEOUT_SECS", default_value_t = 15)]
+    pub write_timeout_secs: u64,
+    /// Open sockets this process accepts; past it upgrades get HTTP 429. 0: no limit.
+    #[arg(long, env = "ROWCAST_MAX_SOCKETS", default_value_t = 50_000)]
+    pub max_sockets: usize,
+    /// Open sockets one client IP may hold; past it upgrades get HTTP 429. 0: no limit.
+    #[arg(long, env = "ROWCAST_MAX_SOCKETS_PER_IP", default_value_t = 1_000)]
+    pub max_sockets_per_ip: usize,
     /// Seconds without any frame from a client before its socket is closed.
     #[arg(long, env = "ROWCAST_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
@@ -119,6 +132,11 @@ impl Limits {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
+
+    /// How long one write may make no progress.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.max(1))
+    }
 }
 
 impl Default for Limits {
@@ -128,6 +146,10 @@ impl Default for Limits {
             max_joins_per_second: 100,
             max_frame_bytes: 5_000_000,
             outgoing_queue: 1024,
+            outgoing_queue_bytes: 4 * 1024 * 1024,
+            write_timeout_secs: 15,
+            max_sockets: 50_000,
+            max_sockets_per_ip: 1_000,
             idle_timeout_secs: 60,
             max_record_bytes: 1_048_576,
             poll_ms: 500,

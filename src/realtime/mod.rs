@@ -4,10 +4,14 @@
 //! - `filter`: the filter language (pure).
 //! - `channel`: join planning and subscription notices (pure).
 //! - `registry`: live subscriptions and change fan-out.
-//! - `socket`: one task per WebSocket.
+//! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
+//! - `admission`: connection limits, in all and per client IP.
+//! - `socket`: one task per WebSocket: control loop and writer.
 
+pub mod admission;
 pub mod channel;
 pub mod filter;
+pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod socket;

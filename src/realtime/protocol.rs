@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 
 /// Which serializer a socket speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Vsn {
     /// Objects; `join_ref` dropped on output.
     V1,

@@ -4,59 +4,27 @@
 //! whose rows they may see, so a change of an owner-column table is checked
 //! against that user's channels and the service-role ones only, never
 //! against every subscriber. Authorisation is decided before anything is
-//! queued; the change's `data` is serialized once and shared. Owns the
-//! per-socket `Outbox` and its slow-consumer rule; not the socket itself.
+//! queued. Each change is serialized once: its `data` once, and each whole
+//! frame once per (topic, binding ids, serializer), so ten thousand sockets on
+//! one channel share one buffer. Delivery only ever queues (see `outbox`);
+//! it never waits on a socket.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::filter::{self, Compiled, Condition};
+use super::outbox::Outbox;
+use super::protocol::{self, Vsn};
 use crate::auth::Principal;
 use crate::changes::change::{render_data, Change, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
 
 /// Identifies one subscription (one joined channel).
 pub type SubId = u64;
-
-/// A frame waiting in a socket's outgoing queue.
-#[derive(Debug, Clone)]
-pub enum Outgoing {
-    /// A `postgres_changes` frame: this channel's matching binding ids and the shared data.
-    Change { topic: Arc<str>, ids: Vec<u32>, data: Arc<str> },
-    /// A `broadcast` frame with its shared payload JSON.
-    Broadcast { topic: Arc<str>, payload: Arc<str> },
-}
-
-/// The sending half of a socket's bounded queue. A full queue marks the
-/// socket slow: it is closed with a reason rather than buffered without bound.
-#[derive(Clone)]
-pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
-    slow: CancellationToken,
-}
-
-impl Outbox {
-    /// A queue of `capacity` frames; the receiver belongs to the socket task.
-    pub fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Outgoing>, CancellationToken) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let slow = CancellationToken::new();
-        (Outbox { tx, slow: slow.clone() }, rx, slow)
-    }
-
-    fn push(&self, frame: Outgoing) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
-            if !self.slow.is_cancelled() {
-                tracing::warn!("a socket's outgoing queue is full: closing it as a slow consumer");
-            }
-            self.slow.cancel();
-        }
-    }
-}
 
 /// Which change types a binding wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +69,17 @@ impl Binding {
     }
 }
 
+/// Where a subscription's frames go: the socket's queue and its serializer.
+#[derive(Clone)]
+pub struct Route {
+    pub outbox: Outbox,
+    pub vsn: Vsn,
+}
+
 /// One joined channel of one socket.
 pub struct Subscription {
     pub topic: Arc<str>,
-    outbox: Outbox,
+    route: Route,
     principal: RwLock<Principal>,
     bindings: Vec<Binding>,
     /// Receives broadcasts it sends itself (`config.broadcast.self`).
@@ -113,8 +88,8 @@ pub struct Subscription {
 
 impl Subscription {
     /// A subscription of `topic` for `principal`.
-    pub fn new(topic: Arc<str>, outbox: Outbox, principal: Principal, bindings: Vec<Binding>, broadcast_self: bool) -> Self {
-        Subscription { topic, outbox, principal: RwLock::new(principal), bindings, broadcast_self }
+    pub fn new(topic: Arc<str>, route: Route, principal: Principal, bindings: Vec<Binding>, broadcast_self: bool) -> Self {
+        Subscription { topic, route, principal: RwLock::new(principal), bindings, broadcast_self }
     }
 
     fn principal(&self) -> Principal {
@@ -221,39 +196,62 @@ impl Registry {
         }
     }
 
+    /// The subscriptions that may see `change`: every one for a public table,
+    /// else the owner's and the service role's. Guards are released before
+    /// anything is evaluated or queued.
     fn candidates(&self, change: &Change, meta: &TableMeta) -> Vec<Arc<Subscription>> {
-        let ids: Vec<SubId> = if meta.public {
-            self.inner.subs.iter().map(|e| *e.key()).collect()
-        } else {
-            let owned = change.owner.as_deref().and_then(|o| self.inner.by_owner.get(o).map(|s| s.iter().copied().collect::<Vec<_>>()));
-            let service = self.inner.service.iter().map(|e| *e.key());
-            owned.unwrap_or_default().into_iter().chain(service).collect()
-        };
-        ids.iter().filter_map(|id| self.inner.subs.get(id).map(|s| Arc::clone(&s))).collect()
+        if meta.public {
+            return self.inner.subs.iter().map(|e| Arc::clone(e.value())).collect();
+        }
+        let owned = change.owner.as_deref().and_then(|o| self.inner.by_owner.get(o).map(|s| s.iter().copied().collect::<Vec<_>>()));
+        let service: Vec<SubId> = self.inner.service.iter().map(|e| *e.key()).collect();
+        owned.unwrap_or_default().iter().chain(&service).filter_map(|id| self.inner.subs.get(id).map(|s| Arc::clone(&s))).collect()
     }
 
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
-    pub fn broadcast(&self, from: SubId, topic: &str, payload: Arc<str>) {
+    pub fn broadcast(&self, from: SubId, topic: &str, payload: &str) {
         let targets: Vec<(SubId, Arc<Subscription>)> =
             self.inner.subs.iter().filter(|e| &*e.topic == topic).map(|e| (*e.key(), Arc::clone(e.value()))).collect();
+        let mut frames = FrameCache::default();
         for (id, sub) in targets {
             if id != from || sub.broadcast_self {
-                sub.outbox.push(Outgoing::Broadcast { topic: Arc::clone(&sub.topic), payload: Arc::clone(&payload) });
+                let frame = frames.get(&sub.topic, &[], sub.route.vsn, || {
+                    protocol::encode(sub.route.vsn, None, None, topic, "broadcast", payload)
+                });
+                sub.route.outbox.push(frame);
             }
         }
+    }
+}
+
+/// Frames already encoded for one change or broadcast, by (topic, binding ids, serializer).
+#[derive(Default)]
+struct FrameCache {
+    frames: HashMap<(Arc<str>, Vec<u32>, Vsn), Bytes>,
+}
+
+impl FrameCache {
+    fn get(&mut self, topic: &Arc<str>, ids: &[u32], vsn: Vsn, encode: impl FnOnce() -> String) -> Bytes {
+        let key = (Arc::clone(topic), ids.to_vec(), vsn);
+        self.frames.entry(key).or_insert_with(|| Bytes::from(encode())).clone()
     }
 }
 
 impl ChangeSink for Registry {
     fn deliver(&self, change: &Change, meta: &TableMeta) {
         let data: OnceLock<Arc<str>> = OnceLock::new();
+        let mut frames = FrameCache::default();
         for sub in self.candidates(change, meta) {
             let ids = sub.matching_ids(change, meta);
             if ids.is_empty() {
                 continue;
             }
             let data = data.get_or_init(|| render_data(change, meta, self.inner.max_record_bytes));
-            sub.outbox.push(Outgoing::Change { topic: Arc::clone(&sub.topic), ids, data: Arc::clone(data) });
+            let vsn = sub.route.vsn;
+            let frame = frames.get(&sub.topic, &ids, vsn, || {
+                protocol::encode(vsn, None, None, &sub.topic, "postgres_changes", &protocol::postgres_changes(&ids, data))
+            });
+            sub.route.outbox.push(frame);
         }
     }
 }

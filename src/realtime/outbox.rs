@@ -1,0 +1,274 @@
+//! One socket's outgoing queue: bounded in frames and in bytes, never awaited by a producer.
+//!
+//! Owns the queue between everything that sends to a client (the fan-out,
+//! broadcasts, the socket's own replies) and the socket's writer, and the
+//! rule for a client that cannot keep up: the moment the queue would pass
+//! either bound, everything queued is dropped (its memory released at once)
+//! and the socket is marked to close with 1013. Pushing never waits, so no
+//! socket can slow the fan-out or another socket. A frame larger than the
+//! byte bound still goes when the queue is empty, so one big row is not
+//! mistaken for a slow client.
+//!
+//! Frames are shared, already-encoded bytes: a change serialized once is
+//! queued for every socket that receives it without a copy.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// Why a socket is being closed, and the close frame it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// RFC 6455 close code.
+    pub code: u16,
+    /// The reason sent in the close frame.
+    pub reason: String,
+}
+
+impl Close {
+    /// A close with `code` and `reason`.
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Close { code, reason: reason.into() }
+    }
+
+    /// 1013: the client is not reading fast enough.
+    pub fn slow(reason: &str) -> Self {
+        Close::new(TRY_AGAIN_LATER, format!("slow consumer: {reason}"))
+    }
+}
+
+/// RFC 6455 1013 "try again later", used for slow consumers.
+pub const TRY_AGAIN_LATER: u16 = 1013;
+
+/// What the writer should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Send this text frame.
+    Frame(Bytes),
+    /// Send this close frame and stop.
+    Close(Close),
+}
+
+/// The bounds of one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// Set once; frames pushed after it are dropped.
+    close: Option<Close>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Notify,
+    bounds: Bounds,
+}
+
+/// Cheap-clone handle to one socket's queue.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+impl Outbox {
+    /// An empty queue with `bounds`.
+    pub fn new(bounds: Bounds) -> Outbox {
+        let bounds = Bounds { frames: bounds.frames.max(1), bytes: bounds.bytes.max(1) };
+        Outbox { shared: Arc::new(Shared { state: Mutex::new(State::default()), ready: Notify::new(), bounds }) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().expect("outbox lock poisoned")
+    }
+
+    /// Queues `frame`; on overflow drops the queue and marks the socket slow.
+    pub fn push(&self, frame: Bytes) {
+        let mut state = self.state();
+        self.push_locked(&mut state, frame);
+    }
+
+    /// Queues `frames` and then runs `then` before any other producer can queue
+    /// behind them: a join's reply is queued and its subscription made live in
+    /// one step, so no change can overtake the reply that names its binding ids.
+    pub fn push_then<R>(&self, frames: impl IntoIterator<Item = Bytes>, then: impl FnOnce() -> R) -> R {
+        let mut state = self.state();
+        for frame in frames {
+            self.push_locked(&mut state, frame);
+        }
+        then()
+    }
+
+    fn push_locked(&self, state: &mut State, frame: Bytes) {
+        if state.close.is_some() {
+            return;
+        }
+        let over = state.frames.len() >= self.shared.bounds.frames
+            || (!state.frames.is_empty() && state.bytes + frame.len() > self.shared.bounds.bytes);
+        if over {
+            tracing::warn!(queued = state.frames.len(), bytes = state.bytes, "a socket's outgoing queue is full: closing it as a slow consumer");
+            Self::drop_queue(state);
+            state.close = Some(Close::slow("outgoing queue full"));
+        } else {
+            state.bytes += frame.len();
+            state.frames.push_back(frame);
+        }
+        self.shared.ready.notify_one();
+    }
+
+    fn drop_queue(state: &mut State) {
+        state.frames = VecDeque::new();
+        state.bytes = 0;
+    }
+
+    /// Asks for the socket to close after what is queued (the first reason wins).
+    pub fn close(&self, close: Close) {
+        self.state().close.get_or_insert(close);
+        self.shared.ready.notify_one();
+    }
+
+    /// Drops what is queued and closes with `close` (unless a close was already decided).
+    pub fn abort(&self, close: Close) {
+        let mut state = self.state();
+        Self::drop_queue(&mut state);
+        state.close.get_or_insert(close);
+        drop(state);
+        self.shared.ready.notify_one();
+    }
+
+    /// The close decided so far, if any.
+    pub fn closing(&self) -> Option<Close> {
+        self.state().close.clone()
+    }
+
+    /// Frames and bytes waiting now.
+    pub fn len(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.frames.len(), state.bytes)
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.state().frames.is_empty()
+    }
+
+    /// Waits for the next thing to write: queued frames first, then the close.
+    pub async fn next(&self) -> Next {
+        loop {
+            if let Some(next) = self.try_next() {
+                return next;
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+
+    fn try_next(&self) -> Option<Next> {
+        let mut state = self.state();
+        if let Some(frame) = state.frames.pop_front() {
+            state.bytes -= frame.len();
+            if state.frames.is_empty() && state.frames.capacity() > 64 {
+                // A burst is over: give its memory back.
+                state.frames = VecDeque::new();
+            }
+            return Some(Next::Frame(frame));
+        }
+        state.close.clone().map(Next::Close)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(frames: usize, bytes: usize) -> Outbox {
+        Outbox::new(Bounds { frames, bytes })
+    }
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[tokio::test]
+    async fn frames_come_out_in_order_then_the_close() {
+        let o = outbox(10, 1000);
+        o.push(Bytes::from_static(b"a"));
+        o.push(Bytes::from_static(b"b"));
+        o.close(Close::new(1000, "bye"));
+        o.push(Bytes::from_static(b"late"));
+        assert_eq!(o.next().await, Next::Frame(Bytes::from_static(b"a")));
+        assert_eq!(o.next().await, Next::Frame(Bytes::from_static(b"b")));
+        assert_eq!(o.next().await, Next::Close(Close::new(1000, "bye")));
+    }
+
+    #[test]
+    fn passing_the_frame_bound_drops_the_queue_and_marks_the_socket_slow() {
+        let o = outbox(2, 1 << 20);
+        o.push(frame(1));
+        o.push(frame(1));
+        o.push(frame(1));
+        assert_eq!(o.len(), (0, 0));
+        assert_eq!(o.closing(), Some(Close::new(1013, "slow consumer: outgoing queue full")));
+    }
+
+    #[test]
+    fn passing_the_byte_bound_drops_the_queue_and_marks_the_socket_slow() {
+        let o = outbox(100, 1000);
+        o.push(frame(600));
+        assert_eq!(o.len(), (1, 600));
+        o.push(frame(600));
+        assert_eq!(o.len(), (0, 0));
+        assert_eq!(o.closing().map(|c| c.code), Some(1013));
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_byte_bound_still_goes_when_the_queue_is_empty() {
+        let o = outbox(100, 1000);
+        o.push(frame(5000));
+        assert_eq!(o.len(), (1, 5000));
+        assert_eq!(o.closing(), None);
+    }
+
+    #[test]
+    fn the_first_close_reason_wins() {
+        let o = outbox(10, 1000);
+        o.close(Close::new(1000, "idle"));
+        o.abort(Close::slow("no write progress"));
+        assert_eq!(o.closing(), Some(Close::new(1000, "idle")));
+    }
+
+    #[tokio::test]
+    async fn abort_drops_what_is_queued() {
+        let o = outbox(10, 1000);
+        o.push(frame(10));
+        o.abort(Close::slow("no write progress"));
+        assert_eq!(o.next().await, Next::Close(Close::slow("no write progress")));
+    }
+
+    #[tokio::test]
+    async fn push_then_runs_its_step_with_the_frames_already_queued() {
+        let o = outbox(10, 1000);
+        let seen = o.push_then([Bytes::from_static(b"reply")], || o.shared.state.try_lock().is_err());
+        assert!(seen, "the step runs while producers are held off");
+        assert_eq!(o.next().await, Next::Frame(Bytes::from_static(b"reply")));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_when_a_frame_arrives() {
+        let o = outbox(10, 1000);
+        let writer = tokio::spawn({
+            let o = o.clone();
+            async move { o.next().await }
+        });
+        tokio::task::yield_now().await;
+        o.push(Bytes::from_static(b"hi"));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await.unwrap().unwrap();
+        assert_eq!(got, Next::Frame(Bytes::from_static(b"hi")));
+    }
+}
