@@ -4,9 +4,11 @@
 //! and wires the gateway (HTTP, realtime, change listener) and the job
 //! runner, either of which may be switched off. `App::run` serves until the
 //! shutdown future resolves, then stops in order: stop accepting, close
-//! sockets with `phx_close`, let running job steps finish within the grace
-//! period, stop the change listener, close the pool. `main` and every test
-//! use this same path. Also home of the small admin commands.
+//! sockets with `phx_close` and a close frame (waiting for them, bounded by
+//! the write timeout), let running job steps finish within the grace period,
+//! let `on_failure` hooks in flight finish, stop the change listener, close
+//! the pool. Every task hangs off one root `CancellationToken`. `main` and
+//! every test use this same path. Also home of the small admin commands.
 
 pub mod demo;
 
@@ -32,11 +34,12 @@ use crate::config::{Limits, Secret};
 use crate::http::{self, AppState};
 use crate::jobs::config::JobsConfig;
 use crate::jobs::handlers::JobsState;
-use crate::jobs::hooks::Hooks;
+use crate::jobs::hooks::{Hooks, HOOK_TIMEOUT};
 use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
-use crate::rest::snapshot::RestState;
+use crate::realtime::admission::Admission;
 use crate::realtime::registry::Registry;
+use crate::rest::snapshot::RestState;
 use crate::realtime::socket::SocketContext;
 
 /// The embedded migrations.
@@ -83,11 +86,20 @@ struct Gateway {
     change_listener: Listener,
 }
 
+/// The job runner's parts.
+struct JobRunner {
+    runner: Runner,
+    scheduler: Scheduler,
+    hooks: Hooks,
+}
+
 /// A built, bound, not yet running app.
 pub struct App {
     pool: PgPool,
+    /// The root of every task's cancellation.
+    root: CancellationToken,
     gateway: Option<Gateway>,
-    runner: Option<(Runner, Scheduler)>,
+    runner: Option<JobRunner>,
 }
 
 impl App {
@@ -100,12 +112,14 @@ impl App {
         let runner = if config.runner {
             Runner::sync_types(&pool, &jobs.types.values().collect::<Vec<_>>()).await.context("saving job types")?;
             let hooks = Hooks::new(pool.clone(), Arc::new(jobs.types.clone()), jobs.signing_secret.clone(), client.clone());
-            Some((Runner::new(pool.clone(), jobs.clone(), client, hooks.clone()), Scheduler::new(pool.clone(), jobs.clone(), hooks)))
+            let runner = Runner::new(pool.clone(), jobs.clone(), client, hooks.clone());
+            Some(JobRunner { runner, scheduler: Scheduler::new(pool.clone(), jobs.clone(), hooks.clone()), hooks })
         } else {
             None
         };
-        let gateway = if config.gateway { Some(build_gateway(&config, &pool, &jobs).await?) } else { None };
-        Ok(App { pool, gateway, runner })
+        let root = CancellationToken::new();
+        let gateway = if config.gateway { Some(build_gateway(&config, &pool, &jobs, &root).await?) } else { None };
+        Ok(App { pool, root, gateway, runner })
     }
 
     /// The bound address, when this process serves HTTP (useful with port 0).
@@ -115,39 +129,40 @@ impl App {
 
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let App { pool, gateway, runner } = self;
-        let root = CancellationToken::new();
+        let App { pool, root, gateway, runner } = self;
         let tracker = TaskTracker::new();
         let (http_stop, runner_stop, listener_stop) = (root.child_token(), root.child_token(), root.child_token());
-        let mut sockets_stop = None;
-        let mut server = None;
-        let mut change_listener = None;
+        let mut served = None;
         if let Some(g) = gateway {
-            sockets_stop = Some(g.state.sockets.shutdown.clone());
-            change_listener = Some(tracker.spawn(g.change_listener.run(listener_stop.clone())));
+            let change_listener = tracker.spawn(g.change_listener.run(listener_stop.clone()));
             let stop = http_stop.clone();
-            let serve = axum::serve(g.listener, http::router(g.state)).with_graceful_shutdown(async move { stop.cancelled().await });
-            server = Some(tracker.spawn(serve.into_future()));
+            let service = http::router(g.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+            let serve = axum::serve(g.listener, service).with_graceful_shutdown(async move { stop.cancelled().await });
+            served = Some((tracker.spawn(serve.into_future()), g.state, change_listener));
         }
         let mut runner_tasks = Vec::new();
-        if let Some((runner, scheduler)) = runner {
+        let hooks = runner.as_ref().map(|r| r.hooks.clone());
+        if let Some(JobRunner { runner, scheduler, .. }) = runner {
             runner_tasks.push(tracker.spawn(runner.run(runner_stop.clone())));
             runner_tasks.push(tracker.spawn(scheduler.run(runner_stop.clone())));
         }
         tracker.close();
         shutdown.await;
         info!("shutting down: closing sockets");
-        if let Some(sockets) = sockets_stop {
-            sockets.cancel();
-        }
         http_stop.cancel();
-        if let Some(server) = server {
+        let mut change_listener = None;
+        if let Some((server, state, listener)) = served {
+            close_sockets(&state).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+            change_listener = Some(listener);
         }
         info!("shutting down: letting running job steps finish");
         runner_stop.cancel();
         for task in runner_tasks {
             let _ = task.await;
+        }
+        if let Some(hooks) = hooks {
+            hooks.drain(HOOK_TIMEOUT + Duration::from_secs(1)).await;
         }
         listener_stop.cancel();
         if let Some(l) = change_listener {
@@ -160,10 +175,23 @@ impl App {
     }
 }
 
-async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>) -> anyhow::Result<Gateway> {
+/// Tells every socket to close (`phx_close` per channel, then a close frame)
+/// and waits for them, at most as long as one stalled write may take.
+async fn close_sockets(state: &AppState) {
+    let sockets = &state.sockets;
+    sockets.shutdown.cancel();
+    state.socket_tasks.close();
+    let grace = sockets.limits.write_timeout() + Duration::from_secs(1);
+    if tokio::time::timeout(grace, state.socket_tasks.wait()).await.is_err() {
+        tracing::warn!(sockets = state.socket_tasks.len(), "sockets still open after the shutdown grace");
+    }
+}
+
+async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>, root: &CancellationToken) -> anyhow::Result<Gateway> {
+    raise_open_files_limit();
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let (live_tx, live_rx) = watch::channel(false);
-    let tables = Tables::default();
+    let tables = Tables::with_pool(pool.clone());
     let registry = Registry::new(config.limits.max_record_bytes);
     let listener_config = ListenerConfig {
         poll: Duration::from_millis(config.limits.poll_ms.max(1)),
@@ -173,19 +201,36 @@ async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>
     let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(registry.clone()), live_tx, listener_config);
     let verifier = Verifier::new(config.jwt_secret.expose());
     let sockets = SocketContext {
-        pool: pool.clone(),
         registry,
         tables,
         verifier: verifier.clone(),
         limits: Arc::new(config.limits.clone()),
         live: live_rx,
-        shutdown: CancellationToken::new(),
+        shutdown: root.child_token(),
     };
     let jobs = JobsState { pool: pool.clone(), verifier: verifier.clone(), types: Arc::new(jobs.types.clone()) };
     let rest = RestState { pool: pool.clone(), verifier: verifier.clone(), tables: sockets.tables.clone() };
     let demo = config.demo.then(|| verifier.clone());
-    let state = AppState { pool: pool.clone(), sockets, jobs, rest, demo, web_dir: config.web_dir.clone() };
+    let admission = Admission::new(config.limits.max_sockets, config.limits.max_sockets_per_ip);
+    let state =
+        AppState { pool: pool.clone(), sockets, jobs, rest, admission, socket_tasks: TaskTracker::new(), demo, web_dir: config.web_dir.clone() };
     Ok(Gateway { listener, state, change_listener })
+}
+
+/// Raises this process's soft limit on open files to the hard limit: each
+/// socket is a file, and the soft default (often 1,024) is far below what a
+/// gateway holds.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::debug!(open_files = limit.rlim_max, "raised the open files limit");
+            }
+        }
+    }
 }
 
 /// A pool for `url`.

@@ -1,31 +1,40 @@
 //! The HTTP surface: the one place routes are wired.
 //!
-//! Owns `/health`, the WebSocket upgrade (token checked before upgrading, as
-//! Supabase does: a bad key gets HTTP 401 with `{"error": ...}`), the
-//! frame-size limits handed to the WebSocket layer, the demo-only session
-//! route and the static web demo. The socket lives in `realtime::socket`,
-//! the job routes in `jobs::handlers`.
+//! Owns `/health`, the WebSocket upgrade (connection limits and the token
+//! checked before upgrading, as Supabase does: a bad key gets HTTP 401 and a
+//! full house HTTP 429, each with `{"error": ...}`), the buffer and frame-size
+//! limits handed to the WebSocket layer, the demo-only session route and the
+//! static web demo. Every upgraded socket runs in the app's socket tracker,
+//! so shutdown can wait for each to say goodbye. The socket lives in
+//! `realtime::socket`, the job routes in `jobs::handlers`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use sqlx::PgPool;
-
+use tokio_util::task::TaskTracker;
 use tower_http::cors::CorsLayer;
 use tower_http::services::{ServeDir, ServeFile};
 
 use crate::auth::{AuthError, Verifier};
 use crate::jobs::handlers::{self as job_routes, JobsState};
 use crate::rest::snapshot::{self as rest_routes, RestState};
+use crate::realtime::admission::Admission;
 use crate::realtime::protocol::Vsn;
 use crate::realtime::socket::{self, SocketContext};
+
+/// Read buffer of one socket. tungstenite's default (128 KiB, allocated up
+/// front) was most of an idle socket's cost; client frames are small, and a
+/// large one grows the buffer as it arrives.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -34,6 +43,10 @@ pub struct AppState {
     pub sockets: SocketContext,
     pub jobs: JobsState,
     pub rest: RestState,
+    /// Open sockets, in all and per client IP.
+    pub admission: Admission,
+    /// Every upgraded socket's task, so shutdown can wait for them.
+    pub socket_tasks: TaskTracker,
     /// Set only by `rowcast demo`: mints demo users' tokens.
     pub demo: Option<Verifier>,
     pub web_dir: PathBuf,
@@ -100,10 +113,15 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 async fn websocket(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let ticket = match state.admission.admit(peer.ip()) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
+    };
     let header_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     let Some(apikey) = header_key.or(params.get("apikey").map(String::as_str)) else {
         return error(StatusCode::UNAUTHORIZED, &AuthError::Missing.to_string());
@@ -118,8 +136,17 @@ async fn websocket(
     };
     let max = state.sockets.limits.max_frame_bytes;
     let ctx = state.sockets.clone();
+    let tasks = state.socket_tasks.clone();
     upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Eager writes: nothing waits in tungstenite's buffer, which would keep its size.
+        .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |ws| socket::serve(ws, vsn, principal, ctx))
+        .on_upgrade(move |ws| {
+            tasks.track_future(async move {
+                socket::serve(ws, vsn, principal, ctx).await;
+                drop(ticket);
+            })
+        })
 }

@@ -4,18 +4,40 @@
 //! (NOTIFY `rowcast_tables`) or when a row no longer fits the cached columns.
 //! Readers take a short read lock and clone an `Arc`; no lock is held across
 //! an `.await`.
+//!
+//! A client can name a table the cache does not know (a join or a REST read
+//! right after `enable`, or a made-up name), so `refresh` is the one way a
+//! request reloads: single-flight (callers wait for the reload in progress)
+//! and at most one reload per `MIN_REFRESH_INTERVAL`, so a flood of unknown
+//! names costs a few catalogue reads a second, not one per request. Every
+//! caller still sees a reload that started after it asked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::change::{Column, TableMeta};
+
+/// Least time between two reloads asked for by clients.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
+type Map = HashMap<(String, String), Arc<TableMeta>>;
 
 /// Cheap-clone handle to the table cache.
 #[derive(Clone, Default)]
 pub struct Tables {
-    inner: Arc<RwLock<HashMap<(String, String), Arc<TableMeta>>>>,
+    inner: Arc<RwLock<Map>>,
+    refresher: Option<Arc<Refresher>>,
+}
+
+struct Refresher {
+    pool: PgPool,
+    /// When the last client-asked reload started; held while one runs.
+    last: Mutex<Option<Instant>>,
 }
 
 const LOAD: &str = r#"
@@ -37,6 +59,34 @@ join pg_namespace n on n.oid = c.relnamespace
 type Row = (String, String, Option<String>, bool, bool, sqlx::types::Json<Vec<Column>>, Vec<String>);
 
 impl Tables {
+    /// An empty cache that `refresh` reloads from `pool`.
+    pub fn with_pool(pool: PgPool) -> Self {
+        Tables { inner: Arc::default(), refresher: Some(Arc::new(Refresher { pool, last: Mutex::new(None) })) }
+    }
+
+    /// Reloads for a caller that met an unknown table: waits for a reload that
+    /// started after the call (sharing one in flight, spacing them by
+    /// `MIN_REFRESH_INTERVAL`). False when there is no pool or the reload failed.
+    pub async fn refresh(&self) -> bool {
+        let Some(refresher) = &self.refresher else { return false };
+        let asked = Instant::now();
+        let mut last = refresher.last.lock().await;
+        if last.is_some_and(|started| started >= asked) {
+            return true;
+        }
+        if let Some(started) = *last {
+            tokio::time::sleep_until(started + MIN_REFRESH_INTERVAL).await;
+        }
+        *last = Some(Instant::now());
+        match self.reload(&refresher.pool).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "reloading the table cache failed");
+                false
+            }
+        }
+    }
+
     /// Replaces the cache with what the database says now.
     pub async fn reload(&self, db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
         let rows: Vec<Row> = sqlx::query_as(LOAD).fetch_all(db).await?;

@@ -142,7 +142,7 @@ async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sq
     };
     let ended = transition(&ctx.pool, job, set, value, 0.0).await?;
     if let (Some(ended), Transition::Fail(_)) = (ended, &t) {
-        ctx.hooks.failed(&ended).await;
+        ctx.hooks.failed(&ended);
     }
     Ok(())
 }

@@ -63,7 +63,7 @@ impl Scheduler {
         let mut failed = self.rescue().await?;
         failed.extend(self.expire().await?);
         for job in failed.iter().filter(|j| j.status == "failed") {
-            self.hooks.failed(job).await;
+            self.hooks.failed(job);
         }
         self.fire_cron().await
     }

@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tracing::error;
 
 use super::query::{self, Param, RestError, Sql};
-use crate::auth::{request_token, AuthError, Verifier};
+use crate::auth::{request_token, AuthError, Principal, Verifier};
 use crate::changes::change::TableMeta;
 use crate::changes::tables::Tables;
 
@@ -27,6 +27,7 @@ use crate::changes::tables::Tables;
 pub struct RestState {
     pub pool: PgPool,
     pub verifier: Verifier,
+    /// The shared table cache; unknown names go through its rate-limited `refresh`.
     pub tables: Tables,
 }
 
@@ -60,25 +61,30 @@ enum Visibility {
     Nothing,
 }
 
-fn visibility(headers: &HeaderMap, verifier: &Verifier, meta: &TableMeta) -> Result<Visibility, RestError> {
+/// The request's principal: checked before anything else, so a request
+/// without a valid token costs no catalogue or table lookup.
+fn authenticate(headers: &HeaderMap, verifier: &Verifier) -> Result<Principal, RestError> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let token = request_token(h("authorization"), h("apikey")).ok_or_else(|| rest_error(401, "PGRST301", "No API key found in request"))?;
-    let principal = verifier.verify(token).map_err(|e| match e {
+    verifier.verify(token).map_err(|e| match e {
         AuthError::Expired(_) => rest_error(401, "PGRST303", "JWT expired"),
         e => rest_error(401, "PGRST301", e.to_string()),
-    })?;
-    Ok(match (&meta.owner_column, principal.owner_id()) {
+    })
+}
+
+fn visibility(principal: &Principal, meta: &TableMeta) -> Visibility {
+    match (&meta.owner_column, principal.owner_id()) {
         _ if principal.is_service() || meta.public => Visibility::All,
         (Some(column), Some(sub)) => Visibility::Owner(column.clone(), sub.to_owned()),
         _ => Visibility::Nothing,
-    })
+    }
 }
 
 async fn table_meta(s: &RestState, schema: &str, table: &str) -> Result<std::sync::Arc<TableMeta>, RestError> {
     if let Some(meta) = s.tables.get(schema, table) {
         return Ok(meta);
     }
-    let _ = s.tables.reload(&s.pool).await;
+    s.tables.refresh().await;
     s.tables
         .get(schema, table)
         .ok_or_else(|| rest_error(404, "PGRST205", format!("Could not find the table '{schema}.{table}' in the schema cache")))
@@ -86,13 +92,14 @@ async fn table_meta(s: &RestState, schema: &str, table: &str) -> Result<std::syn
 
 async fn snapshot(s: &RestState, table: &str, headers: &HeaderMap, raw_query: &str, head: bool) -> Result<Response, RestError> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let principal = authenticate(headers, &s.verifier)?;
     let schema = h("accept-profile").unwrap_or("public");
     let exposed = exposed_schemas(&s.tables);
     if !exposed.iter().any(|e| e == schema) {
         return Err(rest_error(406, "PGRST106", format!("The schema must be one of the following: {}", exposed.join(", "))));
     }
     let meta = table_meta(s, schema, table).await?;
-    let visibility = visibility(headers, &s.verifier, &meta)?;
+    let visibility = visibility(&principal, &meta);
     let pairs: Vec<(String, String)> = form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect();
     let q = query::parse(&pairs, &meta)?;
     let single = h("accept").is_some_and(|a| a.contains(OBJECT));
