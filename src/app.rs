@@ -34,7 +34,7 @@ use crate::config::{Limits, Secret};
 use crate::http::{self, AppState};
 use crate::jobs::config::JobsConfig;
 use crate::jobs::handlers::JobsState;
-use crate::jobs::hooks::{Hooks, HOOK_TIMEOUT};
+use crate::jobs::hooks::Hooks;
 use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
 use crate::realtime::admission::Admission;
@@ -162,7 +162,7 @@ impl App {
             let _ = task.await;
         }
         if let Some(hooks) = hooks {
-            hooks.drain(HOOK_TIMEOUT + Duration::from_secs(1)).await;
+            hooks.drain(HOOKS_GRACE).await;
         }
         listener_stop.cancel();
         if let Some(l) = change_listener {
@@ -232,6 +232,10 @@ fn raise_open_files_limit() {
         }
     }
 }
+
+/// How long shutdown waits for `on_failure` hooks in flight; they are best
+/// effort, so a hook URL that hangs delays a stop by this much at most.
+const HOOKS_GRACE: Duration = Duration::from_secs(5);
 
 /// A pool for `url`.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {

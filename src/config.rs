@@ -273,6 +273,17 @@ mod tests {
     }
 
     #[test]
+    fn limits_default_to_what_the_command_line_defaults_to() {
+        #[derive(Parser)]
+        struct OnlyLimits {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        let parsed = OnlyLimits::parse_from(["rowcast"]).limits;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Limits::default()));
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let s: Secret = "a-very-secret-value-123".parse().unwrap();
         assert!(!format!("{s:?}").contains("secret-value"));

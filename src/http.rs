@@ -96,14 +96,19 @@ async fn demo_session(State(state): State<AppState>, Query(q): Query<DemoUser>) 
     Json(body).into_response()
 }
 
-/// 200 only when the database answers and the change listener is live.
+/// 200 only when the database answers and the change listener is live; also counts open sockets.
 async fn health(State(state): State<AppState>) -> Response {
     let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("select 1").execute(&state.pool))
         .await
         .is_ok_and(|r| r.is_ok());
     let listener = *state.sockets.live.borrow();
     let status = if db && listener { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({ "status": if status == StatusCode::OK { "ok" } else { "unavailable" }, "database": db, "listener": listener });
+    let body = json!({
+        "status": if status == StatusCode::OK { "ok" } else { "unavailable" },
+        "database": db,
+        "listener": listener,
+        "sockets": state.admission.open(),
+    });
     (status, Json(body)).into_response()
 }
 

@@ -13,6 +13,7 @@
 //! caller still sees a reload that started after it asked.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,8 +37,11 @@ pub struct Tables {
 
 struct Refresher {
     pool: PgPool,
-    /// When the last client-asked reload started; held while one runs.
+    /// When the last client-asked reload started. A tokio mutex, held across
+    /// the reload on purpose: that is what makes it single-flight.
     last: Mutex<Option<Instant>>,
+    /// Reloads `refresh` has run.
+    runs: AtomicU64,
 }
 
 const LOAD: &str = r#"
@@ -61,7 +65,7 @@ type Row = (String, String, Option<String>, bool, bool, sqlx::types::Json<Vec<Co
 impl Tables {
     /// An empty cache that `refresh` reloads from `pool`.
     pub fn with_pool(pool: PgPool) -> Self {
-        Tables { inner: Arc::default(), refresher: Some(Arc::new(Refresher { pool, last: Mutex::new(None) })) }
+        Tables { inner: Arc::default(), refresher: Some(Arc::new(Refresher { pool, last: Mutex::new(None), runs: AtomicU64::new(0) })) }
     }
 
     /// Reloads for a caller that met an unknown table: waits for a reload that
@@ -78,6 +82,7 @@ impl Tables {
             tokio::time::sleep_until(started + MIN_REFRESH_INTERVAL).await;
         }
         *last = Some(Instant::now());
+        refresher.runs.fetch_add(1, Ordering::Relaxed);
         match self.reload(&refresher.pool).await {
             Ok(()) => true,
             Err(e) => {
@@ -85,6 +90,11 @@ impl Tables {
                 false
             }
         }
+    }
+
+    /// How many reloads `refresh` has run.
+    pub fn refreshes(&self) -> u64 {
+        self.refresher.as_ref().map_or(0, |r| r.runs.load(Ordering::Relaxed))
     }
 
     /// Replaces the cache with what the database says now.
