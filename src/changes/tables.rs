@@ -117,6 +117,13 @@ impl Tables {
         map.get(&(schema.to_owned(), table.to_owned())).cloned()
     }
 
+    /// Puts `meta` in the cache (unit tests of pure modules build caches by hand).
+    #[cfg(test)]
+    pub fn insert_for_tests(&mut self, meta: TableMeta) {
+        let key = (meta.schema.clone(), meta.table.clone());
+        self.inner.write().expect("tables lock poisoned").insert(key, Arc::new(meta));
+    }
+
     /// Every enabled table.
     pub fn all(&self) -> Vec<Arc<TableMeta>> {
         self.inner.read().expect("tables lock poisoned").values().cloned().collect()

@@ -38,6 +38,20 @@ pub struct JoinPlan {
     pub broadcast_ack: bool,
     /// Some binding named a table the cache does not know (it may have just been enabled).
     pub unknown_tables: bool,
+    /// Pattern conditions the accepted bindings hold (see `filter::MAX_PATTERNS_PER_SOCKET`).
+    pub patterns: usize,
+}
+
+/// Most `postgres_changes` bindings one join may carry. Supabase sets none;
+/// every binding is evaluated for every change the channel may see, so the
+/// number is what bounds one channel's cost on the fan-out path.
+pub const MAX_BINDINGS_PER_CHANNEL: usize = 100;
+
+/// The join-refusal reason when `payload` carries too many bindings.
+pub fn too_many_bindings(payload: &Value) -> Option<String> {
+    let count = payload.get("config").and_then(|c| c.get("postgres_changes")).and_then(Value::as_array).map_or(0, Vec::len);
+    (count > MAX_BINDINGS_PER_CHANNEL)
+        .then(|| format!("TooManyBindings: at most {MAX_BINDINGS_PER_CHANNEL} postgres_changes bindings per channel, got {count}"))
 }
 
 /// The id Supabase would give `raw`: a hash of its canonical JSON, below 2^27.
@@ -49,8 +63,10 @@ pub fn binding_id(raw: &Value) -> u32 {
     (hash & ((1 << 27) - 1)).max(1)
 }
 
-/// Reads the join `payload` against the enabled `tables`.
-pub fn plan(payload: &Value, tables: &Tables) -> JoinPlan {
+/// Reads the join `payload` against the enabled `tables`; bindings may hold
+/// at most `patterns_left` pattern conditions between them (the socket's
+/// remaining budget), and the ones past it are refused.
+pub fn plan(payload: &Value, tables: &Tables, patterns_left: usize) -> JoinPlan {
     let config = payload.get("config").cloned().unwrap_or(Value::Null);
     let raw_bindings: Vec<Value> = config.get("postgres_changes").and_then(Value::as_array).cloned().unwrap_or_default();
     let flag = |section: &str, key: &str| config.get(section).and_then(|s| s.get(key)).is_some_and(truthy);
@@ -61,6 +77,7 @@ pub fn plan(payload: &Value, tables: &Tables) -> JoinPlan {
         broadcast_self: flag("broadcast", "self"),
         broadcast_ack: flag("broadcast", "ack"),
         unknown_tables: false,
+        patterns: 0,
     };
     let mut echoed = Vec::with_capacity(raw_bindings.len());
     for raw in &raw_bindings {
@@ -69,7 +86,14 @@ pub fn plan(payload: &Value, tables: &Tables) -> JoinPlan {
         echo.insert("id".into(), json!(id));
         echoed.push(Value::Object(echo));
         match binding(id, raw, tables) {
-            Ok(b) => plan.bindings.push(b),
+            Ok(b) if plan.patterns + filter::patterns(&b.conditions) > patterns_left => {
+                let obj = raw.as_object().cloned().unwrap_or_default();
+                plan.notices.push(Notice { ok: false, message: exception(&obj, &FilterError::TooManyPatterns) });
+            }
+            Ok(b) => {
+                plan.patterns += filter::patterns(&b.conditions);
+                plan.bindings.push(b);
+            }
             Err(Refusal::NotEnabled(message)) => {
                 plan.unknown_tables = true;
                 plan.notices.push(Notice { ok: false, message });
@@ -131,7 +155,7 @@ fn binding(id: u32, raw: &Value, tables: &Tables) -> Result<Binding, Refusal> {
         (Some(_), Some(meta)) => Some(filter::compile(&conditions, &meta.column_types()).map_err(|e| Refusal::Invalid(exception(&obj, &e)))?),
         _ => None,
     };
-    Ok(Binding { id, event, schema, table, conditions, compiled })
+    Ok(Binding { id, event, schema, table, conditions, compiled, per_table: Default::default() })
 }
 
 /// Supabase's wording for a subscription the database refused.
@@ -180,7 +204,7 @@ mod tests {
             {"event": "INSERT", "schema": "public", "table": "nope"},
             {"event": "*", "schema": "public", "table": "other", "filter": "a=eq.1", "select": ["a"]}
         ]}});
-        let plan = plan(&payload, &Tables::default());
+        let plan = plan(&payload, &Tables::default(), 16);
         let echoed = plan.response["postgres_changes"].as_array().unwrap();
         assert_eq!(echoed.len(), 2);
         assert_eq!(echoed[0]["table"], "nope");
@@ -194,15 +218,45 @@ mod tests {
 
     #[test]
     fn a_join_without_bindings_replies_with_an_empty_list_and_no_notice() {
-        let plan = plan(&json!({"config": {"broadcast": {"self": "true"}}}), &Tables::default());
+        let plan = plan(&json!({"config": {"broadcast": {"self": "true"}}}), &Tables::default(), 16);
         assert_eq!(plan.response, json!({"postgres_changes": []}));
         assert!(plan.notices.is_empty());
         assert!(plan.broadcast_self);
     }
 
     #[test]
+    fn a_join_with_more_bindings_than_the_cap_is_refused_and_one_at_the_cap_is_not() {
+        let bindings = |n: usize| json!({"config": {"postgres_changes": vec![json!({"event": "*", "schema": "public"}); n]}});
+        assert_eq!(too_many_bindings(&bindings(100)), None);
+        assert_eq!(
+            too_many_bindings(&bindings(101)).as_deref(),
+            Some("TooManyBindings: at most 100 postgres_changes bindings per channel, got 101")
+        );
+    }
+
+    #[test]
+    fn bindings_past_the_pattern_budget_are_refused_and_the_others_kept() {
+        let mut tables = Tables::default();
+        tables.insert_for_tests(crate::changes::change::TableMeta {
+            schema: "public".into(),
+            table: "t".into(),
+            owner_column: None,
+            public: true,
+            full_identity: false,
+            columns: vec![crate::changes::change::Column { name: "v".into(), typ: "text".into() }],
+            primary_key: vec!["v".into()],
+        });
+        let b = |f: &str| json!({"event": "*", "schema": "public", "table": "t", "filter": f});
+        let payload = json!({"config": {"postgres_changes": [b("v=like.a%"), b("v=ilike.%b,v=match.c"), b("v=eq.x")]}});
+        let plan = plan(&payload, &tables, 2);
+        assert_eq!(plan.bindings.len(), 2, "the first and the pattern-free binding");
+        assert_eq!(plan.patterns, 1);
+        assert!(plan.notices[0].message.ends_with("too many pattern filters on one connection. Maximum 16"), "{}", plan.notices[0].message);
+    }
+
+    #[test]
     fn a_binding_without_schema_or_table_is_refused_with_supabase_text() {
-        let plan = plan(&json!({"config": {"postgres_changes": [{"event": "*"}]}}), &Tables::default());
+        let plan = plan(&json!({"config": {"postgres_changes": [{"event": "*"}]}}), &Tables::default(), 16);
         assert!(plan.notices[0].message.starts_with("No subscription params provided."));
     }
 }

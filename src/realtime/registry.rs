@@ -20,7 +20,7 @@ use super::filter::{self, Compiled, Condition};
 use super::outbox::Outbox;
 use super::protocol::{self, Vsn};
 use crate::auth::Principal;
-use crate::changes::change::{render_data, Change, Op, TableMeta};
+use crate::changes::change::{render_data, Change, Column, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
 
 /// Identifies one subscription (one joined channel).
@@ -46,6 +46,29 @@ pub struct Binding {
     pub conditions: Vec<Condition>,
     /// The filter typed against the table, when the table is named.
     pub compiled: Option<Compiled>,
+    /// A wildcard binding's filter, typed once per table it meets.
+    pub per_table: PerTable,
+}
+
+/// A wildcard binding's filter compiled per table (`None`: it does not fit
+/// that table), so a change never pays for compiling its patterns again.
+/// Kept with the columns it was typed against: an altered table is retyped.
+#[derive(Debug, Clone, Default)]
+pub struct PerTable(Arc<RwLock<HashMap<(String, String), (Vec<Column>, Option<Compiled>)>>>);
+
+impl PerTable {
+    fn matches(&self, conditions: &[Condition], meta: &TableMeta, row: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let key = (meta.schema.clone(), meta.table.clone());
+        if let Some((columns, compiled)) = self.0.read().expect("filter cache lock poisoned").get(&key) {
+            if *columns == meta.columns {
+                return compiled.as_ref().is_some_and(|c| c.matches(row));
+            }
+        }
+        let compiled = filter::compile(conditions, &meta.column_types()).ok();
+        let holds = compiled.as_ref().is_some_and(|c| c.matches(row));
+        self.0.write().expect("filter cache lock poisoned").insert(key, (meta.columns.clone(), compiled));
+        holds
+    }
 }
 
 impl Binding {
@@ -64,7 +87,7 @@ impl Binding {
             Some(compiled) => compiled.matches(row),
             None if self.conditions.is_empty() => true,
             // A wildcard binding's filter is typed per table; a table it does not fit sees nothing.
-            None => filter::compile(&self.conditions, &meta.column_types()).is_ok_and(|c| c.matches(row)),
+            None => self.per_table.matches(&self.conditions, meta, row),
         }
     }
 }

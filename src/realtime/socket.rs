@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::channel;
+use super::filter::MAX_PATTERNS_PER_SOCKET;
 use super::outbox::{Bounds, Close, Next, Outbox};
 use super::protocol::{self, Inbound, Vsn};
 use super::registry::{Registry, Route, SubId, Subscription};
@@ -62,6 +63,8 @@ struct Joined {
     sub: SubId,
     exp: i64,
     ack: bool,
+    /// Pattern filters its bindings hold.
+    patterns: usize,
 }
 
 struct Conn {
@@ -255,6 +258,10 @@ impl Conn {
             self.reply(&m, &protocol::reply_error("ChannelRateLimitReached: Too many channels"));
             return Ok(());
         }
+        if let Some(reason) = channel::too_many_bindings(&m.payload) {
+            self.reply(&m, &protocol::reply_error(&reason));
+            return Ok(());
+        }
         let principal = match Self::token_of(&m.payload) {
             Some(token) => self.ctx.verifier.verify(token),
             None => Ok(self.apikey.clone()),
@@ -277,9 +284,10 @@ impl Conn {
 
     /// Plans the bindings, queues the reply and notices, then makes the subscription live.
     async fn subscribe(&mut self, m: &Inbound, sub_topic: &str, principal: Principal) {
-        let mut plan = channel::plan(&m.payload, &self.ctx.tables);
+        let patterns_left = MAX_PATTERNS_PER_SOCKET.saturating_sub(self.channels.values().map(|j| j.patterns).sum());
+        let mut plan = channel::plan(&m.payload, &self.ctx.tables, patterns_left);
         if plan.unknown_tables && self.ctx.tables.refresh().await {
-            plan = channel::plan(&m.payload, &self.ctx.tables);
+            plan = channel::plan(&m.payload, &self.ctx.tables, patterns_left);
         }
         let mut frames = vec![self.reply_frame(m, &protocol::reply_ok(&plan.response))];
         for notice in &plan.notices {
@@ -291,7 +299,8 @@ impl Conn {
         let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self);
         let registry = &self.ctx.registry;
         let sub = self.outbox.push_then(frames, || registry.insert(sub));
-        self.channels.insert(m.topic.clone(), Joined { join_ref: m.join_ref.clone(), sub, exp, ack: plan.broadcast_ack });
+        let joined = Joined { join_ref: m.join_ref.clone(), sub, exp, ack: plan.broadcast_ack, patterns: plan.patterns };
+        self.channels.insert(m.topic.clone(), joined);
         info!(topic = %m.topic, "channel joined");
     }
 

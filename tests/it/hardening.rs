@@ -245,3 +245,32 @@ async fn a_hanging_failure_hook_holds_no_runner_slot_and_shutdown_stays_bounded(
     app.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(9), "shutdown took {:?} with hooks hanging", started.elapsed());
 }
+
+#[tokio::test]
+async fn pattern_filters_past_the_per_socket_budget_are_refused_until_a_channel_leaves() {
+    let app = spawn_app_with(limits(|_| {})).await;
+    public_notes(&app).await;
+    let pattern = |i: usize| json!({"event": "*", "schema": "public", "table": "notes", "filter": format!("v=like.%{i}%")});
+    let mut c = Client::v2(&app, &app.anon()).await;
+    c.subscribe("full", json!((0..16).map(pattern).collect::<Vec<_>>()), None).await;
+    assert_eq!(c.join("over", json!([pattern(16)]), None).await["status"], "ok");
+    let sys = c.recv_event("realtime:over", "system").await.payload;
+    assert!(sys["message"].as_str().unwrap().ends_with("too many pattern filters on one connection. Maximum 16"), "{sys}");
+    let r = c.make_ref();
+    c.send(Some(&r), &r, "realtime:full", "phx_leave", json!({})).await;
+    c.subscribe("after", json!([pattern(17)]), None).await;
+    // Another socket has its own budget.
+    let mut other = Client::v2(&app, &app.anon()).await;
+    other.subscribe("mine", json!([pattern(1)]), None).await;
+}
+
+#[tokio::test]
+async fn a_join_with_more_bindings_than_the_cap_is_refused_and_the_socket_carries_on() {
+    let app = spawn_app_with(limits(|_| {})).await;
+    public_notes(&app).await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    let many = vec![json!({"event": "*", "schema": "public", "table": "notes"}); 101];
+    let reply = c.join("many", json!(many), None).await;
+    assert_eq!(reply, json!({"status": "error", "response": {"reason": "TooManyBindings: at most 100 postgres_changes bindings per channel, got 101"}}));
+    c.subscribe("few", json!([{"event": "*", "schema": "public", "table": "notes"}]), None).await;
+}

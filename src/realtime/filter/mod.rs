@@ -30,6 +30,12 @@ pub const MAX_IN_VALUES: usize = 100;
 /// matching costs the pattern's size times the text's length at worst.
 pub const MAX_PATTERN_CHARS: usize = 256;
 
+/// Most pattern conditions (`like`, `ilike`, `match`, `imatch`) one socket may
+/// hold across its channels. Each costs a compile at join and a pass over the
+/// text per change on the fan-out path, so their number is what bounds one
+/// client's share of both.
+pub const MAX_PATTERNS_PER_SOCKET: usize = 16;
+
 /// Compiled-program budget of one pattern: a short pattern with counted
 /// repetitions (`a{100}{100}`) must not compile into something huge.
 const REGEX_SIZE_LIMIT: usize = 256 * 1024;
@@ -53,6 +59,11 @@ pub enum Op {
 }
 
 impl Op {
+    /// `like`, `ilike`, `match` or `imatch`: compiled into a matcher.
+    pub fn is_pattern(self) -> bool {
+        matches!(self, Op::Like | Op::Ilike | Op::Match | Op::Imatch)
+    }
+
     /// The operator as the filter grammar spells it.
     pub fn name(self) -> &'static str {
         match self {
@@ -119,6 +130,9 @@ pub enum FilterError {
     /// A pattern over `MAX_PATTERN_CHARS`; carries the operator.
     #[error("pattern too long for `{0}` filter. Maximum 256 characters")]
     PatternTooLong(&'static str),
+    /// More than `MAX_PATTERNS_PER_SOCKET` pattern conditions on one socket.
+    #[error("too many pattern filters on one connection. Maximum 16")]
+    TooManyPatterns,
 }
 
 impl FilterError {
@@ -127,7 +141,10 @@ impl FilterError {
     pub fn sql_error(&self) -> Option<(&'static str, &'static str)> {
         match self {
             FilterError::Parse(_) | FilterError::InNotParenthesized => None,
-            FilterError::TooManyInValues | FilterError::UnknownColumn(_) | FilterError::PatternTooLong(_) => {
+            FilterError::TooManyInValues
+            | FilterError::UnknownColumn(_)
+            | FilterError::PatternTooLong(_)
+            | FilterError::TooManyPatterns => {
                 Some(("P0001", "raise_exception"))
             }
             FilterError::BadValue { .. } | FilterError::BadIsValue(_) => Some(("22P02", "invalid_text_representation")),
@@ -148,6 +165,11 @@ pub struct Condition {
     pub negate: bool,
     /// The value, unquoted; for `in` the list members.
     pub values: Vec<String>,
+}
+
+/// How many pattern conditions `conditions` holds.
+pub fn patterns(conditions: &[Condition]) -> usize {
+    conditions.iter().filter(|c| c.op.is_pattern()).count()
 }
 
 /// Parses a filter string; empty (after trimming) means no conditions.
