@@ -2,6 +2,7 @@
 //!
 //! - `protocol`: v1/v2 framing (pure).
 //! - `filter`: the filter language (pure).
+//! - `payload`: the `data` object of a `postgres_changes` frame (pure).
 //! - `channel`: join planning and subscription notices (pure).
 //! - `registry`: live subscriptions and change fan-out.
 //! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
@@ -12,6 +13,7 @@ pub mod admission;
 pub mod channel;
 pub mod filter;
 pub mod outbox;
+pub mod payload;
 pub mod protocol;
 pub mod registry;
 pub mod socket;

@@ -20,7 +20,8 @@ use super::filter::{self, Compiled, Condition};
 use super::outbox::Outbox;
 use super::protocol::{self, Vsn};
 use crate::auth::Principal;
-use crate::changes::change::{render_data, Change, Column, Op, TableMeta};
+use super::payload::render_data;
+use crate::changes::change::{Change, Column, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
 
 /// Identifies one subscription (one joined channel).
