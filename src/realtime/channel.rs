@@ -47,11 +47,49 @@ pub struct JoinPlan {
 /// number is what bounds one channel's cost on the fan-out path.
 pub const MAX_BINDINGS_PER_CHANNEL: usize = 100;
 
-/// The join-refusal reason when `payload` carries too many bindings.
-pub fn too_many_bindings(payload: &Value) -> Option<String> {
+/// Why a join is refused; `Display` is the reason sent in the error reply,
+/// in Supabase's `Code: message` form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    /// Past the joins-per-second limit; the socket is closed after the reply.
+    #[error("ClientJoinRateLimitReached: Too many joins per second")]
+    JoinRate,
+    /// Not a `realtime:` topic.
+    #[error("unmatched topic")]
+    UnmatchedTopic,
+    /// `realtime:` with nothing after it.
+    #[error("TopicNameRequired: You must provide a topic name")]
+    TopicNameRequired,
+    /// Past `max_channels_per_client`.
+    #[error("ChannelRateLimitReached: Too many channels")]
+    TooManyChannels,
+    /// Past `MAX_BINDINGS_PER_CHANNEL`; carries the count asked for.
+    #[error("TooManyBindings: at most 100 postgres_changes bindings per channel, got {0}")]
+    TooManyBindings(usize),
+    /// The join's token was refused; carries `AuthError::join_reason`.
+    #[error("{0}")]
+    Token(String),
+    /// The change feed did not come up in time.
+    #[error("UnableToConnectToProject: Realtime was unable to connect to the project database")]
+    NotLive,
+}
+
+/// The sub-topic (after `realtime:`) of a join's topic, or why it is refused.
+pub fn sub_topic(topic: &str) -> Result<&str, JoinRefusal> {
+    match topic.strip_prefix("realtime:") {
+        None => Err(JoinRefusal::UnmatchedTopic),
+        Some("") => Err(JoinRefusal::TopicNameRequired),
+        Some(sub) => Ok(sub),
+    }
+}
+
+/// Refuses a join whose `payload` carries more than `MAX_BINDINGS_PER_CHANNEL` bindings.
+pub fn check_bindings(payload: &Value) -> Result<(), JoinRefusal> {
     let count = payload.get("config").and_then(|c| c.get("postgres_changes")).and_then(Value::as_array).map_or(0, Vec::len);
-    (count > MAX_BINDINGS_PER_CHANNEL)
-        .then(|| format!("TooManyBindings: at most {MAX_BINDINGS_PER_CHANNEL} postgres_changes bindings per channel, got {count}"))
+    if count > MAX_BINDINGS_PER_CHANNEL {
+        return Err(JoinRefusal::TooManyBindings(count));
+    }
+    Ok(())
 }
 
 /// The id Supabase would give `raw`: a hash of its canonical JSON, below 2^27.
@@ -227,11 +265,16 @@ mod tests {
     #[test]
     fn a_join_with_more_bindings_than_the_cap_is_refused_and_one_at_the_cap_is_not() {
         let bindings = |n: usize| json!({"config": {"postgres_changes": vec![json!({"event": "*", "schema": "public"}); n]}});
-        assert_eq!(too_many_bindings(&bindings(100)), None);
-        assert_eq!(
-            too_many_bindings(&bindings(101)).as_deref(),
-            Some("TooManyBindings: at most 100 postgres_changes bindings per channel, got 101")
-        );
+        assert_eq!(check_bindings(&bindings(MAX_BINDINGS_PER_CHANNEL)), Ok(()));
+        let refusal = check_bindings(&bindings(101)).unwrap_err();
+        assert_eq!(refusal.to_string(), "TooManyBindings: at most 100 postgres_changes bindings per channel, got 101");
+    }
+
+    #[test]
+    fn topics_are_checked_in_supabase_terms() {
+        assert_eq!(sub_topic("realtime:room"), Ok("room"));
+        assert_eq!(sub_topic("realtime:").unwrap_err().to_string(), "TopicNameRequired: You must provide a topic name");
+        assert_eq!(sub_topic("room"), Err(JoinRefusal::UnmatchedTopic));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::channel;
+use super::channel::{self, JoinRefusal};
 use super::filter::MAX_PATTERNS_PER_SOCKET;
 use super::outbox::{Bounds, Close, Next, Outbox};
 use super::protocol::{self, Inbound, Vsn};
@@ -237,49 +237,53 @@ impl Conn {
         (!token.starts_with("sb_")).then_some(token)
     }
 
+    /// A join in steps: admit (rates, topic, limits), authorize (token, live
+    /// feed), subscribe. Any refusal is an error reply in Supabase's words.
     async fn join(&mut self, m: Inbound) -> Result<(), End> {
-        if self.joins.check().is_err() {
-            self.reply(&m, &protocol::reply_error("ClientJoinRateLimitReached: Too many joins per second"));
-            return Err(Some(Close::new(GOING_AWAY, "Too many joins per second")));
-        }
-        let Some(sub_topic) = m.topic.strip_prefix("realtime:") else {
-            self.reply(&m, &protocol::reply_error("unmatched topic"));
-            return Ok(());
+        let joined = match self.admit(&m) {
+            Ok(sub_topic) => match self.authorize(&m).await {
+                Ok(principal) => Ok(self.subscribe(&m, sub_topic, principal).await),
+                Err(refusal) => Err(refusal),
+            },
+            Err(refusal) => Err(refusal),
         };
-        if sub_topic.is_empty() {
-            self.reply(&m, &protocol::reply_error("TopicNameRequired: You must provide a topic name"));
-            return Ok(());
+        let Err(refusal) = joined else { return Ok(()) };
+        self.reply(&m, &protocol::reply_error(&refusal.to_string()));
+        match refusal {
+            JoinRefusal::JoinRate => Err(Some(Close::new(GOING_AWAY, "Too many joins per second"))),
+            _ => Ok(()),
         }
+    }
+
+    /// The checks that need no token: join rate, topic, a duplicate join (the
+    /// old one gets `phx_close`), channel and binding counts.
+    fn admit<'m>(&mut self, m: &'m Inbound) -> Result<&'m str, JoinRefusal> {
+        if self.joins.check().is_err() {
+            return Err(JoinRefusal::JoinRate);
+        }
+        let sub_topic = channel::sub_topic(&m.topic)?;
         if let Some(old) = self.channels.remove(&m.topic) {
             self.ctx.registry.remove(old.sub);
             self.push(old.join_ref.as_deref(), old.join_ref.as_deref(), &m.topic, "phx_close", "{}");
         }
         if self.channels.len() >= self.ctx.limits.max_channels_per_client {
-            self.reply(&m, &protocol::reply_error("ChannelRateLimitReached: Too many channels"));
-            return Ok(());
+            return Err(JoinRefusal::TooManyChannels);
         }
-        if let Some(reason) = channel::too_many_bindings(&m.payload) {
-            self.reply(&m, &protocol::reply_error(&reason));
-            return Ok(());
-        }
+        channel::check_bindings(&m.payload)?;
+        Ok(sub_topic)
+    }
+
+    /// Whose channel this is (the join's token, else the socket's key), held
+    /// until the change feed is live so nothing committed after `ok` is missed.
+    async fn authorize(&self, m: &Inbound) -> Result<Principal, JoinRefusal> {
         let principal = match Self::token_of(&m.payload) {
-            Some(token) => self.ctx.verifier.verify(token),
-            None => Ok(self.apikey.clone()),
-        };
-        let principal = match principal {
-            Ok(p) => p,
-            Err(e) => {
-                self.reply(&m, &protocol::reply_error(&e.join_reason()));
-                return Ok(());
-            }
+            Some(token) => self.ctx.verifier.verify(token).map_err(|e| JoinRefusal::Token(e.join_reason()))?,
+            None => self.apikey.clone(),
         };
         if !self.wait_live().await {
-            let reason = "UnableToConnectToProject: Realtime was unable to connect to the project database";
-            self.reply(&m, &protocol::reply_error(reason));
-            return Ok(());
+            return Err(JoinRefusal::NotLive);
         }
-        self.subscribe(&m, sub_topic, principal).await;
-        Ok(())
+        Ok(principal)
     }
 
     /// Plans the bindings, queues the reply and notices, then makes the subscription live.
@@ -304,7 +308,7 @@ impl Conn {
         info!(topic = %m.topic, "channel joined");
     }
 
-    /// Holds a join until the change feed is live, so nothing committed after `ok` is missed.
+    /// Waits (at most `LIVE_WAIT`) for the change feed to be live.
     fn wait_live(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
         let mut live = self.ctx.live.clone();
         async move { tokio::time::timeout(LIVE_WAIT, live.wait_for(|v| *v)).await.is_ok_and(|r| r.is_ok()) }
