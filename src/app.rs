@@ -42,6 +42,18 @@ use crate::realtime::registry::Registry;
 use crate::rest::snapshot::RestState;
 use crate::realtime::socket::SocketContext;
 
+/// Connections in the app's pool: the listener's two, the runner's slots and
+/// housekeeping, REST reads.
+const POOL_SIZE: u32 = 16;
+/// Longest wait for a pooled connection before a request fails.
+const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a step, hook or other outbound HTTP call may take to connect.
+const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Changes the listener reads per query.
+const LISTENER_BATCH: i64 = 500;
+/// Longest wait for in-flight plain HTTP requests at shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -107,7 +119,7 @@ impl App {
     pub async fn build(config: AppConfig) -> anyhow::Result<App> {
         let pool = connect(&config.database_url).await?;
         migrate(&pool).await?;
-        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
+        let client = reqwest::Client::builder().connect_timeout(HTTP_CONNECT_TIMEOUT).build().context("building the HTTP client")?;
         let jobs = Arc::new(config.jobs.clone());
         let runner = if config.runner {
             Runner::sync_types(&pool, &jobs.types.values().collect::<Vec<_>>()).await.context("saving job types")?;
@@ -153,7 +165,7 @@ impl App {
         let mut change_listener = None;
         if let Some((server, state, listener)) = served {
             close_sockets(&state).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+            let _ = tokio::time::timeout(HTTP_DRAIN, server).await;
             change_listener = Some(listener);
         }
         info!("shutting down: letting running job steps finish");
@@ -196,7 +208,7 @@ async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>
     let listener_config = ListenerConfig {
         poll: Duration::from_millis(config.limits.poll_ms.max(1)),
         retention: Duration::from_secs(config.limits.change_retention_secs),
-        batch: 500,
+        batch: LISTENER_BATCH,
     };
     let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(registry.clone()), live_tx, listener_config);
     let verifier = Verifier::new(config.jwt_secret.expose());
@@ -240,8 +252,8 @@ const HOOKS_GRACE: Duration = Duration::from_secs(5);
 /// A pool for `url`.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(16)
-        .acquire_timeout(Duration::from_secs(5))
+        .max_connections(POOL_SIZE)
+        .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
         .connect(url)
         .await
         .context("connecting to the database (is DATABASE_URL right?)")

@@ -53,7 +53,21 @@ pub enum ListenerError {
 }
 
 const CHANNELS: [&str; 2] = ["rowcast_changes", "rowcast_tables"];
+/// A listener not seen for this long is presumed dead: its cursor no longer
+/// holds back pruning (`PRUNE` binds it). The same 30 s is written in
+/// `rowcast.capture()` (migration 0001: no doorbell is rung for a dead
+/// listener); a change to one needs a migration changing the other.
+pub const PRESUMED_DEAD: Duration = Duration::from_secs(30);
+/// How often a live listener says so; must stay well below `PRESUMED_DEAD`.
 const HEARTBEAT: Duration = Duration::from_secs(10);
+const _: () = assert!(HEARTBEAT.as_secs() * 2 < PRESUMED_DEAD.as_secs());
+/// Longest pause between two prunes of the log.
+const PRUNE_AT_MOST_EVERY: Duration = Duration::from_secs(30);
+/// Listener rows older than this are forgotten.
+const FORGET_LISTENERS: &str = "delete from rowcast.listeners where seen_at < now() - interval '10 minutes'";
+/// Read changes older than the retention and behind every live listener go.
+const PRUNE: &str = "delete from rowcast.changes where changed_at < now() - make_interval(secs => $1) \
+     and id <= (select min(cursor) from rowcast.listeners where seen_at > now() - make_interval(secs => $2))";
 const GAP_STALE: Duration = Duration::from_secs(1);
 /// While changes keep coming the reader polls at this pace without arming the
 /// doorbell (arming lets every commit NOTIFY, which is what we avoid)...
@@ -260,8 +274,8 @@ impl Listener {
                 .await?;
             s.last_heartbeat = Instant::now();
         }
-        // Prune about as often as the retention allows, at most every 30 s.
-        let prune_every = self.config.retention.clamp(Duration::from_secs(1), Duration::from_secs(30));
+        // Prune about as often as the retention allows.
+        let prune_every = self.config.retention.clamp(Duration::from_secs(1), PRUNE_AT_MOST_EVERY);
         if s.last_prune.elapsed() >= prune_every {
             self.prune(s).await?;
             s.last_prune = Instant::now();
@@ -270,15 +284,11 @@ impl Listener {
     }
 
     async fn prune(&mut self, s: &mut Session) -> Result<(), ListenerError> {
-        let pruned = sqlx::query(
-            "delete from rowcast.changes where changed_at < now() - make_interval(secs => $1) \
-             and id <= (select min(cursor) from rowcast.listeners where seen_at > now() - interval '30 seconds')",
-        )
-        .bind(self.config.retention.as_secs_f64())
-        .execute(&mut s.conn)
-        .await?
-        .rows_affected();
-        sqlx::query("delete from rowcast.listeners where seen_at < now() - interval '10 minutes'").execute(&mut s.conn).await?;
+        let pruned = sqlx::query(PRUNE)
+            .bind(self.config.retention.as_secs_f64())
+            .bind(PRESUMED_DEAD.as_secs_f64())
+            .execute(&mut s.conn).await?.rows_affected();
+        sqlx::query(FORGET_LISTENERS).execute(&mut s.conn).await?;
         debug!(pruned, "pruned the change log");
         Ok(())
     }
