@@ -22,12 +22,17 @@ async fn received(c: &mut Client, count: i64) -> Vec<i64> {
     out
 }
 
-/// Waits until a change listener is connected to this database again.
-async fn wait_for_listener(conn: &mut PgConnection) {
+/// Waits until a change listener is connected to this database again: a
+/// backend other than the `killed` ones, which may still be listed while they exit.
+async fn wait_for_listener(conn: &mut PgConnection, killed: &[i32]) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (n,): (i64,) = sqlx::query_as("select count(*) from pg_stat_activity where datname = current_database() and application_name = 'rowcast-listener'")
-            .fetch_one(&mut *conn)
+        let (n,): (i64,) = sqlx::query_as(
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and application_name = 'rowcast-listener' and pid <> all($1)",
+        )
+        .bind(killed)
+        .fetch_one(&mut *conn)
             .await
             .unwrap();
         if n > 0 {
@@ -49,24 +54,26 @@ async fn killing_the_gateways_database_connections_mid_stream_loses_and_repeats_
     let (writer_pid,): (i32,) = sqlx::query_as("select pg_backend_pid()").fetch_one(&mut writer).await.unwrap();
     let mut killer = PgConnection::connect(&app.db_url).await.unwrap();
     let total = 300;
+    let mut killed = Vec::new();
     for round in 0..12 {
         // Kill every other backend of this database, the change listener's among them...
-        let (listeners,): (i64,) = sqlx::query_as(
-            "select count(*) filter (where pg_terminate_backend(pid) and application_name = 'rowcast-listener') \
-             from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and pid <> $1",
+        let (listeners,): (Vec<i32>,) = sqlx::query_as(
+            "select coalesce(array_agg(pid) filter (where application_name = 'rowcast-listener'), '{}') \
+             from (select pid, application_name, pg_terminate_backend(pid) as killed from pg_stat_activity \
+                   where datname = current_database() and pid <> pg_backend_pid() and pid <> $1) t where killed",
         )
         .bind(writer_pid)
         .fetch_one(&mut killer)
         .await
         .unwrap();
-        // (A backend killed last round may still be listed while it exits.)
-        assert!(listeners >= 1, "round {round}: the change listener's connection was killed");
+        killed.extend(&listeners);
+        assert!(!listeners.is_empty(), "round {round}: the change listener's connection was killed");
         // ...commit updates while it is away...
         for i in round * 25 + 1..=round * 25 + 25 {
             sqlx::query("update todos set n = $1").bind(i).execute(&mut writer).await.unwrap();
         }
         // ...and wait for it to come back before the next round.
-        wait_for_listener(&mut killer).await;
+        wait_for_listener(&mut killer, &killed).await;
     }
     assert_eq!(received(&mut c, total).await, (1..=total).collect::<Vec<_>>());
     c.heartbeat().await;
