@@ -148,15 +148,24 @@ async fn a_refreshed_token_keeps_the_channel_past_the_old_expiry() {
 #[tokio::test]
 async fn a_bad_access_token_push_closes_that_channel_only() {
     let app = spawn_app().await;
+    app.owned_table("todos").await;
     let mut c = Client::v2(&app, &app.anon()).await;
-    assert_eq!(c.join("a", json!([]), None).await["status"], "ok");
-    assert_eq!(c.join("b", json!([]), None).await["status"], "ok");
+    let todos = json!([{"event": "INSERT", "schema": "public", "table": "todos"}]);
+    c.subscribe("a", todos.clone(), Some(&app.user("x"))).await;
+    c.subscribe("b", todos, Some(&app.user("x"))).await;
     c.send(Some("1"), "9", "realtime:a", "access_token", json!({"access_token": "not.a.jwt"})).await;
     let sys = c.recv_event("realtime:a", "system").await;
     assert_eq!(sys.payload["message"], "The token provided is not a valid JWT");
-    assert_eq!(c.recv().await.event, "phx_close");
+    let close = c.recv().await;
+    assert_eq!((close.topic.as_str(), close.event.as_str()), ("realtime:a", "phx_close"));
     c.send(Some("3"), "10", "realtime:b", "access_token", json!({"access_token": app.user("x")})).await;
-    c.heartbeat().await;
+    let after = c.frames_until_heartbeat().await;
+    assert!(after.iter().all(|f| f.event != "phx_close"), "only `a` is closed: {after:?}");
+    // `b` still delivers, `a` no longer does.
+    app.sql("insert into todos (user_id, title) values ('x', 't')").await;
+    assert_eq!(c.recv().await.topic, "realtime:b");
+    let rest = c.frames_until_heartbeat().await;
+    assert!(rest.iter().all(|f| f.topic != "realtime:a"), "the closed channel got {rest:?}");
 }
 
 #[tokio::test]

@@ -83,6 +83,9 @@ async fn leaving_a_channel_replies_ok_and_stops_its_changes() {
     app.sql("insert into todos (user_id, title) values ('u1', 'x')").await;
     let f = c.recv().await;
     assert_eq!((f.topic.as_str(), f.event.as_str()), ("realtime:b", "postgres_changes"), "only the joined channel gets the change");
+    // Both channels' frames for one change are queued together: anything for `a` is here by now.
+    let rest = c.frames_until_heartbeat().await;
+    assert!(rest.iter().all(|f| f.topic != "realtime:a"), "the left channel got {rest:?}");
 }
 
 #[tokio::test]

@@ -151,14 +151,22 @@ impl Client {
 
     /// Sends a heartbeat and waits for its reply (proves the socket is healthy).
     pub async fn heartbeat(&mut self) {
+        self.frames_until_heartbeat().await;
+    }
+
+    /// Sends a heartbeat and returns every frame that arrived before its reply:
+    /// whatever the server had queued for this socket by then.
+    pub async fn frames_until_heartbeat(&mut self) -> Vec<Frame> {
         let r = self.make_ref();
         self.send(None, &r, "phoenix", "heartbeat", json!({})).await;
+        let mut seen = Vec::new();
         loop {
             let f = self.recv().await;
             if f.topic == "phoenix" && f.msg_ref == json!(r) {
                 assert_eq!(f.payload, json!({"status": "ok", "response": {}}));
-                return;
+                return seen;
             }
+            seen.push(f);
         }
     }
 }
