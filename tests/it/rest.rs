@@ -18,12 +18,14 @@ async fn get(app: &TestApp, path_and_query: &str, token: Option<&str>) -> (u16, 
 async fn injected_sql_in_values_and_identifiers_is_data_or_an_error_never_sql() {
     let app = spawn_app().await;
     app.owned_table("todos").await;
-    app.sql("insert into todos (user_id, title) values ('alice', 'a')").await;
+    app.sql("insert into todos (user_id, title) values ('alice', 'a'), ('bob', 'a')").await;
     let alice = app.user("alice");
     let (status, body, _) = get(&app, "/rest/v1/todos?title=eq.a'%20or%20'1'='1", Some(&alice)).await;
     assert_eq!((status, body), (200, Value::Array(vec![])), "the quote is part of the value");
     let (status, body, _) = get(&app, "/rest/v1/todos?user_id=neq.alice&or=(title.eq.a)", Some(&alice)).await;
     assert_eq!((status, body), (200, Value::Array(vec![])), "or= cannot widen past the owner");
+    let (status, body, _) = get(&app, "/rest/v1/todos?select=user_id&or=(user_id.eq.bob,title.eq.a)", Some(&alice)).await;
+    assert_eq!((status, body), (200, serde_json::json!([{"user_id": "alice"}])), "bob's row matches the or= but is not alice's");
     let (status, body, _) = get(&app, "/rest/v1/todos?select=id,(select%20secret)", Some(&alice)).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("PGRST100")));
     let (status, body, _) = get(&app, "/rest/v1/todos?order=id;drop%20table%20todos", Some(&alice)).await;
@@ -31,7 +33,7 @@ async fn injected_sql_in_values_and_identifiers_is_data_or_an_error_never_sql() 
     let (status, body, _) = get(&app, "/rest/v1/todos?limit=1;select", Some(&alice)).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("PGRST100")));
     let (n,): (i64,) = sqlx::query_as("select count(*) from todos").fetch_one(&app.pool).await.unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
 }
 
 #[tokio::test]
