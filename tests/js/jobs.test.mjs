@@ -53,14 +53,18 @@ test('every status, progress and message change of a job reaches subscribers fil
 test("a user cannot watch another user's jobs, even by naming them in a filter", async (t) => {
   const owner = newUserId()
   const ownerJwt = token({ sub: owner })
-  const spy = await userClient(t, token({ sub: newUserId() }))
+  const spyUser = newUserId()
+  const spyJwt = token({ sub: spyUser })
+  const spy = await userClient(t, spyJwt)
   const ownerClient = await userClient(t, ownerJwt)
   const job = await enqueue(ownerJwt, { steps: 2, step_ms: 20 }, 1500)
   const spying = await subscribe(spy.client, `spy-${job.id}`, jobs(`id=eq.${job.id}`))
+  const ownJobs = await subscribe(spy.client, `spy-own-${spyUser}`, jobs(`user_id=eq.${spyUser}`))
   const watching = await subscribe(ownerClient.client, `own-${job.id}`, jobs(`id=eq.${job.id}`))
   await watching.changes[0].waitFor((p) => p.new.status === 'completed', { timeout: 10_000, what: 'completed job' })
-  // Changes go out in one order to every socket; the owner saw the last one, so the spy's
-  // would have arrived by now if it were sent. Give in-flight frames a moment to land.
-  await new Promise((resolve) => setImmediate(resolve))
+  // A barrier on the spy's own socket: changes reach each socket in log order, so once the
+  // spy sees its own later job complete, anything sent about the owner's job has arrived.
+  const mine = await enqueue(spyJwt, { steps: 1, step_ms: 1 }, 0)
+  await ownJobs.changes[0].waitFor((p) => p.new.id === mine.id && p.new.status === 'completed', { timeout: 10_000, what: "the spy's own job" })
   assert.deepEqual(spying.changes[0].items, [])
 })
