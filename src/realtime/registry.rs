@@ -279,3 +279,138 @@ impl ChangeSink for Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::outbox::{Bounds, Next};
+    use chrono::Utc;
+    use serde_json::{json, Value};
+
+    fn meta(public: bool) -> TableMeta {
+        TableMeta {
+            schema: "public".into(),
+            table: "todos".into(),
+            owner_column: (!public).then(|| "user_id".into()),
+            public,
+            full_identity: false,
+            columns: vec![Column { name: "id".into(), typ: "int8".into() }, Column { name: "user_id".into(), typ: "text".into() }],
+            primary_key: vec!["id".into()],
+        }
+    }
+
+    fn change(owner: &str) -> Change {
+        let record = json!({"id": 1, "user_id": owner}).as_object().cloned();
+        Change { id: 1, changed_at: Utc::now(), schema: "public".into(), table: "todos".into(), op: Op::Insert, owner: Some(owner.into()), record, old_record: None }
+    }
+
+    fn principal(role: &str, sub: Option<&str>) -> Principal {
+        Principal { role: role.into(), sub: sub.map(Into::into), exp: i64::MAX }
+    }
+
+    fn binding(id: u32) -> Binding {
+        Binding {
+            id,
+            event: EventFilter::All,
+            schema: "public".into(),
+            table: Some("todos".into()),
+            conditions: Vec::new(),
+            compiled: None,
+            per_table: PerTable::default(),
+        }
+    }
+
+    /// A socket's queue and a subscription of `topic` on it.
+    fn subscribe(r: &Registry, topic: &str, who: Principal, vsn: Vsn) -> (Outbox, SubId) {
+        let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+        let route = Route { outbox: outbox.clone(), vsn };
+        let id = r.insert(Subscription::new(topic.into(), route, who, vec![binding(7)], false));
+        (outbox, id)
+    }
+
+    /// The frames queued on `outbox`, as JSON.
+    fn drain(outbox: &Outbox) -> Vec<Value> {
+        let mut out = Vec::new();
+        while !outbox.is_empty() {
+            let next = futures_util::FutureExt::now_or_never(outbox.next()).expect("a queued frame is ready");
+            let Next::Frame(bytes) = next else { panic!("unexpected close") };
+            out.push(serde_json::from_slice(&bytes).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn an_owned_change_reaches_its_owner_and_the_service_role_only() {
+        let r = Registry::new(1 << 20);
+        let (alice, _) = subscribe(&r, "realtime:a", principal("authenticated", Some("alice")), Vsn::V2);
+        let (bob, _) = subscribe(&r, "realtime:b", principal("authenticated", Some("bob")), Vsn::V2);
+        let (service, _) = subscribe(&r, "realtime:s", principal("service_role", None), Vsn::V2);
+        let (anon, _) = subscribe(&r, "realtime:n", principal("anon", None), Vsn::V2);
+        r.deliver(&change("alice"), &meta(false));
+        let frames = drain(&alice);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0][2], "realtime:a");
+        assert_eq!(frames[0][4]["ids"], json!([7]));
+        assert_eq!(drain(&service).len(), 1);
+        assert!(drain(&bob).is_empty());
+        assert!(drain(&anon).is_empty());
+    }
+
+    #[test]
+    fn a_public_change_reaches_everyone_in_each_ones_serializer() {
+        let r = Registry::new(1 << 20);
+        let (v1, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V1);
+        let (v2, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
+        r.deliver(&change("x"), &meta(true));
+        assert_eq!(drain(&v1)[0]["event"], "postgres_changes");
+        assert_eq!(drain(&v2)[0][3], "postgres_changes");
+    }
+
+    #[test]
+    fn sockets_on_one_channel_share_one_encoded_frame() {
+        let r = Registry::new(1 << 20);
+        let (a, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
+        let (b, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
+        r.deliver(&change("x"), &meta(true));
+        let take = |o: &Outbox| match futures_util::FutureExt::now_or_never(o.next()) {
+            Some(Next::Frame(bytes)) => bytes,
+            other => panic!("expected a frame, got {other:?}"),
+        };
+        assert_eq!(take(&a).as_ptr(), take(&b).as_ptr(), "one buffer, not a copy per socket");
+    }
+
+    #[test]
+    fn a_removed_subscription_gets_nothing_and_leaves_no_index_behind() {
+        let r = Registry::new(1 << 20);
+        let (alice, id) = subscribe(&r, "realtime:a", principal("authenticated", Some("alice")), Vsn::V2);
+        r.remove(id);
+        r.deliver(&change("alice"), &meta(false));
+        assert!(drain(&alice).is_empty());
+        assert!(r.is_empty());
+        assert!(r.inner.by_owner.is_empty());
+    }
+
+    #[test]
+    fn a_new_principal_moves_the_subscription_to_the_new_owner() {
+        let r = Registry::new(1 << 20);
+        let (socket, id) = subscribe(&r, "realtime:a", principal("authenticated", Some("alice")), Vsn::V2);
+        r.set_principal(id, principal("authenticated", Some("bob")));
+        r.deliver(&change("alice"), &meta(false));
+        assert!(drain(&socket).is_empty(), "alice's rows are no longer this channel's");
+        r.deliver(&change("bob"), &meta(false));
+        assert_eq!(drain(&socket).len(), 1);
+        assert!(!r.inner.by_owner.contains_key("alice"));
+    }
+
+    #[test]
+    fn a_broadcast_skips_its_sender_unless_it_asked_for_self() {
+        let r = Registry::new(1 << 20);
+        let (sender, from) = subscribe(&r, "realtime:room", principal("anon", None), Vsn::V2);
+        let (other, _) = subscribe(&r, "realtime:room", principal("anon", None), Vsn::V2);
+        let (elsewhere, _) = subscribe(&r, "realtime:hall", principal("anon", None), Vsn::V2);
+        r.broadcast(from, "realtime:room", r#"{"type":"broadcast","event":"e","payload":{}}"#);
+        assert!(drain(&sender).is_empty());
+        assert_eq!(drain(&other)[0][4]["event"], "e");
+        assert!(drain(&elsewhere).is_empty());
+    }
+}
