@@ -55,7 +55,10 @@ pub struct Binding {
 /// that table), so a change never pays for compiling its patterns again.
 /// Kept with the columns it was typed against: an altered table is retyped.
 #[derive(Debug, Clone, Default)]
-pub struct PerTable(Arc<RwLock<HashMap<(String, String), (Vec<Column>, Option<Compiled>)>>>);
+pub struct PerTable(Arc<RwLock<HashMap<(String, String), TypedFor>>>);
+
+/// A filter typed against these columns (`None`: it does not fit them).
+type TypedFor = (Vec<Column>, Option<Compiled>);
 
 impl PerTable {
     fn matches(&self, conditions: &[Condition], meta: &TableMeta, row: &serde_json::Map<String, serde_json::Value>) -> bool {

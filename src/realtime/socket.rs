@@ -240,14 +240,17 @@ impl Conn {
     /// A join in steps: admit (rates, topic, limits), authorize (token, live
     /// feed), subscribe. Any refusal is an error reply in Supabase's words.
     async fn join(&mut self, m: Inbound) -> Result<(), End> {
-        let joined = match self.admit(&m) {
-            Ok(sub_topic) => match self.authorize(&m).await {
-                Ok(principal) => Ok(self.subscribe(&m, sub_topic, principal).await),
-                Err(refusal) => Err(refusal),
-            },
+        let authorized = match self.admit(&m) {
+            Ok(sub_topic) => self.authorize(&m).await.map(|principal| (sub_topic, principal)),
             Err(refusal) => Err(refusal),
         };
-        let Err(refusal) = joined else { return Ok(()) };
+        let refusal = match authorized {
+            Ok((sub_topic, principal)) => {
+                self.subscribe(&m, sub_topic, principal).await;
+                return Ok(());
+            }
+            Err(refusal) => refusal,
+        };
         self.reply(&m, &protocol::reply_error(&refusal.to_string()));
         match refusal {
             JoinRefusal::JoinRate => Err(Some(Close::new(GOING_AWAY, "Too many joins per second"))),

@@ -170,10 +170,12 @@ async fn concurrency_limits_hold_across_two_runner_processes_and_no_attempt_runs
         }
     }
     assert_eq!(seen.len(), 16 * 3);
-    let load = handler.load.lock().unwrap();
-    assert!(load.max <= 3, "at most 3 running at once, saw {}", load.max);
-    assert_eq!(load.max_per_user, 1, "at most 1 per user");
-    drop(load);
+    let (max, max_per_user) = {
+        let load = handler.load.lock().unwrap();
+        (load.max, load.max_per_user)
+    };
+    assert!(max <= 3, "at most 3 running at once, saw {max}");
+    assert_eq!(max_per_user, 1, "at most 1 per user");
     a.signal("TERM");
     b.signal("TERM");
     a.exited().await;

@@ -210,7 +210,7 @@ fn split_top_level(text: &str, sep: char) -> Vec<String> {
         if in_quotes {
             in_quotes = escaped || c != '"';
             escaped = !escaped && c == '\\';
-        } else if c == '"' && matches!(prev, None | Some('.') | Some('(')) || c == '"' && prev == Some(sep) {
+        } else if c == '"' && (matches!(prev, None | Some('.') | Some('(')) || prev == Some(sep)) {
             in_quotes = true;
         } else if c == '(' {
             depth += 1;
