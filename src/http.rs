@@ -2,9 +2,10 @@
 //!
 //! Owns `/health`, the WebSocket upgrade (connection limits and the token
 //! checked before upgrading, as Supabase does: a bad key gets HTTP 401 and a
-//! full house HTTP 429, each with `{"error": ...}`), the buffer and frame-size
-//! limits handed to the WebSocket layer, the demo-only session route and the
-//! static web demo. Every upgraded socket runs in the app's socket tracker,
+//! full house HTTP 429, each with `{"error": ...}`), the RFC 6455 handshake
+//! (done here so the socket can drive tungstenite itself), the demo-only
+//! session route and the static web demo. Every upgraded socket runs in the
+//! app's socket tracker,
 //! so shutdown can wait for each to say goodbye. The socket lives in
 //! `realtime::socket`, the job routes in `jobs::handlers`.
 
@@ -13,12 +14,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde_json::json;
+use sha1::{Digest, Sha1};
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::CorsLayer;
@@ -30,11 +36,6 @@ use crate::rest::snapshot::{self as rest_routes, RestState};
 use crate::realtime::admission::Admission;
 use crate::realtime::protocol::Vsn;
 use crate::realtime::socket::{self, SocketContext};
-
-/// Read buffer of one socket. tungstenite's default (128 KiB, allocated up
-/// front) was most of an idle socket's cost; client frames are small, and a
-/// large one grows the buffer as it arrives.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -120,9 +121,12 @@ async fn websocket(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
+    let headers = request.headers();
+    let Some(accept) = websocket_accept(headers) else {
+        return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)");
+    };
     let ticket = match state.admission.admit(peer.ip()) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
@@ -139,19 +143,55 @@ async fn websocket(
         Ok(p) => p,
         Err(e) => return error(StatusCode::UNAUTHORIZED, &e.to_string()),
     };
-    let max = state.sockets.limits.max_frame_bytes;
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return error(StatusCode::BAD_REQUEST, "this connection cannot be upgraded");
+    };
     let ctx = state.sockets.clone();
-    let tasks = state.socket_tasks.clone();
-    upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
-        // Eager writes: nothing waits in tungstenite's buffer, which would keep its size.
-        .write_buffer_size(0)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |ws| {
-            tasks.track_future(async move {
-                socket::serve(ws, vsn, principal, ctx).await;
-                drop(ticket);
-            })
-        })
+    tokio::spawn(state.socket_tasks.track_future(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => socket::serve(TokioIo::new(upgraded), vsn, principal, ctx).await,
+            Err(e) => tracing::debug!(error = %e, "the WebSocket upgrade did not complete"),
+        }
+        drop(ticket);
+    }));
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// RFC 6455's handshake check: an HTTP/1.1 upgrade to `websocket`, version 13,
+/// with a key; returns the `Sec-WebSocket-Accept` value for it.
+fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let version_13 = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    if !(has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket") && version_13) {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    HeaderValue::from_str(&BASE64.encode(sha.finalize())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s_example() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        headers.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert_eq!(websocket_accept(&headers).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        assert_eq!(websocket_accept(&headers), None);
+    }
 }

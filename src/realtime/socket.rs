@@ -13,19 +13,30 @@
 //! 1013 and releases its queue. A join's `ok` is queued before its
 //! subscription goes live, so it always precedes the channel's first change.
 //! Bad frames are logged and dropped; the socket carries on, as Supabase's does.
+//!
+//! Memory per socket stays small and bounded: a 4 KiB read buffer, eager
+//! writes, and messages over `FRAGMENT_BYTES` sent as continuation frames of
+//! that size, because tungstenite copies each frame into a write buffer that
+//! never shrinks: one 1 MB row sent whole would stay 1 MB on every socket it
+//! reached, for the socket's life.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -57,6 +68,12 @@ const GOING_AWAY: u16 = 1001;
 const TOO_BIG: u16 = 1009;
 const NORMAL: u16 = 1000;
 const LIVE_WAIT: Duration = Duration::from_secs(5);
+/// Read buffer of one socket. tungstenite's default (128 KiB, allocated up
+/// front) was most of an idle socket's cost; client frames are small, and a
+/// large one grows the buffer as it arrives.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Largest frame written in one piece; longer messages go as fragments.
+const FRAGMENT_BYTES: usize = 16 * 1024;
 
 struct Joined {
     join_ref: Option<String>,
@@ -81,9 +98,19 @@ struct Conn {
 /// client or the writer is gone already.
 type End = Option<Close>;
 
-/// Serves one upgraded socket until it closes.
-pub async fn serve(ws: WebSocket, vsn: Vsn, apikey: Principal, ctx: SocketContext) {
+/// Serves one upgraded connection (the HTTP handshake is done) until it closes.
+pub async fn serve<S>(io: S, vsn: Vsn, apikey: Principal, ctx: SocketContext)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let limits = Arc::clone(&ctx.limits);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Eager writes: nothing waits in tungstenite's buffer, which would keep its size.
+        .write_buffer_size(0)
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let outbox = Outbox::new(Bounds { frames: limits.outgoing_queue, bytes: limits.outgoing_queue_bytes });
     let (sink, stream) = ws.split();
     let writer_done = CancellationToken::new();
@@ -114,22 +141,22 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, apikey: Principal, ctx: SocketContex
 /// The writer: drains the outbox onto the socket. A frame that cannot be
 /// written within `deadline` means the client stopped reading: the queue is
 /// dropped and the close frame gets the same deadline before the socket goes.
-async fn write(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, deadline: Duration, done: CancellationToken) {
+async fn write<S>(mut sink: SplitSink<WebSocketStream<S>, Message>, outbox: Outbox, deadline: Duration, done: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         match outbox.next().await {
-            Next::Frame(bytes) => match timeout(deadline, sink.send(text(bytes))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    debug!(error = %e, "socket write failed");
-                    break;
-                }
-                Err(_) => {
+            Next::Frame(bytes) => match send_text(&mut sink, bytes, deadline).await {
+                Ok(()) => {}
+                Err(Stalled::Gone) => break,
+                Err(Stalled::NoProgress) => {
                     warn!(secs = deadline.as_secs(), "no write progress: closing the socket as a slow consumer");
                     outbox.abort(Close::slow(&format!("no write progress for {} s", deadline.as_secs())));
                 }
             },
             Next::Close(close) => {
-                let frame = CloseFrame { code: close.code, reason: close.reason.into() };
+                let frame = CloseFrame { code: close.code.into(), reason: close.reason.into() };
                 let _ = timeout(deadline, async {
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     sink.close().await
@@ -142,13 +169,54 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, deadline
     done.cancel();
 }
 
-/// Frames are encoded from JSON text, so they are always UTF-8.
-fn text(bytes: Bytes) -> Message {
-    Message::Text(Utf8Bytes::try_from(bytes).expect("frames are encoded from JSON text"))
+/// Why a write did not happen.
+enum Stalled {
+    /// The connection failed.
+    Gone,
+    /// One piece took longer than the deadline.
+    NoProgress,
+}
+
+/// Sends one text message: whole when small, else as `FRAGMENT_BYTES` pieces
+/// (RFC 6455 fragmentation, reassembled by every client), each within `deadline`.
+async fn send_text<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, bytes: Bytes, deadline: Duration) -> Result<(), Stalled>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let pieces: Vec<Message> = if bytes.len() <= FRAGMENT_BYTES {
+        // Frames are encoded from JSON text, so they are always UTF-8.
+        vec![Message::Text(Utf8Bytes::try_from(bytes).expect("frames are encoded from JSON text"))]
+    } else {
+        fragments(bytes).collect()
+    };
+    for piece in pieces {
+        match timeout(deadline, sink.send(piece)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "socket write failed");
+                return Err(Stalled::Gone);
+            }
+            Err(_) => return Err(Stalled::NoProgress),
+        }
+    }
+    Ok(())
+}
+
+/// A long text message as a text frame and continuation frames, sharing its bytes.
+fn fragments(bytes: Bytes) -> impl Iterator<Item = Message> {
+    let count = bytes.len().div_ceil(FRAGMENT_BYTES);
+    (0..count).map(move |i| {
+        let piece = bytes.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(bytes.len()));
+        let opcode = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+        Message::Frame(Frame::message(piece, opcode, i + 1 == count))
+    })
 }
 
 impl Conn {
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>, writer_done: &CancellationToken) -> End {
+    async fn run<S>(&mut self, mut stream: SplitStream<WebSocketStream<S>>, writer_done: &CancellationToken) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let shutdown = self.ctx.shutdown.clone();
         loop {
             let idle_at = self.last_frame + self.ctx.limits.idle_timeout();
@@ -199,7 +267,7 @@ impl Conn {
         self.outbox.push(self.reply_frame(m, payload));
     }
 
-    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+    async fn on_message(&mut self, msg: Option<Result<Message, tungstenite::Error>>) -> Result<(), End> {
         self.last_frame = Instant::now();
         let inbound = match msg {
             None | Some(Ok(Message::Close(_))) => return Err(None),
@@ -385,12 +453,33 @@ impl Conn {
 }
 
 /// Maps a read error to how we close: an oversized frame gets 1009 and the limit.
-fn read_error(e: &axum::Error, max_frame_bytes: usize) -> End {
-    use std::error::Error;
-    let inner = e.source().and_then(|s| s.downcast_ref::<tungstenite::Error>());
-    if let Some(tungstenite::Error::Capacity(_)) = inner {
+fn read_error(e: &tungstenite::Error, max_frame_bytes: usize) -> End {
+    if let tungstenite::Error::Capacity(_) = e {
         return Some(Close::new(TOO_BIG, format!("frame larger than {max_frame_bytes} bytes")));
     }
     debug!(error = %e, "socket read failed");
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_goes_as_a_text_frame_and_continuations_of_the_fragment_size() {
+        let text: String = (0..40_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let frames: Vec<Frame> = fragments(Bytes::from(text.clone()))
+            .map(|m| match m {
+                Message::Frame(f) => f,
+                other => panic!("expected a raw frame, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].header().opcode, OpCode::Data(Data::Text));
+        assert!(frames[1..].iter().all(|f| f.header().opcode == OpCode::Data(Data::Continue)));
+        assert_eq!(frames.iter().map(|f| f.header().is_final).collect::<Vec<_>>(), [false, false, true]);
+        assert!(frames.iter().all(|f| f.payload().len() <= FRAGMENT_BYTES));
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+        assert_eq!(joined, text.as_bytes());
+    }
 }
