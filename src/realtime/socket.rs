@@ -21,6 +21,7 @@
 //! reached, for the socket's life.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,23 +184,34 @@ async fn send_text<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, bytes: 
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let pieces: Vec<Message> = if bytes.len() <= FRAGMENT_BYTES {
-        // Frames are encoded from JSON text, so they are always UTF-8.
-        vec![Message::Text(Utf8Bytes::try_from(bytes).expect("frames are encoded from JSON text"))]
-    } else {
-        fragments(bytes).collect()
-    };
-    for piece in pieces {
-        match timeout(deadline, sink.send(piece)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!(error = %e, "socket write failed");
-                return Err(Stalled::Gone);
-            }
-            Err(_) => return Err(Stalled::NoProgress),
-        }
+    if bytes.len() <= FRAGMENT_BYTES {
+        // SAFETY: every frame is encoded from a Rust `String` (JSON text), so it is UTF-8;
+        // checking it again would cost a pass over each frame for every socket.
+        let text = unsafe { Utf8Bytes::from_bytes_unchecked(bytes) };
+        return send_within(sink, Message::Text(text), deadline).await;
+    }
+    for piece in fragments(bytes) {
+        send_within(sink, piece, deadline).await?;
     }
     Ok(())
+}
+
+/// Sends one frame, giving up after `deadline`. Most sends finish at once, so
+/// the timer is only armed when the first poll says the socket is full.
+async fn send_within<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, message: Message, deadline: Duration) -> Result<(), Stalled>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut send = std::pin::pin!(sink.send(message));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
+    let result = match first {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => timeout(deadline, send).await.map_err(|_| Stalled::NoProgress)?,
+    };
+    result.map_err(|e| {
+        debug!(error = %e, "socket write failed");
+        Stalled::Gone
+    })
 }
 
 /// A long text message as a text frame and continuation frames, sharing its bytes.

@@ -1,0 +1,98 @@
+//! `connections`: what an idle, subscribed socket costs the gateway in
+//! resident memory.
+//!
+//! Each socket is one user (its own token, `sub = u<i>`) on an owner-scoped
+//! table with the filter `user_id=eq.u<i>`, as a per-user app subscribes.
+//! Baseline: gateway RSS after one warm-up socket came and went. Then N
+//! sockets subscribe (every one must get "Subscribed to PostgreSQL"), they
+//! settle for 2 s (deliberate: let lazy allocations land), and RSS is read
+//! again. The slope (after - before) / N projects the cost of 50,000.
+
+use std::time::Duration;
+
+use crate::fleet::{Fleet, Opened};
+use crate::report::{self, Table};
+use crate::scenario::{header, Env, Meter};
+use crate::stack::{Stack, SECRET};
+use crate::wire::{Filter, Mode, Plan};
+
+/// Parameters of `connections`.
+#[derive(clap::Parser, Debug, Clone)]
+pub struct Args {
+    /// Sockets to open, each subscribed to one channel.
+    #[arg(long, default_value_t = 10_000)]
+    pub sockets: usize,
+}
+
+/// The target per idle subscribed socket.
+const TARGET_KIB: f64 = 16.0;
+/// The projection's size.
+const PROJECTED: u64 = 50_000;
+/// Deliberate pause before each memory reading.
+const SETTLE: Duration = Duration::from_secs(2);
+
+const SETUP: &str = "
+create table public.bench_owned (id int primary key, user_id text not null, n int not null default 0);
+select rowcast.enable('public.bench_owned', owner_column => 'user_id');";
+
+fn plan() -> Plan {
+    Plan { channel: "own".into(), table: "bench_owned".into(), filter: Filter::OwnUser, mode: Mode::Count }
+}
+
+/// Runs the scenario and prints its table.
+pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
+    let stack = Stack::start(&env.rowcast_bin, SETUP).await?;
+    let mut fleet = Fleet::spawn(env.procs)?;
+    let params = format!(
+        "sockets {}, client processes {}, table public.bench_owned (owner_column user_id), one channel per socket \
+         (event *, filter user_id=eq.u<i>), own token per socket (sub u<i>, role authenticated), heartbeat 25 s",
+        args.sockets, env.procs
+    );
+    print!("{}", header("connections: memory per idle subscribed socket", &stack, params));
+    let meter = Meter::start(&stack, &fleet);
+    let before = baseline(&stack, &mut fleet).await?;
+    eprintln!("opening {} sockets", args.sockets);
+    let opened = fleet.open(stack.port, SECRET, args.sockets, &plan()).await?;
+    tokio::time::sleep(SETTLE).await;
+    let after = stack.rss_kib()?;
+    print!("{}", table(args.sockets, &opened, before, after, &meter.rows(&stack, &fleet, "whole scenario")).render());
+    print_errors(&opened);
+    fleet.shutdown().await;
+    stack.stop().await
+}
+
+/// Gateway RSS after one socket subscribed and closed again.
+async fn baseline(stack: &Stack, fleet: &mut Fleet) -> anyhow::Result<u64> {
+    let warm = fleet.open_on(0, stack.port, SECRET, 0, 1, &plan()).await?;
+    anyhow::ensure!(warm.subscribed == 1, "the warm-up socket did not subscribe: {:?}", warm.errors);
+    fleet.close_all().await?;
+    tokio::time::sleep(SETTLE).await;
+    stack.rss_kib()
+}
+
+fn table(sockets: usize, opened: &Opened, before: u64, after: u64, cpu: &[[String; 2]]) -> Table {
+    let slope = (after as f64 - before as f64) / opened.subscribed.max(1) as f64;
+    let projected = (before as f64 + slope * PROJECTED as f64) as u64;
+    let verdict = if slope <= TARGET_KIB { "met" } else { "NOT met" };
+    let mut t = Table::new(&["measure", "value", "target"]);
+    t.row(["sockets subscribed".into(), format!("{} of {sockets}", opened.subscribed), String::new()]);
+    t.row(["time to open and subscribe them all".into(), report::secs(opened.millis as f64 / 1000.0), format!("{:.0} sockets/s", sockets as f64 * 1000.0 / opened.millis.max(1) as f64)]);
+    t.row(["gateway RSS before (warm, nothing connected)".into(), report::mb(before), String::new()]);
+    t.row(["gateway RSS after (all subscribed, 2 s settled)".into(), report::mb(after), String::new()]);
+    t.row(["per idle subscribed socket".into(), format!("{slope:.1} KiB"), format!("<= {TARGET_KIB} KiB: {verdict}")]);
+    t.row([format!("projected RSS at {PROJECTED} sockets"), report::mb(projected), String::new()]);
+    for [k, v] in cpu {
+        t.row([k.clone(), v.clone(), String::new()]);
+    }
+    t
+}
+
+/// The first distinct failure texts, if any socket failed.
+pub fn print_errors(opened: &Opened) {
+    if opened.failed > 0 {
+        println!("  {} sockets failed to subscribe; first errors:", opened.failed);
+        for e in &opened.errors {
+            println!("    {e}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `fanout`: how long one change takes to reach every one of N subscribers.
+//!
+//! N sockets (own user tokens) subscribe to one public table on one channel
+//! name. The tool then commits `--changes` single-row UPDATEs, paced
+//! `--interval-ms` apart (the only deliberate sleep), each setting `n` to
+//! its sequence number. Every client process stamps each delivery with the
+//! wall clock (one clock on one machine); the tool stamps the moment its
+//! commit returned. Per change: latency to the first and to the last of the
+//! N deliveries; over the changes: p50/p99/max of the last, and lost
+//! deliveries (expected N x changes).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::fleet::{Counts, Fleet};
+use crate::report::{self, percentile, Table};
+use crate::scenario::connections::print_errors;
+use crate::scenario::{header, Env, Meter};
+use crate::socket::now_us;
+use crate::stack::{Stack, SECRET};
+use crate::wire::{Event, Filter, Mode, Plan};
+
+/// Parameters of `fanout`.
+#[derive(clap::Parser, Debug, Clone)]
+pub struct Args {
+    /// Sockets subscribed to the table.
+    #[arg(long, default_value_t = 10_000)]
+    pub subscribers: usize,
+    /// Single-row UPDATEs to commit.
+    #[arg(long, default_value_t = 20)]
+    pub changes: i64,
+    /// Pause between the UPDATEs.
+    #[arg(long, default_value_t = 300)]
+    pub interval_ms: u64,
+}
+
+/// The target for the last delivery of a change.
+const TARGET_MS: f64 = 100.0;
+/// Longest wait for the last deliveries after the last commit.
+const DELIVERY_WAIT: Duration = Duration::from_secs(60);
+
+const SETUP: &str = "
+create table public.bench (id int primary key, n int not null default 0);
+insert into public.bench values (1, 0);
+select rowcast.enable('public.bench', public => true);";
+
+/// Runs the scenario and prints its tables.
+pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
+    let stack = Stack::start(&env.rowcast_bin, SETUP).await?;
+    let mut fleet = Fleet::spawn(env.procs)?;
+    let params = format!(
+        "subscribers {}, changes {}, interval {} ms, client processes {}, table public.bench (public), \
+         one channel name for all (event *, no filter), own token per socket, single-row UPDATE per change",
+        args.subscribers, args.changes, args.interval_ms, env.procs
+    );
+    print!("{}", header("fanout: one change to every subscriber", &stack, params));
+    eprintln!("opening {} sockets", args.subscribers);
+    let plan = Plan { channel: "bench".into(), table: "bench".into(), filter: Filter::None, mode: Mode::Count };
+    let opened = fleet.open(stack.port, SECRET, args.subscribers, &plan).await?;
+    print_errors(&opened);
+    let meter = Meter::start(&stack, &fleet);
+    let commits = write_changes(&stack, args).await?;
+    let complete = wait_delivered(&mut fleet, args.changes).await?;
+    let cpu = meter.rows(&stack, &fleet, "from first UPDATE to last delivery");
+    let counts = fleet.counts().await?;
+    print!("{}", per_change(&commits, &counts).render());
+    print!("{}", summary(args, opened.subscribed, complete, &commits, &counts, &cpu).render());
+    fleet.shutdown().await;
+    stack.stop().await
+}
+
+/// Commits the UPDATEs at the pace asked; returns each commit's return time (µs).
+async fn write_changes(stack: &Stack, args: &Args) -> anyhow::Result<BTreeMap<i64, i64>> {
+    let start = Instant::now();
+    let mut commits = BTreeMap::new();
+    for seq in 1..=args.changes {
+        tokio::time::sleep_until(start + Duration::from_millis(args.interval_ms) * (seq - 1) as u32).await;
+        sqlx::query("update public.bench set n = $1 where id = 1").bind(seq as i32).execute(&stack.pool).await?;
+        commits.insert(seq, now_us());
+    }
+    Ok(commits)
+}
+
+/// Waits until every client process has every change on every socket;
+/// returns whether that happened before the deadline.
+async fn wait_delivered(fleet: &mut Fleet, changes: i64) -> anyhow::Result<bool> {
+    let mut done = std::collections::HashSet::new();
+    let deadline = Instant::now() + DELIVERY_WAIT;
+    while done.len() < fleet.len() * changes as usize {
+        match fleet.next_until(deadline).await? {
+            Some((i, Event::SeqDone { seq })) => drop(done.insert((i, seq))),
+            Some(_) => {}
+            None => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+fn per_change(commits: &BTreeMap<i64, i64>, counts: &Counts) -> Table {
+    let mut t = Table::new(&["change", "deliveries", "commit -> first", "commit -> last"]);
+    for (seq, commit) in commits {
+        match counts.seqs.get(seq) {
+            Some(s) => t.row([seq.to_string(), s.count.to_string(), report::ms(s.first_us - commit), report::ms(s.last_us - commit)]),
+            None => t.row([seq.to_string(), "0".into(), "-".into(), "-".into()]),
+        }
+    }
+    t
+}
+
+fn summary(args: &Args, subscribed: usize, complete: bool, commits: &BTreeMap<i64, i64>, counts: &Counts, cpu: &[[String; 2]]) -> Table {
+    let last: Vec<f64> = commits.iter().filter_map(|(seq, c)| counts.seqs.get(seq).map(|s| (s.last_us - c) as f64 / 1000.0)).collect();
+    let delivered: usize = commits.keys().filter_map(|seq| counts.seqs.get(seq)).map(|s| s.count).sum();
+    let expected = subscribed * args.changes as usize;
+    let max = percentile(&last, 1.0);
+    let mut t = Table::new(&["measure", "value", "target"]);
+    t.row(["subscribers subscribed".into(), format!("{subscribed} of {}", args.subscribers), String::new()]);
+    t.row(["last delivery p50".into(), format!("{:.1} ms", percentile(&last, 0.5)), String::new()]);
+    t.row(["last delivery p99".into(), format!("{:.1} ms", percentile(&last, 0.99)), String::new()]);
+    t.row(["last delivery max".into(), format!("{max:.1} ms"), format!("<= {TARGET_MS} ms: {}", if max <= TARGET_MS { "met" } else { "NOT met" })]);
+    t.row(["deliveries".into(), format!("{delivered} of {expected}"), String::new()]);
+    t.row(["lost deliveries".into(), expected.saturating_sub(delivered).to_string(), format!("0: {}", if delivered >= expected { "met" } else { "NOT met" })]);
+    if delivered > expected {
+        t.row(["duplicate deliveries".into(), (delivered - expected).to_string(), String::new()]);
+    }
+    if !complete {
+        t.row(["all delivered within the wait".into(), format!("no ({} s after the last commit)", DELIVERY_WAIT.as_secs()), String::new()]);
+    }
+    for (how, n) in &counts.closed {
+        t.row([format!("sockets ended by the server: {how}"), n.to_string(), String::new()]);
+    }
+    for [k, v] in cpu {
+        t.row([k.clone(), v.clone(), String::new()]);
+    }
+    t
+}

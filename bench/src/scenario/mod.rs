@@ -1,0 +1,62 @@
+//! The four measurements, one module each, and what they share: where the
+//! gateway binary is, how many client processes to use, the common lines of
+//! every report, and a meter of CPU time and wall time.
+//!
+//! Each scenario starts its own Postgres and gateway (`Stack`) and client
+//! processes (`Fleet`), prints one table, and stops everything, also on error.
+
+pub mod connections;
+pub mod fanout;
+pub mod hostile;
+pub mod stall;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::fleet::Fleet;
+use crate::report;
+use crate::stack::Stack;
+
+/// What every scenario needs from the command line.
+pub struct Env {
+    /// The gateway binary under test.
+    pub rowcast_bin: PathBuf,
+    /// Client processes for the scenarios with many sockets.
+    pub procs: usize,
+}
+
+/// The header of a scenario: machine, gateway, Postgres, then `params`.
+pub fn header(title: &str, stack: &Stack, params: String) -> String {
+    report::header(
+        title,
+        &[
+            ("machine", crate::procfs::machine()),
+            ("gateway", stack.describe()),
+            ("postgres", format!("PostgreSQL {}, private cluster on loopback, fsync off", stack.pg_version)),
+            ("parameters", params),
+        ],
+    )
+}
+
+/// CPU seconds of the gateway and the clients, and wall time, since `start`.
+pub struct Meter {
+    gateway: f64,
+    clients: f64,
+    wall: Instant,
+}
+
+impl Meter {
+    /// Starts measuring now.
+    pub fn start(stack: &Stack, fleet: &Fleet) -> Meter {
+        Meter { gateway: stack.cpu_secs(), clients: fleet.cpu_secs(), wall: Instant::now() }
+    }
+
+    /// Rows for a table: gateway CPU, client CPU, wall time, labelled with `span`.
+    pub fn rows(&self, stack: &Stack, fleet: &Fleet, span: &str) -> Vec<[String; 2]> {
+        vec![
+            [format!("gateway CPU, {span}"), report::secs(stack.cpu_secs() - self.gateway)],
+            [format!("client processes CPU, {span}"), report::secs(fleet.cpu_secs() - self.clients)],
+            [format!("wall time, {span}"), report::secs(self.wall.elapsed().as_secs_f64())],
+        ]
+    }
+}
