@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -149,7 +150,11 @@ impl App {
             let change_listener = tracker.spawn(g.change_listener.run(listener_stop.clone()));
             let stop = http_stop.clone();
             let service = http::router(g.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(g.listener, service).with_graceful_shutdown(async move { stop.cancelled().await });
+            // Realtime frames are small and must not wait for an ACK (Nagle with delayed ACKs adds up to 40 ms).
+            let listener = g.listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let serve = axum::serve(listener, service).with_graceful_shutdown(async move { stop.cancelled().await });
             served = Some((tracker.spawn(serve.into_future()), g.state, change_listener));
         }
         let mut runner_tasks = Vec::new();

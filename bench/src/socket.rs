@@ -124,6 +124,11 @@ pub async fn follow(mut ws: Ws, index: usize, mode: Mode, tally: Arc<Tally>, mut
 }
 
 fn on_text(text: &str, at_us: i64, index: usize, mode: Mode, tally: &Tally) {
+    if matches!(mode, Mode::Count) {
+        if let Some(seq) = phoenix::quick_change_seq(text) {
+            return tally.delivered(seq, at_us);
+        }
+    }
     let Some(f) = phoenix::decode(text) else { return };
     match mode {
         Mode::Trace if f.topic != "phoenix" => {
