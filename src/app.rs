@@ -206,6 +206,7 @@ async fn close_sockets(state: &AppState) {
 
 async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>, root: &CancellationToken) -> anyhow::Result<Gateway> {
     raise_open_files_limit();
+    return_large_blocks_to_the_os();
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let (live_tx, live_rx) = watch::channel(false);
     let tables = Tables::with_pool(pool.clone());
@@ -232,6 +233,19 @@ async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>
     let state =
         AppState { pool: pool.clone(), sockets, jobs, rest, admission, socket_tasks: TaskTracker::new(), demo, web_dir: config.web_dir.clone() };
     Ok(Gateway { listener, state, change_listener })
+}
+
+/// Makes every allocation of 64 KiB or more its own mapping, given back to the
+/// OS when freed. glibc otherwise raises that threshold to the largest block
+/// freed so far, so after a burst of big rows (queued frames of 200 KB) the
+/// memory stayed in its heap: RSS measured 24 MB instead of 11 MB long after
+/// a stalled client was dropped.
+fn return_large_blocks_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning; it is safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
 }
 
 /// Raises this process's soft limit on open files to the hard limit: each
