@@ -11,6 +11,7 @@ mod cli;
 mod delivery;
 mod example_handler;
 mod faults;
+mod fuzz;
 mod hardening;
 mod interop;
 mod jobs_api;
