@@ -17,5 +17,6 @@ mod interop;
 mod jobs_api;
 mod jobs_runners;
 mod limits;
+mod lockdown;
 mod protocol;
 mod rest;
