@@ -31,7 +31,7 @@ use tracing::info;
 use crate::auth::Verifier;
 use crate::changes::listener::{Listener, ListenerConfig};
 use crate::changes::tables::Tables;
-use crate::config::{Limits, Secret};
+use crate::config::{DatabaseUrl, Limits, Secret};
 use crate::http::{self, AppState};
 use crate::jobs::config::JobsConfig;
 use crate::jobs::handlers::JobsState;
@@ -61,7 +61,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// What `App::build` needs.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub listen: SocketAddr,
     pub jwt_secret: Secret,
     pub limits: Limits,
@@ -80,7 +80,7 @@ impl AppConfig {
     /// Gateway and runner on `database_url`, default limits, no job types, no demo.
     pub fn new(database_url: impl Into<String>, listen: SocketAddr, jwt_secret: Secret) -> Self {
         AppConfig {
-            database_url: database_url.into(),
+            database_url: DatabaseUrl::new(database_url),
             listen,
             jwt_secret,
             limits: Limits::default(),
@@ -118,7 +118,7 @@ pub struct App {
 impl App {
     /// Connects, migrates, binds the port and wires the subsystems.
     pub async fn build(config: AppConfig) -> anyhow::Result<App> {
-        let pool = connect(&config.database_url).await?;
+        let pool = connect(config.database_url.expose()).await?;
         migrate(&pool).await?;
         let client = reqwest::Client::builder().connect_timeout(HTTP_CONNECT_TIMEOUT).build().context("building the HTTP client")?;
         let jobs = Arc::new(config.jobs.clone());

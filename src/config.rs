@@ -64,12 +64,40 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A database URL: it may carry a password, so `Debug` never shows it.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+    /// The URL itself, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl([redacted])")
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
 /// Where the database is.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
 }
 
 /// Settings of the gateway, shared by `serve` and `demo`.
@@ -232,7 +260,7 @@ pub struct TokenArgs {
 pub struct DemoArgs {
     /// Use this database instead of starting a private Postgres.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Address to listen on.
     #[arg(long = "listen", env = "ROWCAST_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
@@ -287,5 +315,7 @@ mod tests {
     fn secrets_never_show_in_debug_output() {
         let s: Secret = "a-very-secret-value-123".parse().unwrap();
         assert!(!format!("{s:?}").contains("secret-value"));
+        let cli = Cli::parse_from(["rowcast", "migrate", "--database-url", "postgres://app:pa55word@db/app"]);
+        assert!(!format!("{cli:?}").contains("pa55word"), "{cli:?}");
     }
 }

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match Cli::parse().command {
         Command::Serve(a) => {
-            let mut config = AppConfig::new(a.db.database_url, a.gateway.listen, a.gateway.jwt_secret);
+            let mut config = AppConfig::new(a.db.database_url.expose(), a.gateway.listen, a.gateway.jwt_secret);
             config.limits = a.gateway.limits;
             config.jobs = app::jobs_config(a.jobs.config.as_deref(), a.jobs.demo_jobs)?;
             (config.gateway, config.runner) = (!a.no_gateway, !a.no_runner);
@@ -23,9 +23,9 @@ async fn main() -> anyhow::Result<()> {
             }
             app.run(shutdown_signal()).await
         }
-        Command::Migrate(db) => app::migrate(&app::connect(&db.database_url).await?).await,
-        Command::Enable(a) => app::enable(&app::connect(&a.db.database_url).await?, &a.table, a.owner.as_deref(), a.public).await,
-        Command::Disable(a) => app::disable(&app::connect(&a.db.database_url).await?, &a.table).await,
+        Command::Migrate(db) => app::migrate(&app::connect(db.database_url.expose()).await?).await,
+        Command::Enable(a) => app::enable(&app::connect(a.db.database_url.expose()).await?, &a.table, a.owner.as_deref(), a.public).await,
+        Command::Disable(a) => app::disable(&app::connect(a.db.database_url.expose()).await?, &a.table).await,
         Command::Token(a) => {
             let ttl = a.ttl.as_secs() as i64;
             println!("{}", Verifier::new(a.jwt_secret.expose()).mint(a.sub.as_deref(), &a.role, ttl));

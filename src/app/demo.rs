@@ -19,7 +19,7 @@ const DEMO_TABLE: &str = "create table if not exists public.notes (
 /// Runs the demo until `shutdown` resolves.
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let (database_url, cluster) = match args.database_url {
-        Some(url) => (url, None),
+        Some(url) => (url.expose().to_owned(), None),
         None => {
             eprintln!("starting a private PostgreSQL cluster...");
             let pg = LocalPostgres::start(Durability::Safe).await?;

@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::parse_duration;
+use crate::config::{parse_duration, Secret};
 
 /// A config file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +128,8 @@ pub struct RunnerSettings {
 pub struct JobsConfig {
     pub types: BTreeMap<String, JobType>,
     pub cron: Vec<CronEntry>,
-    pub signing_secret: Option<String>,
+    /// The HMAC key of step and hook calls; required when any of them is an HTTP URL.
+    pub signing_secret: Option<Secret>,
     pub keep_completed: Duration,
     pub keep_failed: Duration,
     pub runner: RunnerSettings,
@@ -244,6 +245,9 @@ impl JobsConfig {
                 types.insert(name.clone(), job_type(&name, t).expect("the built-in demo type is valid"));
             }
         }
+        if raw.signing_secret.is_none() {
+            unsigned_http(&types)?;
+        }
         let cron = raw.cron.into_iter().map(|c| cron_entry(c, &types)).collect::<Result<_, _>>()?;
         let day = Duration::from_secs(86_400);
         let retention = |t: Option<String>, d: Duration| duration(t.as_deref(), d, "retention").map_err(|e| ConfigError::Type("retention".into(), e));
@@ -252,7 +256,7 @@ impl JobsConfig {
         Ok(JobsConfig {
             types,
             cron,
-            signing_secret: raw.signing_secret,
+            signing_secret: raw.signing_secret.map(Secret::new),
             keep_completed: retention(raw.retention.completed, 30 * day)?,
             keep_failed: retention(raw.retention.failed, 7 * day)?,
             runner: RunnerSettings {
@@ -277,6 +281,23 @@ impl Default for JobsConfig {
     fn default() -> Self {
         JobsConfig::parse("").expect("an empty config parses")
     }
+}
+
+/// Refuses HTTP step or hook URLs when nothing signs the calls: a handler
+/// reachable over HTTP could not tell the runner's calls from anyone's.
+fn unsigned_http(types: &BTreeMap<String, JobType>) -> Result<(), ConfigError> {
+    for (name, t) in types {
+        let step = matches!(t.handler, Handler::Http(_));
+        let hook = matches!(t.on_failure, Some(OnFailure::Http(_)));
+        if step || hook {
+            let what = if step { "its step handler" } else { "its on_failure hook" };
+            return Err(ConfigError::Type(
+                name.clone(),
+                format!("{what} is an http:// URL but signing_secret is not set: set a top-level signing_secret so the handler can verify each call"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn job_type(name: &str, t: RawType) -> Result<JobType, String> {
@@ -390,6 +411,26 @@ mod tests {
         assert!(err("[jobs.a]\nbuiltin = \"demo\"\n[[cron]]\nschedule = \"nope\"\ntype = \"a\"").contains("schedule"));
         assert!(err("[[cron]]\nschedule = \"* * * * *\"\ntype = \"missing\"").contains("unknown job type"));
         assert!(err("[jobs.bulk]\nbuiltin = \"demo\"").contains("reserved"));
+    }
+
+    #[test]
+    fn an_http_handler_or_hook_without_a_signing_secret_is_refused_by_name() {
+        let err = |t: &str| JobsConfig::parse(t).unwrap_err().to_string();
+        let step = err("[jobs.summarize]\nurl = \"http://127.0.0.1:9/steps\"");
+        assert_eq!(
+            step,
+            "job type \"summarize\": its step handler is an http:// URL but signing_secret is not set: \
+             set a top-level signing_secret so the handler can verify each call"
+        );
+        let hook = err("[jobs.a]\nbuiltin = \"demo\"\non_failure = \"http://127.0.0.1:9/hook\"");
+        assert!(hook.starts_with("job type \"a\": its on_failure hook is an http:// URL"), "{hook}");
+        assert!(JobsConfig::parse("signing_secret = \"k\"\n[jobs.a]\nurl = \"http://127.0.0.1:9/\"").is_ok());
+    }
+
+    #[test]
+    fn the_signing_secret_never_shows_in_debug_output() {
+        let c = JobsConfig::parse("signing_secret = \"hush-hush-0123\"\n[jobs.a]\nurl = \"http://127.0.0.1:9/\"").unwrap();
+        assert!(!format!("{c:?}").contains("hush-hush"));
     }
 
     #[test]

@@ -22,13 +22,14 @@ use tracing::warn;
 use super::config::{JobType, OnFailure};
 use super::model::Job;
 use super::steps::sign;
+use crate::config::Secret;
 
 /// Runs the `on_failure` hooks of the configured types.
 #[derive(Clone)]
 pub struct Hooks {
     pool: PgPool,
     types: Arc<BTreeMap<String, JobType>>,
-    secret: Option<String>,
+    secret: Option<Secret>,
     client: reqwest::Client,
     in_flight: TaskTracker,
 }
@@ -38,7 +39,7 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Hooks {
     /// Hooks for `types`, signing HTTP calls with `secret`.
-    pub fn new(pool: PgPool, types: Arc<BTreeMap<String, JobType>>, secret: Option<String>, client: reqwest::Client) -> Self {
+    pub fn new(pool: PgPool, types: Arc<BTreeMap<String, JobType>>, secret: Option<Secret>, client: reqwest::Client) -> Self {
         Hooks { pool, types, secret, client, in_flight: TaskTracker::new() }
     }
 
@@ -78,7 +79,7 @@ impl Hooks {
         let body = json!({ "event": "job.failed", "job": job }).to_string();
         let mut request = self.client.post(url).timeout(HOOK_TIMEOUT).header("content-type", "application/json");
         if let Some(secret) = &self.secret {
-            request = request.header("x-rowcast-signature", sign(secret, crate::auth::now_secs(), body.as_bytes()));
+            request = request.header("x-rowcast-signature", sign(secret.expose(), crate::auth::now_secs(), body.as_bytes()));
         }
         let response = request.body(body).send().await.map_err(|e| if e.is_timeout() { "hook URL timed out" } else { "hook URL unreachable" }.to_owned())?;
         if !response.status().is_success() {

@@ -20,6 +20,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use super::model::Job;
+use crate::config::Secret;
 
 /// What one call answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +39,7 @@ pub enum Outcome {
 #[derive(Clone)]
 pub enum StepHandler {
     /// The HTTP step protocol.
-    Http { url: String, secret: Option<String>, client: reqwest::Client },
+    Http { url: String, secret: Option<Secret>, client: reqwest::Client },
     /// The built-in demo.
     Demo,
 }
@@ -47,7 +48,7 @@ impl StepHandler {
     /// Calls the handler once; `steps` are the finished steps' outputs.
     pub async fn call(&self, job: &Job, steps: &Map<String, Value>, cancel: &CancellationToken) -> Outcome {
         match self {
-            StepHandler::Http { url, secret, client } => http_call(client, url, secret.as_deref(), job, steps).await,
+            StepHandler::Http { url, secret, client } => http_call(client, url, secret.as_ref().map(Secret::expose), job, steps).await,
             StepHandler::Demo => demo(job, steps, cancel).await,
         }
     }

@@ -13,7 +13,7 @@ use crate::harness::{eventually, fresh_database, scalar, spawn_jobs_app, wait_jo
 use crate::step_server::{step, Call, Event, Reply, StepServer};
 
 fn http_type(name: &str, url: &str, extra: &str) -> String {
-    format!("[jobs.{name}]\nurl = \"{url}\"\nbackoff_base = \"100ms\"\n{extra}\n")
+    format!("signing_secret = \"test-signing-secret\"\n[jobs.{name}]\nurl = \"{url}\"\nbackoff_base = \"100ms\"\n{extra}\n")
 }
 
 /// (attempt, step) of every call the handler saw for `job`.
