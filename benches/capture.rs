@@ -89,7 +89,12 @@ async fn writers(pool: &PgPool, url: &str, secs: u64) -> anyhow::Result<()> {
 
 type Running = tokio::task::JoinHandle<anyhow::Result<()>>;
 
-async fn start(url: &str, limits: Limits, jobs: JobsConfig, runner: bool) -> anyhow::Result<(Running, tokio::sync::oneshot::Sender<()>, Option<std::net::SocketAddr>)> {
+async fn start(
+    url: &str,
+    limits: Limits,
+    jobs: JobsConfig,
+    runner: bool,
+) -> anyhow::Result<(Running, tokio::sync::oneshot::Sender<()>, Option<std::net::SocketAddr>)> {
     let mut config = AppConfig::new(url, "127.0.0.1:0".parse()?, Secret::new(SECRET));
     (config.limits, config.jobs, config.runner) = (limits, jobs, runner);
     let app = App::build(config).await?;
@@ -166,14 +171,18 @@ async fn latency_and_fanout(pool: &PgPool, url: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     let counters: Vec<_> = sockets
         .into_iter()
-        .map(|mut ws| tokio::spawn(async move {
-            let mut n = 0u64;
-            while n < (rows / 100) as u64 {
-                if next_change(&mut ws).await.is_err() { break; }
-                n += 1;
-            }
-            n
-        }))
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while n < (rows / 100) as u64 {
+                    if next_change(&mut ws).await.is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
         .collect();
     sqlx::query("update bench set n = n + 1 where id between 1 and $1").bind(rows).execute(pool).await?;
     let mut delivered = 0;
@@ -195,7 +204,8 @@ async fn job_pickup(url: &str) -> anyhow::Result<()> {
     let mut pickup = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
-        let (id,): (uuid::Uuid,) = sqlx::query_as("select id from rowcast.enqueue('demo', '{\"steps\": 1, \"step_ms\": 0}', 'u1')").fetch_one(&pool).await?;
+        let (id,): (uuid::Uuid,) =
+            sqlx::query_as("select id from rowcast.enqueue('demo', '{\"steps\": 1, \"step_ms\": 0}', 'u1')").fetch_one(&pool).await?;
         enqueue.push(t.elapsed().as_secs_f64() * 1000.0);
         loop {
             let (status,): (String,) = sqlx::query_as("select status from rowcast.jobs where id = $1").bind(id).fetch_one(&pool).await?;
@@ -206,7 +216,11 @@ async fn job_pickup(url: &str) -> anyhow::Result<()> {
         }
         pickup.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    println!("## Jobs (200 sequential, idle runner, doorbell + 1 s poll fallback)\n\nenqueue (SQL, committed): {}\nenqueue to running: {}\n", percentiles(enqueue), percentiles(pickup));
+    println!(
+        "## Jobs (200 sequential, idle runner, doorbell + 1 s poll fallback)\n\nenqueue (SQL, committed): {}\nenqueue to running: {}\n",
+        percentiles(enqueue),
+        percentiles(pickup)
+    );
     let _ = stop.send(());
     app.await??;
     Ok(())

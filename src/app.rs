@@ -40,8 +40,8 @@ use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
 use crate::realtime::admission::Admission;
 use crate::realtime::registry::Registry;
-use crate::rest::snapshot::RestState;
 use crate::realtime::socket::SocketContext;
+use crate::rest::snapshot::RestState;
 
 /// Connections in the app's pool: the listener's two, the runner's slots and
 /// housekeeping, REST reads.
@@ -230,8 +230,16 @@ async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>
     let rest = RestState { pool: pool.clone(), verifier: verifier.clone(), tables: sockets.tables.clone() };
     let demo = config.demo.then(|| verifier.clone());
     let admission = Admission::new(config.limits.max_sockets, config.limits.max_sockets_per_ip);
-    let state =
-        AppState { pool: pool.clone(), sockets, jobs, rest, admission, socket_tasks: TaskTracker::new(), demo, web_dir: config.web_dir.clone() };
+    let state = AppState {
+        pool: pool.clone(),
+        sockets,
+        jobs,
+        rest,
+        admission,
+        socket_tasks: TaskTracker::new(),
+        demo,
+        web_dir: config.web_dir.clone(),
+    };
     Ok(Gateway { listener, state, change_listener })
 }
 

@@ -91,10 +91,7 @@ pub struct Verifier {
 impl Verifier {
     /// A verifier for `secret`.
     pub fn new(secret: &str) -> Self {
-        Verifier {
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-        }
+        Verifier { decoding: DecodingKey::from_secret(secret.as_bytes()), encoding: EncodingKey::from_secret(secret.as_bytes()) }
     }
 
     /// Checks a token at the current time.

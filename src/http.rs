@@ -32,10 +32,10 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::auth::{AuthError, Verifier};
 use crate::jobs::handlers::{self as job_routes, JobsState};
-use crate::rest::snapshot::{self as rest_routes, RestState};
 use crate::realtime::admission::Admission;
 use crate::realtime::protocol::Vsn;
 use crate::realtime::socket::{self, SocketContext};
+use crate::rest::snapshot::{self as rest_routes, RestState};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -83,7 +83,8 @@ struct DemoUser {
 /// Demo mode only: a token for a demo user, as a real app's sign-in would give.
 async fn demo_session(State(state): State<AppState>, Query(q): Query<DemoUser>) -> Response {
     let Some(verifier) = &state.demo else { return error(StatusCode::NOT_FOUND, "not found") };
-    let valid = (1..=32).contains(&q.user.len()) && q.user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let valid =
+        (1..=32).contains(&q.user.len()) && q.user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !valid {
         return error(StatusCode::BAD_REQUEST, "user must be 1-32 characters of a-z, 0-9, - or _");
     }
@@ -99,9 +100,7 @@ async fn demo_session(State(state): State<AppState>, Query(q): Query<DemoUser>) 
 
 /// 200 only when the database answers and the change listener is live; also counts open sockets.
 async fn health(State(state): State<AppState>) -> Response {
-    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("select 1").execute(&state.pool))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("select 1").execute(&state.pool)).await.is_ok_and(|r| r.is_ok());
     let listener = *state.sockets.live.borrow();
     let status = if db && listener { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
@@ -166,7 +165,12 @@ async fn websocket(
 /// with a key; returns the `Sec-WebSocket-Accept` value for it.
 fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
     let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     let version_13 = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
     if !(has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket") && version_13) {

@@ -69,7 +69,8 @@ impl LocalPostgres {
         }
         let data = dir.join("data");
         let out = command(&bin.join("initdb"), run_as, &dir)
-            .args(["-D"]).arg(&data)
+            .args(["-D"])
+            .arg(&data)
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
             .output()
             .map_err(step("running initdb"))?;
@@ -184,7 +185,9 @@ fn spawn_server(bin: &Path, run_as: Option<(u32, u32)>, dir: &Path, port: u16, d
             }
         })
         .map_err(step("spawning the keeper thread"))?;
-    rx.recv().map_err(|_| PgLocalError::Step { step: "starting postgres", detail: "keeper thread died".into() })?.map_err(step("starting postgres"))
+    rx.recv()
+        .map_err(|_| PgLocalError::Step { step: "starting postgres", detail: "keeper thread died".into() })?
+        .map_err(step("starting postgres"))
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -213,11 +216,8 @@ fn find_binaries() -> Option<PathBuf> {
 /// `Some((uid, gid))` of the `postgres` user when we are root, else `None`.
 fn run_as_user() -> Result<Option<(u32, u32)>, PgLocalError> {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u32>().ok());
+    let euid =
+        status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u32>().ok());
     if euid != Some(0) {
         return Ok(None);
     }

@@ -125,8 +125,15 @@ impl Process {
         for index in first..first + count {
             let token = verifier.mint(Some(&format!("u{index}")), "authenticated", TOKEN_TTL);
             let job = Job {
-                index, port, apikey: apikey.clone(), token, plan: plan.clone(), gate: gate.clone(),
-                tally: self.tally.clone(), closing: self.closing.subscribe(), parked: self.parked.clone(),
+                index,
+                port,
+                apikey: apikey.clone(),
+                token,
+                plan: plan.clone(),
+                gate: gate.clone(),
+                tally: self.tally.clone(),
+                closing: self.closing.subscribe(),
+                parked: self.parked.clone(),
             };
             self.tasks.spawn(run_socket(job, done_tx.clone()));
         }
@@ -185,7 +192,11 @@ impl Process {
 }
 
 /// Waits for `count` outcomes or the deadline, whichever is first.
-async fn collect(mut done: mpsc::UnboundedReceiver<Result<JoinOutcome, String>>, count: usize, deadline: Instant) -> Vec<Result<JoinOutcome, String>> {
+async fn collect(
+    mut done: mpsc::UnboundedReceiver<Result<JoinOutcome, String>>,
+    count: usize,
+    deadline: Instant,
+) -> Vec<Result<JoinOutcome, String>> {
     let mut outcomes = Vec::with_capacity(count);
     while outcomes.len() < count {
         match tokio::time::timeout_at(deadline, done.recv()).await {
@@ -205,8 +216,13 @@ async fn run_socket(job: Job, done: mpsc::UnboundedSender<Result<JoinOutcome, St
         Filter::Fixed { text } => Some(text.clone()),
     };
     let id = Identity {
-        index: job.index, port: job.port, apikey: &job.apikey, token: &job.token,
-        channel: &job.plan.channel, table: &job.plan.table, filter: filter.as_deref(),
+        index: job.index,
+        port: job.port,
+        apikey: &job.apikey,
+        token: &job.token,
+        channel: &job.plan.channel,
+        table: &job.plan.table,
+        filter: filter.as_deref(),
     };
     let opened = {
         let _slot = job.gate.acquire().await;

@@ -110,7 +110,13 @@ impl Fleet {
 
     /// Waits for the first event of process `i` that `pick` accepts; other
     /// events stay queued for later waits.
-    async fn expect<T>(&mut self, i: usize, deadline: Instant, what: &str, mut pick: impl FnMut(Event) -> Result<T, Event>) -> anyhow::Result<T> {
+    async fn expect<T>(
+        &mut self,
+        i: usize,
+        deadline: Instant,
+        what: &str,
+        mut pick: impl FnMut(Event) -> Result<T, Event>,
+    ) -> anyhow::Result<T> {
         let mut skipped = Vec::new();
         let found = loop {
             let Some((from, event)) = self.next_until(deadline).await? else { break None };
@@ -161,7 +167,8 @@ impl Fleet {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         for i in 0..self.len() {
-            closed += self.expect(i, deadline, "close outcome", |e| if let Event::Closed { count } = e { Ok(count) } else { Err(e) }).await?;
+            closed +=
+                self.expect(i, deadline, "close outcome", |e| if let Event::Closed { count } = e { Ok(count) } else { Err(e) }).await?;
         }
         Ok(closed)
     }

@@ -111,7 +111,9 @@ async fn run(env: Env, command: Cmd) -> anyhow::Result<()> {
 
 /// `work` with the scenario time limit.
 async fn bounded(name: &str, work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::time::timeout(SCENARIO_LIMIT, work).await.with_context(|| format!("{name} took longer than {} min", SCENARIO_LIMIT.as_secs() / 60))?
+    tokio::time::timeout(SCENARIO_LIMIT, work)
+        .await
+        .with_context(|| format!("{name} took longer than {} min", SCENARIO_LIMIT.as_secs() / 60))?
 }
 
 /// `--rowcast-bin`, else `rowcast` next to this binary (`target/release/rowcast`).
@@ -121,7 +123,10 @@ fn gateway_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         None => std::env::current_exe()?.parent().context("this binary has a directory")?.join("rowcast"),
     };
     if !path.is_file() {
-        bail!("no gateway binary at {}: build it with `cargo build --release` at the repository root, or pass --rowcast-bin", path.display());
+        bail!(
+            "no gateway binary at {}: build it with `cargo build --release` at the repository root, or pass --rowcast-bin",
+            path.display()
+        );
     }
     Ok(path)
 }

@@ -70,7 +70,9 @@ impl Incoming {
     pub fn reply_status(&self) -> String {
         let status = self.payload["status"].as_str().unwrap_or("?");
         match self.payload["response"].get("reason") {
-            Some(reason) if status != "ok" => format!("{status}: {}", reason.as_str().map(str::to_owned).unwrap_or_else(|| reason.to_string())),
+            Some(reason) if status != "ok" => {
+                format!("{status}: {}", reason.as_str().map(str::to_owned).unwrap_or_else(|| reason.to_string()))
+            }
             _ => status.to_owned(),
         }
     }
@@ -124,7 +126,10 @@ mod tests {
         assert_eq!(v[2], "realtime:own");
         assert_eq!(v[3], "phx_join");
         assert_eq!(v[4]["access_token"], "tok");
-        assert_eq!(v[4]["config"]["postgres_changes"], json!([{"event": "*", "schema": "public", "table": "bench", "filter": "user_id=eq.u7"}]));
+        assert_eq!(
+            v[4]["config"]["postgres_changes"],
+            json!([{"event": "*", "schema": "public", "table": "bench", "filter": "user_id=eq.u7"}])
+        );
         assert_eq!(v[4]["config"]["presence"], json!({"key": ""}));
     }
 

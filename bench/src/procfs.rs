@@ -113,10 +113,18 @@ pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem = fs::read_to_string("/proc/meminfo").ok().and_then(|m| parse_kib_field(&m, "MemTotal:")).unwrap_or(0);
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).trim()).unwrap_or("unknown CPU");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).trim())
+        .unwrap_or("unknown CPU");
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let (soft, hard) = nofile_limit();
-    format!("{cores} cores ({model}), {:.1} GiB memory, Linux {}, open files {soft} (hard {hard})", mem as f64 / 1024.0 / 1024.0, kernel.trim())
+    format!(
+        "{cores} cores ({model}), {:.1} GiB memory, Linux {}, open files {soft} (hard {hard})",
+        mem as f64 / 1024.0 / 1024.0,
+        kernel.trim()
+    )
 }
 
 fn nofile_limit() -> (u64, u64) {
@@ -150,7 +158,8 @@ mod tests {
 
     #[test]
     fn cpu_ticks_are_counted_after_a_name_with_spaces_and_parentheses() {
-        let stat = "4242 (tokio (runtime) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
+        let stat =
+            "4242 (tokio (runtime) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some(325));
     }
 

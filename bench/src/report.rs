@@ -25,14 +25,19 @@ impl Table {
         let widths: Vec<usize> = (0..self.headers.len())
             .map(|c| self.rows.iter().chain([&self.headers]).map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
             .collect();
-        let numeric: Vec<bool> = (0..self.headers.len()).map(|c| c > 0 && self.rows.iter().all(|r| r.get(c).is_none_or(|s| looks_numeric(s)))).collect();
+        let numeric: Vec<bool> =
+            (0..self.headers.len()).map(|c| c > 0 && self.rows.iter().all(|r| r.get(c).is_none_or(|s| looks_numeric(s)))).collect();
         let line = |cells: &Vec<String>| -> String {
             let parts: Vec<String> = widths
                 .iter()
                 .enumerate()
                 .map(|(c, w)| {
                     let cell = cells.get(c).map_or("", String::as_str);
-                    if numeric[c] { format!("{cell:>w$}") } else { format!("{cell:<w$}") }
+                    if numeric[c] {
+                        format!("{cell:>w$}")
+                    } else {
+                        format!("{cell:<w$}")
+                    }
                 })
                 .collect();
             format!("  {}", parts.join("   ").trim_end())

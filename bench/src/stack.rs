@@ -95,7 +95,12 @@ impl Stack {
     /// The gateway's command line and the settings it was given.
     pub fn describe(&self) -> String {
         let env: Vec<String> = GATEWAY_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{} (pid {}); env {}, DATABASE_URL, JWT_SECRET; every other setting default", self.gateway.command_line, self.gateway.pid, env.join(" "))
+        format!(
+            "{} (pid {}); env {}, DATABASE_URL, JWT_SECRET; every other setting default",
+            self.gateway.command_line,
+            self.gateway.pid,
+            env.join(" ")
+        )
     }
 
     /// Stops the gateway (SIGTERM, then SIGKILL), then Postgres.

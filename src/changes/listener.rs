@@ -182,11 +182,13 @@ impl Listener {
             let (max, missing): (i64, Vec<i64>) = sqlx::query_as(STARTING_POINT).fetch_one(&mut conn).await?;
             self.window = Some(Window::starting_with_gaps(max, &missing, Instant::now(), GAP_STALE, GAP_FORGET));
         }
-        sqlx::query("insert into rowcast.listeners (id, cursor) values ($1, $2) on conflict (id) do update set idle = false, seen_at = now()")
-            .bind(self.id)
-            .bind(self.window().settled())
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(
+            "insert into rowcast.listeners (id, cursor) values ($1, $2) on conflict (id) do update set idle = false, seen_at = now()",
+        )
+        .bind(self.id)
+        .bind(self.window().settled())
+        .execute(&mut conn)
+        .await?;
         let mut session = Session { listener, conn, idle: false, last_heartbeat: Instant::now(), last_prune: Instant::now() };
         self.live.send_replace(true);
         let from = self.window().high_water();
@@ -220,7 +222,13 @@ impl Listener {
                 }
             }
             self.housekeeping(s).await?;
-            let wait = if waiting { wait_step } else if busy { BUSY_POLL } else { self.config.poll };
+            let wait = if waiting {
+                wait_step
+            } else if busy {
+                BUSY_POLL
+            } else {
+                self.config.poll
+            };
             wait_step = if waiting { (wait_step * 2).min(Duration::from_millis(50)) } else { Duration::from_millis(1) };
             let rang = tokio::select! {
                 // Shutdown.
@@ -287,7 +295,9 @@ impl Listener {
         let pruned = sqlx::query(PRUNE)
             .bind(self.config.retention.as_secs_f64())
             .bind(PRESUMED_DEAD.as_secs_f64())
-            .execute(&mut s.conn).await?.rows_affected();
+            .execute(&mut s.conn)
+            .await?
+            .rows_affected();
         sqlx::query(FORGET_LISTENERS).execute(&mut s.conn).await?;
         debug!(pruned, "pruned the change log");
         Ok(())
@@ -297,17 +307,17 @@ impl Listener {
     async fn read_pass(&mut self, s: &mut Session) -> Result<PassResult, ListenerError> {
         // The sequence first, then the snapshot: every id up to `upper` was
         // handed out to a transaction that is finished or running in the snapshot.
-        let (upper,): (i64,) =
-            sqlx::query_as("select case when is_called then last_value else 0 end from rowcast.changes_id_seq")
-                .fetch_one(&mut s.conn)
-                .await?;
+        let (upper,): (i64,) = sqlx::query_as("select case when is_called then last_value else 0 end from rowcast.changes_id_seq")
+            .fetch_one(&mut s.conn)
+            .await?;
         let fenced = self.window().needs_fence();
         if fenced {
             // A committed write of ours, newer than every writer that took an id up to `upper`.
             sqlx::query("update rowcast.listeners set seen_at = now() where id = $1").bind(self.id).execute(&mut s.conn).await?;
         }
         let (hw, gaps, batch) = (self.window().high_water(), self.window().gap_ids(), self.config.batch);
-        let (snap, rows): (String, sqlx::types::Json<Vec<Row>>) = sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&mut s.conn).await?;
+        let (snap, rows): (String, sqlx::types::Json<Vec<Row>>) =
+            sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&mut s.conn).await?;
         let snapshot = Snapshot::parse(&snap).ok_or(ListenerError::Snapshot(snap))?;
         let rows: Vec<Change> = rows.0.into_iter().filter_map(Row::into_change).collect();
         let full = rows.len() as i64 >= batch;

@@ -80,7 +80,9 @@ pub struct NewJob {
 
 fn owner_for(caller: &Caller, job: &NewJob) -> Result<Option<String>, ApiError> {
     match (caller, &job.user_id) {
-        (Caller::User(u), Some(other)) if other != u => Err(ApiError::Forbidden("only the service role may enqueue for another user".into())),
+        (Caller::User(u), Some(other)) if other != u => {
+            Err(ApiError::Forbidden("only the service role may enqueue for another user".into()))
+        }
         (Caller::User(u), _) => Ok(Some(u.clone())),
         (Caller::Service, owner) => Ok(owner.clone()),
     }
@@ -90,7 +92,11 @@ const ENQUEUE: &str = "select * from rowcast.enqueue($1, $2, $3, $4, $5, $6, nul
 
 /// A missing input is an empty object.
 fn input_of(job: &NewJob) -> Value {
-    if job.input.is_null() { Value::Object(Default::default()) } else { job.input.clone() }
+    if job.input.is_null() {
+        Value::Object(Default::default())
+    } else {
+        job.input.clone()
+    }
 }
 
 /// Enqueues one job.

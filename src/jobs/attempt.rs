@@ -95,7 +95,15 @@ async fn load_steps(pool: &PgPool, id: Uuid) -> Result<Map<String, Value>, sqlx:
 }
 
 /// Stores a finished step and its progress; false if the job is no longer this attempt's.
-async fn store_step(pool: &PgPool, job: &Job, step: &str, seq: usize, output: &Value, progress: Option<i32>, message: Option<&str>) -> Result<bool, sqlx::Error> {
+async fn store_step(
+    pool: &PgPool,
+    job: &Job,
+    step: &str,
+    seq: usize,
+    output: &Value,
+    progress: Option<i32>,
+    message: Option<&str>,
+) -> Result<bool, sqlx::Error> {
     let (live,): (i64,) = sqlx::query_as(
         "with live as (
             update rowcast.jobs set progress = coalesce($4, progress), message = coalesce($5, message)
@@ -131,7 +139,9 @@ async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sq
         t => t,
     };
     let (set, value): (&str, Value) = match &t {
-        Transition::Complete(output) => ("status = 'completed', progress = 100, output = $3, error = null, completed_at = now()", output.clone()),
+        Transition::Complete(output) => {
+            ("status = 'completed', progress = 100, output = $3, error = null, completed_at = now()", output.clone())
+        }
         Transition::Fail(message) => ("status = 'failed', error = $3 #>> '{}', completed_at = now()", Value::from(message.as_str())),
         Transition::Retry(message, after) => {
             let delay = after.unwrap_or_else(|| backoff(job.attempts, ctx.job_type.backoff_base, ctx.job_type.backoff_max, random_unit()));
@@ -184,12 +194,13 @@ async fn heartbeat(pool: PgPool, id: Uuid, attempt: i32, lease: Duration, cancel
     tick.tick().await;
     loop {
         tick.tick().await;
-        let renewed = sqlx::query("update rowcast.job_leases set expires_at = now() + make_interval(secs => $3) where job_id = $1 and attempt = $2")
-            .bind(id)
-            .bind(attempt)
-            .bind(lease.as_secs_f64())
-            .execute(&pool)
-            .await;
+        let renewed =
+            sqlx::query("update rowcast.job_leases set expires_at = now() + make_interval(secs => $3) where job_id = $1 and attempt = $2")
+                .bind(id)
+                .bind(attempt)
+                .bind(lease.as_secs_f64())
+                .execute(&pool)
+                .await;
         match renewed {
             Ok(r) if r.rows_affected() == 0 => {
                 warn!(job.id = %id, "lease lost (rescued, cancelled or expired): stopping this attempt");

@@ -250,7 +250,8 @@ impl JobsConfig {
         }
         let cron = raw.cron.into_iter().map(|c| cron_entry(c, &types)).collect::<Result<_, _>>()?;
         let day = Duration::from_secs(86_400);
-        let retention = |t: Option<String>, d: Duration| duration(t.as_deref(), d, "retention").map_err(|e| ConfigError::Type("retention".into(), e));
+        let retention =
+            |t: Option<String>, d: Duration| duration(t.as_deref(), d, "retention").map_err(|e| ConfigError::Type("retention".into(), e));
         let r = raw.runner;
         let runner_err = |e: String| ConfigError::Type("runner".into(), e);
         Ok(JobsConfig {

@@ -78,12 +78,15 @@ impl From<ApiError> for Refusal {
 
 fn caller(state: &JobsState, headers: &HeaderMap) -> Result<Caller, Refusal> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let token = request_token(header("authorization"), header("apikey")).ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <jwt>"))?;
+    let token = request_token(header("authorization"), header("apikey"))
+        .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <jwt>"))?;
     let principal = state.verifier.verify(token).map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
     match (principal.is_service(), principal.owner_id()) {
         (true, _) => Ok(Caller::Service),
         (false, Some(user)) => Ok(Caller::User(user.to_owned())),
-        (false, None) => Err(refuse(StatusCode::UNAUTHORIZED, "jobs need a signed-in user's token (role authenticated with a sub) or the service role")),
+        (false, None) => {
+            Err(refuse(StatusCode::UNAUTHORIZED, "jobs need a signed-in user's token (role authenticated with a sub) or the service role"))
+        }
     }
 }
 
@@ -115,7 +118,11 @@ struct Bulk {
     jobs: Vec<NewJob>,
 }
 
-async fn enqueue_bulk(State(s): State<JobsState>, headers: HeaderMap, parsed: Result<Json<Bulk>, JsonRejection>) -> Result<Response, Refusal> {
+async fn enqueue_bulk(
+    State(s): State<JobsState>,
+    headers: HeaderMap,
+    parsed: Result<Json<Bulk>, JsonRejection>,
+) -> Result<Response, Refusal> {
     let caller = caller(&s, &headers)?;
     let bulk = body(parsed)?;
     for job in &bulk.jobs {

@@ -81,7 +81,11 @@ impl Hooks {
         if let Some(secret) = &self.secret {
             request = request.header("x-rowcast-signature", sign(secret.expose(), crate::auth::now_secs(), body.as_bytes()));
         }
-        let response = request.body(body).send().await.map_err(|e| if e.is_timeout() { "hook URL timed out" } else { "hook URL unreachable" }.to_owned())?;
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { "hook URL timed out" } else { "hook URL unreachable" }.to_owned())?;
         if !response.status().is_success() {
             return Err(format!("hook answered {}", response.status()));
         }

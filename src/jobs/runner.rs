@@ -46,10 +46,18 @@ impl Runner {
             .values()
             .map(|t| {
                 let handler = match &t.handler {
-                    Handler::Http(url) => StepHandler::Http { url: url.clone(), secret: config.signing_secret.clone(), client: client.clone() },
+                    Handler::Http(url) => {
+                        StepHandler::Http { url: url.clone(), secret: config.signing_secret.clone(), client: client.clone() }
+                    }
                     Handler::Builtin(_) => StepHandler::Demo,
                 };
-                let ctx = AttemptContext { pool: pool.clone(), job_type: Arc::new(t.clone()), handler, lease: config.runner.lease, hooks: hooks.clone() };
+                let ctx = AttemptContext {
+                    pool: pool.clone(),
+                    job_type: Arc::new(t.clone()),
+                    handler,
+                    lease: config.runner.lease,
+                    hooks: hooks.clone(),
+                };
                 (t.name.clone(), ctx)
             })
             .collect();

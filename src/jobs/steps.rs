@@ -109,7 +109,8 @@ async fn http_call(client: &reqwest::Client, url: &str, secret: Option<&str>, jo
         Err(e) => return Outcome::Retry { message: format!("step handler unreachable: {}", without_url(&e)), after: None },
     };
     let status = response.status().as_u16();
-    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).map(Duration::from_secs);
+    let retry_after =
+        response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).map(Duration::from_secs);
     let answer = response.json::<Answer>().await.ok();
     interpret(status, answer, retry_after)
 }

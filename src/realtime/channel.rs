@@ -190,7 +190,9 @@ fn binding(id: u32, raw: &Value, tables: &Tables) -> Result<Binding, Refusal> {
         )));
     }
     let compiled = match (&table, matching.first()) {
-        (Some(_), Some(meta)) => Some(filter::compile(&conditions, &meta.column_types()).map_err(|e| Refusal::Invalid(exception(&obj, &e)))?),
+        (Some(_), Some(meta)) => {
+            Some(filter::compile(&conditions, &meta.column_types()).map_err(|e| Refusal::Invalid(exception(&obj, &e)))?)
+        }
         _ => None,
     };
     Ok(Binding { id, event, schema, table, conditions, compiled, per_table: Default::default() })
@@ -250,7 +252,9 @@ mod tests {
         assert!(echoed[1]["id"].is_u64());
         assert!(plan.bindings.is_empty());
         assert_eq!(plan.notices.len(), 2);
-        assert!(plan.notices[0].message.starts_with("Unable to subscribe to changes with given parameters. Please check Realtime is enabled"));
+        assert!(plan.notices[0]
+            .message
+            .starts_with("Unable to subscribe to changes with given parameters. Please check Realtime is enabled"));
         assert!(plan.notices[0].message.ends_with("[event: INSERT, schema: public, table: nope, filters: [], select: nil]"));
     }
 

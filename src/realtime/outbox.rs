@@ -113,7 +113,11 @@ impl Outbox {
         let over = state.frames.len() >= self.shared.bounds.frames
             || (!state.frames.is_empty() && state.bytes + frame.len() > self.shared.bounds.bytes);
         if over {
-            tracing::warn!(queued = state.frames.len(), bytes = state.bytes, "a socket's outgoing queue is full: closing it as a slow consumer");
+            tracing::warn!(
+                queued = state.frames.len(),
+                bytes = state.bytes,
+                "a socket's outgoing queue is full: closing it as a slow consumer"
+            );
             Self::drop_queue(state);
             state.close = Some(Close::slow("outgoing queue full"));
         } else {

@@ -75,10 +75,7 @@ fn only_keys(row: &Map<String, Value>, keys: &[String]) -> Map<String, Value> {
 }
 
 fn trim_fields(row: &Map<String, Value>) -> Map<String, Value> {
-    row.iter()
-        .filter(|(_, v)| v.to_string().len() <= TRIMMED_FIELD_BYTES)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    row.iter().filter(|(_, v)| v.to_string().len() <= TRIMMED_FIELD_BYTES).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use dashmap::DashMap;
 
 use super::filter::{self, Compiled, Condition};
 use super::outbox::Outbox;
+use super::payload::render_data;
 use super::protocol::{self, Vsn};
 use crate::auth::Principal;
-use super::payload::render_data;
 use crate::changes::change::{Change, Column, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
 
@@ -158,13 +158,8 @@ enum IndexOp {
 impl Registry {
     /// An empty registry; records over `max_record_bytes` are trimmed.
     pub fn new(max_record_bytes: usize) -> Self {
-        let inner = Inner {
-            subs: DashMap::new(),
-            by_owner: DashMap::new(),
-            service: DashMap::new(),
-            next_id: AtomicU64::new(1),
-            max_record_bytes,
-        };
+        let inner =
+            Inner { subs: DashMap::new(), by_owner: DashMap::new(), service: DashMap::new(), next_id: AtomicU64::new(1), max_record_bytes };
         Registry { inner: Arc::new(inner) }
     }
 
@@ -242,9 +237,8 @@ impl Registry {
         let mut frames = FrameCache::default();
         for (id, sub) in targets {
             if id != from || sub.broadcast_self {
-                let frame = frames.get(&sub.topic, &[], sub.route.vsn, || {
-                    protocol::encode(sub.route.vsn, None, None, topic, "broadcast", payload)
-                });
+                let frame =
+                    frames.get(&sub.topic, &[], sub.route.vsn, || protocol::encode(sub.route.vsn, None, None, topic, "broadcast", payload));
                 sub.route.outbox.push(frame);
             }
         }
@@ -314,7 +308,16 @@ mod tests {
 
     fn change(owner: &str) -> Change {
         let record = json!({"id": 1, "user_id": owner}).as_object().cloned();
-        Change { id: 1, changed_at: Utc::now(), schema: "public".into(), table: "todos".into(), op: Op::Insert, owner: Some(owner.into()), record, old_record: None }
+        Change {
+            id: 1,
+            changed_at: Utc::now(),
+            schema: "public".into(),
+            table: "todos".into(),
+            op: Op::Insert,
+            owner: Some(owner.into()),
+            record,
+            old_record: None,
+        }
     }
 
     fn principal(role: &str, sub: Option<&str>) -> Principal {

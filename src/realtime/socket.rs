@@ -33,14 +33,14 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
-use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 
 use super::channel::{self, JoinRefusal};
 use super::filter::MAX_PATTERNS_PER_SOCKET;
@@ -445,8 +445,7 @@ impl Conn {
 
     fn expire_channels(&mut self) {
         let now = now_secs();
-        let expired: Vec<(String, i64)> =
-            self.channels.iter().filter(|(_, j)| j.exp <= now).map(|(t, j)| (t.clone(), j.exp)).collect();
+        let expired: Vec<(String, i64)> = self.channels.iter().filter(|(_, j)| j.exp <= now).map(|(t, j)| (t.clone(), j.exp)).collect();
         for (topic, exp) in expired {
             info!(topic = %topic, "channel token expired");
             self.shut_channel(&topic, &AuthError::Expired(now - exp));

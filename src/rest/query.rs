@@ -27,13 +27,7 @@ impl RestError {
 }
 
 fn no_column(meta: &TableMeta, column: &str) -> RestError {
-    RestError {
-        status: 400,
-        code: "42703",
-        message: format!("column {}.{} does not exist", meta.table, column),
-        details: None,
-        hint: None,
-    }
+    RestError { status: 400, code: "42703", message: format!("column {}.{} does not exist", meta.table, column), details: None, hint: None }
 }
 
 /// A condition on one column.
@@ -164,7 +158,8 @@ fn filter(column: &str, value: &str, meta: &TableMeta) -> Result<Filter, RestErr
 
 /// `or=(a.eq.1,b.not.gt.2)`.
 fn or_group(value: &str, meta: &TableMeta) -> Result<Vec<Filter>, RestError> {
-    let inner = value.strip_prefix('(').and_then(|v| v.strip_suffix(')')).ok_or_else(|| RestError::parse("failed to parse logic tree", value))?;
+    let inner =
+        value.strip_prefix('(').and_then(|v| v.strip_suffix(')')).ok_or_else(|| RestError::parse("failed to parse logic tree", value))?;
     split_list(inner)
         .iter()
         .map(|term| {
@@ -218,7 +213,11 @@ impl Query {
             let n = sql.push(Param::Text(sub.to_owned()));
             terms.push(format!("{}::text = ${n}", quote(column)));
         }
-        if terms.is_empty() { String::new() } else { format!(" where {}", terms.join(" and ")) }
+        if terms.is_empty() {
+            String::new()
+        } else {
+            format!(" where {}", terms.join(" and "))
+        }
     }
 
     /// The `order by` / `limit` / `offset` tail.
@@ -251,7 +250,11 @@ impl Query {
 
     /// The column list for `select`.
     pub fn columns(&self) -> String {
-        if self.select.is_empty() { "*".into() } else { self.select.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ") }
+        if self.select.is_empty() {
+            "*".into()
+        } else {
+            self.select.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+        }
     }
 }
 
@@ -287,7 +290,11 @@ fn condition(f: &Filter, meta: &TableMeta, sql: &mut Sql) -> String {
             format!("{col} {sym} cast(${n} as {})", column_type(meta, &f.column))
         }
     };
-    if f.negate { format!("not ({expr})") } else { expr }
+    if f.negate {
+        format!("not ({expr})")
+    } else {
+        expr
+    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,13 @@ fn respond(e: RestError) -> Response {
     (status, Json(json!({ "code": e.code, "message": e.message, "details": e.details, "hint": e.hint }))).into_response()
 }
 
-async fn read(State(s): State<RestState>, Path(table): Path<String>, method: Method, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+async fn read(
+    State(s): State<RestState>,
+    Path(table): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     match snapshot(&s, &table, &headers, q.as_deref().unwrap_or(""), method == Method::HEAD).await {
         Ok(r) => r,
         Err(e) => respond(e),
@@ -105,7 +111,9 @@ async fn snapshot(s: &RestState, table: &str, headers: &HeaderMap, raw_query: &s
     let single = h("accept").is_some_and(|a| a.contains(OBJECT));
     let counted = h("prefer").is_some_and(|p| p.contains("count=exact"));
     let from = format!("\"{}\".\"{}\"", meta.schema.replace('"', "\"\""), meta.table.replace('"', "\"\""));
-    let (rows_sql, params) = statement(&q, &meta, &visibility, |w| format!("select coalesce(json_agg(t), '[]'::json)::text from (select {} from {from}{w}{}) t", q.columns(), q.tail()));
+    let (rows_sql, params) = statement(&q, &meta, &visibility, |w| {
+        format!("select coalesce(json_agg(t), '[]'::json)::text from (select {} from {from}{w}{}) t", q.columns(), q.tail())
+    });
     let rows: Vec<serde_json::Value> = serde_json::from_str(&run::<String>(&s.pool, &rows_sql, &params).await?).unwrap_or_default();
     let total = if counted {
         let (count_sql, params) = statement(&q, &meta, &visibility, |w| format!("select count(*) from {from}{w}"));
@@ -119,7 +127,8 @@ async fn snapshot(s: &RestState, table: &str, headers: &HeaderMap, raw_query: &s
         e.details = Some(format!("The result contains {} rows", rows.len()));
         return Err(e);
     }
-    let (content_type, body) = if single { (OBJECT, rows[0].to_string()) } else { ("application/json", serde_json::Value::Array(rows).to_string()) };
+    let (content_type, body) =
+        if single { (OBJECT, rows[0].to_string()) } else { ("application/json", serde_json::Value::Array(rows).to_string()) };
     let mut response = if head { StatusCode::OK.into_response() } else { body.into_response() };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(&format!("{content_type}; charset=utf-8")).expect("ascii"));
@@ -161,7 +170,13 @@ fn db_error(e: sqlx::Error) -> RestError {
     if let Some(db) = e.as_database_error() {
         let code = db.code().unwrap_or_default().to_string();
         if code.starts_with("22") {
-            return RestError { status: 400, code: "22000", message: db.message().to_owned(), details: Some(format!("SQLSTATE {code}")), hint: None };
+            return RestError {
+                status: 400,
+                code: "22000",
+                message: db.message().to_owned(),
+                details: Some(format!("SQLSTATE {code}")),
+                hint: None,
+            };
         }
     }
     error!(error = %e, "snapshot read failed");

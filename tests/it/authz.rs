@@ -36,7 +36,8 @@ async fn upgrade_status(app: &crate::harness::TestApp, query: &str) -> (u16, Str
 async fn bad_api_keys_get_http_401_with_supabase_texts_before_the_upgrade() {
     let app = spawn_app().await;
     let now = rowcast::auth::now_secs();
-    let sign = |claims: serde_json::Value| encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    let sign =
+        |claims: serde_json::Value| encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
     let cases = [
         ("vsn=2.0.0".to_owned(), "API key is missing"),
         ("apikey=garbage&vsn=2.0.0".to_owned(), "The token provided is not a valid JWT"),
@@ -65,8 +66,11 @@ async fn users_see_only_their_rows_the_service_role_all_and_anon_only_public_tab
     bob.subscribe("c", both.clone(), Some(&app.user("bob"))).await;
     service.subscribe("c", both.clone(), None).await;
     anon.subscribe("c", both, None).await;
-    app.sql("insert into todos (user_id, title) values ('bob', 'secret'); update todos set title = 'still secret'; \
-             delete from todos; insert into todos (user_id, title) values ('alice', 'mine'); insert into news (body) values ('hello');").await;
+    app.sql(
+        "insert into todos (user_id, title) values ('bob', 'secret'); update todos set title = 'still secret'; \
+             delete from todos; insert into todos (user_id, title) values ('alice', 'mine'); insert into news (body) values ('hello');",
+    )
+    .await;
     assert_eq!(seen(&mut alice, 2).await, ["todos:INSERT", "news:INSERT"]);
     assert_eq!(seen(&mut bob, 4).await, ["todos:INSERT", "todos:UPDATE", "todos:DELETE", "news:INSERT"]);
     assert_eq!(seen(&mut service, 5).await, ["todos:INSERT", "todos:UPDATE", "todos:DELETE", "todos:INSERT", "news:INSERT"]);
@@ -80,7 +84,8 @@ async fn a_filter_naming_another_user_cannot_widen_what_a_user_sees() {
     let mut alice = Client::v2(&app, &app.anon()).await;
     let spy = json!([{"event": "*", "schema": "public", "table": "todos", "filter": "user_id=eq.bob"}, {"event": "*", "schema": "public", "table": "todos", "filter": "title=eq.sentinel"}]);
     alice.subscribe("spy", spy, Some(&app.user("alice"))).await;
-    app.sql("insert into todos (user_id, title) values ('bob', 'x'); insert into todos (user_id, title) values ('alice', 'sentinel');").await;
+    app.sql("insert into todos (user_id, title) values ('bob', 'x'); insert into todos (user_id, title) values ('alice', 'sentinel');")
+        .await;
     let got = alice.change("spy").await;
     assert_eq!(got["data"]["record"]["title"], "sentinel", "the first change alice sees is her own sentinel");
 }
@@ -120,7 +125,10 @@ async fn an_expired_channel_token_gets_the_system_message_then_phx_close() {
     let sys = c.recv_event("realtime:exp", "system").await;
     let message = sys.payload["message"].as_str().unwrap();
     assert!(message.starts_with("Token has expired ") && message.ends_with(" seconds ago"), "{message}");
-    assert_eq!((sys.payload["extension"].as_str(), sys.payload["status"].as_str(), sys.payload["channel"].as_str()), (Some("system"), Some("error"), Some("exp")));
+    assert_eq!(
+        (sys.payload["extension"].as_str(), sys.payload["status"].as_str(), sys.payload["channel"].as_str()),
+        (Some("system"), Some("error"), Some("exp"))
+    );
     let close = c.recv().await;
     assert_eq!((close.topic.as_str(), close.event.as_str()), ("realtime:exp", "phx_close"));
     c.heartbeat().await;

@@ -13,8 +13,14 @@ use crate::harness::{fresh_database, jobs_config, SECRET};
 #[tokio::test]
 async fn the_demo_page_and_the_extension_work_in_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(root.join("tests/browser/node_modules/playwright-core").exists(), "tests/browser/node_modules is missing: run scripts/test (it runs npm ci)");
-    assert!(root.join("web-demo/node_modules/@supabase/supabase-js").exists(), "web-demo/node_modules is missing: run scripts/test (it runs npm ci)");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "tests/browser/node_modules is missing: run scripts/test (it runs npm ci)"
+    );
+    assert!(
+        root.join("web-demo/node_modules/@supabase/supabase-js").exists(),
+        "web-demo/node_modules is missing: run scripts/test (it runs npm ci)"
+    );
     let db = fresh_database().await;
     let mut config = AppConfig::new(db.clone(), "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
     config.jobs = jobs_config("");

@@ -21,7 +21,14 @@ async fn reader_has_read_after(pool: &sqlx::PgPool, since: &str) {
          where datname = current_database() and query like '%pg_current_snapshot()::text%' and pid <> pg_backend_pid()"
     );
     let sql = &sql;
-    eventually(|| async move { if scalar::<bool>(pool, sql).await { Ok(()) } else { Err("the reader never read the log".into()) } }).await
+    eventually(|| async move {
+        if scalar::<bool>(pool, sql).await {
+            Ok(())
+        } else {
+            Err("the reader never read the log".into())
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -103,8 +110,10 @@ async fn writers_ring_the_doorbell_only_while_a_live_listener_is_idle() {
     let mut bell = PgListener::connect(&url).await.unwrap();
     bell.listen("rowcast_changes").await.unwrap();
     let set = |idle: bool, seen: &str| {
-        format!("insert into rowcast.listeners (id, idle, seen_at) values ('00000000-0000-0000-0000-000000000001', {idle}, {seen}) \
-                 on conflict (id) do update set idle = excluded.idle, seen_at = excluded.seen_at")
+        format!(
+            "insert into rowcast.listeners (id, idle, seen_at) values ('00000000-0000-0000-0000-000000000001', {idle}, {seen}) \
+                 on conflict (id) do update set idle = excluded.idle, seen_at = excluded.seen_at"
+        )
     };
     assert!(!insert_rings(&url, &mut bell).await, "no listener registered: no bell");
     sqlx::query(&set(false, "now()")).execute(&mut conn).await.unwrap();
@@ -138,11 +147,14 @@ async fn read_changes_are_pruned_from_the_log() {
 async fn a_disabled_table_stops_delivering_and_enable_needs_a_primary_key() {
     let app = spawn_app().await;
     app.owned_table("todos").await;
-    app.sql("create table other (id serial primary key, user_id text); select rowcast.enable('public.other', owner_column => 'user_id');").await;
+    app.sql("create table other (id serial primary key, user_id text); select rowcast.enable('public.other', owner_column => 'user_id');")
+        .await;
     let mut c = Client::v2(&app, &app.anon()).await;
-    let both = json!([{"event": "INSERT", "schema": "public", "table": "todos"}, {"event": "INSERT", "schema": "public", "table": "other"}]);
+    let both =
+        json!([{"event": "INSERT", "schema": "public", "table": "todos"}, {"event": "INSERT", "schema": "public", "table": "other"}]);
     c.subscribe("d", both, Some(&app.token(None, "service_role"))).await;
-    app.sql("select rowcast.disable('public.todos'); insert into todos (user_id) values ('u'); insert into other (user_id) values ('u');").await;
+    app.sql("select rowcast.disable('public.todos'); insert into todos (user_id) values ('u'); insert into other (user_id) values ('u');")
+        .await;
     assert_eq!(c.change("d").await["data"]["table"], "other");
     let err = sqlx::raw_sql("create table nopk (user_id text); select rowcast.enable('public.nopk', owner_column => 'user_id');")
         .execute(&app.pool)

@@ -22,7 +22,10 @@ async fn migrate_enable_disable_and_token_work_from_the_command_line() {
     sqlx::raw_sql("create table public.summaries (id serial primary key, user_id text)").execute(&pool).await.unwrap();
     let (ok, out) = rowcast(&db, &["enable", "public.summaries", "--owner", "user_id"]).await;
     assert!(ok, "{out}");
-    let (owner,): (Option<String>,) = sqlx::query_as("select owner_column from rowcast.tables where relid = 'public.summaries'::regclass").fetch_one(&pool).await.unwrap();
+    let (owner,): (Option<String>,) = sqlx::query_as("select owner_column from rowcast.tables where relid = 'public.summaries'::regclass")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(owner.as_deref(), Some("user_id"));
     let (ok, out) = rowcast(&db, &["enable", "public.summaries", "--owner", "nope"]).await;
     assert!(!ok && out.contains("no column named"), "{out}");

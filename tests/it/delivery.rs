@@ -106,13 +106,10 @@ async fn filters_narrow_deliveries_and_ids_name_every_matching_binding() {
         binding("todos", "DELETE", Some("title=eq.gone")),
     ]);
     let ids = ids_of(&c.subscribe("f", bindings, Some(&token)).await);
-    let cases = [
-        ("u1", "b,c", 7, "'{}'", vec![0, 1, 2]),
-        ("u1", "skipme", 1, "null", vec![3]),
-        ("u2", "a", 20, "'{}'", vec![1, 2]),
-    ];
+    let cases = [("u1", "b,c", 7, "'{}'", vec![0, 1, 2]), ("u1", "skipme", 1, "null", vec![3]), ("u2", "a", 20, "'{}'", vec![1, 2])];
     for (user, title, n, meta, want) in cases {
-        app.sql(&format!("insert into todos (user_id, title, n, meta) values ('{user}', '{}', {n}, {meta})", title.replace('\'', "''"))).await;
+        app.sql(&format!("insert into todos (user_id, title, n, meta) values ('{user}', '{}', {n}, {meta})", title.replace('\'', "''")))
+            .await;
         let got = c.change("f").await;
         let want: Vec<Value> = want.iter().map(|i| ids[*i].clone()).collect();
         assert_eq!(got["ids"], json!(want), "row {title}/{n}");
@@ -144,7 +141,11 @@ async fn bad_filters_and_unknown_tables_are_reported_and_good_bindings_still_del
         assert_eq!(sys["channel"], "bad");
         messages.push((sys["status"].as_str().unwrap().to_owned(), sys["message"].as_str().unwrap().to_owned()));
     }
-    assert!(messages[0].1.contains("Exception: ERROR 22P02 (invalid_text_representation) invalid input syntax for type integer: \"abc\""), "{:?}", messages[0]);
+    assert!(
+        messages[0].1.contains("Exception: ERROR 22P02 (invalid_text_representation) invalid input syntax for type integer: \"abc\""),
+        "{:?}",
+        messages[0]
+    );
     assert_eq!(messages[1].1, "Error parsing `filter` params: [\"n\", \"foo.1\"]");
     assert!(messages[2].1.starts_with("Unable to subscribe to changes with given parameters. Please check Realtime is enabled"));
     assert!(messages[2].1.contains("table: missing"));

@@ -37,7 +37,11 @@ async fn the_shipped_node_example_handler_runs_a_signed_job_to_completion() {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["output"], json!({"text": "document 42 has five words", "words": 5}));
     assert_eq!(done["message"], "finished count");
-    let (steps,): (i64,) = sqlx::query_as("select count(*) from rowcast.job_steps where job_id = $1::uuid").bind(row["id"].as_str()).fetch_one(&app.pool).await.unwrap();
+    let (steps,): (i64,) = sqlx::query_as("select count(*) from rowcast.job_steps where job_id = $1::uuid")
+        .bind(row["id"].as_str())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(steps, 2);
 }
 

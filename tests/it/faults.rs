@@ -33,8 +33,8 @@ async fn wait_for_listener(conn: &mut PgConnection, killed: &[i32]) {
         )
         .bind(killed)
         .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         if n > 0 {
             return;
         }

@@ -142,8 +142,21 @@ const FILTER_ERRORS: [&str; 9] = [
 fn grammar_filter() -> impl Strategy<Value = String> {
     let column = prop_oneof![Just("id"), Just("n"), Just("title"), Just("done"), Just("at"), Just("u"), Just("x"), Just("nope"), Just("")];
     let op = prop_oneof![
-        Just("eq"), Just("neq"), Just("lt"), Just("lte"), Just("gt"), Just("gte"), Just("in"), Just("like"), Just("ilike"),
-        Just("is"), Just("match"), Just("imatch"), Just("isdistinct"), Just("foo"), Just("")
+        Just("eq"),
+        Just("neq"),
+        Just("lt"),
+        Just("lte"),
+        Just("gt"),
+        Just("gte"),
+        Just("in"),
+        Just("like"),
+        Just("ilike"),
+        Just("is"),
+        Just("match"),
+        Just("imatch"),
+        Just("isdistinct"),
+        Just("foo"),
+        Just("")
     ];
     let value = prop_oneof![
         "[a-zA-Z0-9%_.,()\"\\\\ -]{0,20}",
@@ -154,15 +167,13 @@ fn grammar_filter() -> impl Strategy<Value = String> {
         "[%_a\\\\]{200,300}",
         ".{0,12}",
     ];
-    let segment = (column, any::<bool>(), op, value)
-        .prop_map(|(c, not, op, v)| format!("{c}={}{op}.{v}", if not { "not." } else { "" }));
+    let segment = (column, any::<bool>(), op, value).prop_map(|(c, not, op, v)| format!("{c}={}{op}.{v}", if not { "not." } else { "" }));
     prop::collection::vec(segment, 1..4).prop_map(|s| s.join(","))
 }
 
 /// A few rows to evaluate compiled filters against, with every JSON shape in each column.
 fn row() -> impl Strategy<Value = Map<String, Value>> {
-    prop::collection::vec(json_value(), COLUMNS.len())
-        .prop_map(|values| COLUMNS.iter().map(|(c, _)| c.to_string()).zip(values).collect())
+    prop::collection::vec(json_value(), COLUMNS.len()).prop_map(|values| COLUMNS.iter().map(|(c, _)| c.to_string()).zip(values).collect())
 }
 
 fn check_filter(text: &str, rows: &[Map<String, Value>]) -> Result<(), TestCaseError> {
@@ -204,11 +215,15 @@ fn grammar_pair() -> impl Strategy<Value = (String, String)> {
     let op = prop_oneof![Just("eq"), Just("neq"), Just("gt"), Just("like"), Just("ilike"), Just("is"), Just("in"), Just("cs"), Just("")];
     let value = "[a-zA-Z0-9%_.,()\"* -]{0,16}";
     prop_oneof![
-        (column.clone(), any::<bool>(), op.clone(), value).prop_map(|(c, not, op, v)| (c.to_owned(), format!("{}{op}.{v}", if not { "not." } else { "" }))),
-        prop::collection::vec((column.clone(), op, "[a-z0-9,()]{0,6}"), 0..4)
-            .prop_map(|items| ("or".to_owned(), format!("({})", items.iter().map(|(c, o, v)| format!("{c}.{o}.{v}")).collect::<Vec<_>>().join(",")))),
+        (column.clone(), any::<bool>(), op.clone(), value)
+            .prop_map(|(c, not, op, v)| (c.to_owned(), format!("{}{op}.{v}", if not { "not." } else { "" }))),
+        prop::collection::vec((column.clone(), op, "[a-z0-9,()]{0,6}"), 0..4).prop_map(|items| (
+            "or".to_owned(),
+            format!("({})", items.iter().map(|(c, o, v)| format!("{c}.{o}.{v}")).collect::<Vec<_>>().join(","))
+        )),
         "[a-z,*() ]{0,20}".prop_map(|v| ("select".to_owned(), v)),
-        (column, prop_oneof![Just(""), Just(".asc"), Just(".desc"), Just(".desc.nullslast"), Just(".x")]).prop_map(|(c, d)| ("order".to_owned(), format!("{c}{d}"))),
+        (column, prop_oneof![Just(""), Just(".asc"), Just(".desc"), Just(".desc.nullslast"), Just(".x")])
+            .prop_map(|(c, d)| ("order".to_owned(), format!("{c}{d}"))),
         "-?[0-9a-z]{0,6}".prop_map(|v| ("limit".to_owned(), v)),
         "-?[0-9a-z]{0,6}".prop_map(|v| ("offset".to_owned(), v)),
     ]

@@ -22,9 +22,11 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
 }
 
 async fn public_notes(app: &TestApp) {
-    app.sql("create table public.notes (id int primary key, v text); insert into notes values (1, 'x');
-             select rowcast.enable('public.notes', public => true);")
-        .await;
+    app.sql(
+        "create table public.notes (id int primary key, v text); insert into notes values (1, 'x');
+             select rowcast.enable('public.notes', public => true);",
+    )
+    .await;
 }
 
 /// Open sockets as `/health` counts them.
@@ -164,7 +166,14 @@ async fn sockets_past_the_per_ip_limit_get_429_before_the_upgrade_and_a_closed_o
     assert_eq!(refusal(&app).await, Some((429, json!({"error": "Too many connected users"}))));
     first.heartbeat().await;
     drop(first);
-    eventually(|| async { if open_sockets(&app).await == 1 { Ok(()) } else { Err("the closed socket still counts".to_owned()) } }).await;
+    eventually(|| async {
+        if open_sockets(&app).await == 1 {
+            Ok(())
+        } else {
+            Err("the closed socket still counts".to_owned())
+        }
+    })
+    .await;
     assert_eq!(refusal(&app).await, None);
 }
 
@@ -195,10 +204,14 @@ async fn a_rest_read_of_an_unknown_table_without_a_valid_token_is_401_not_a_cata
 async fn a_flood_of_unknown_table_lookups_reloads_the_catalogue_a_few_times_not_once_each() {
     let app = spawn_app_with(limits(|_| {})).await;
     let tables = Tables::with_pool(app.pool.clone());
-    let calls: Vec<_> = (0..200).map(|_| tokio::spawn({
-        let tables = tables.clone();
-        async move { tables.refresh().await }
-    })).collect();
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn({
+                let tables = tables.clone();
+                async move { tables.refresh().await }
+            })
+        })
+        .collect();
     for call in calls {
         assert!(call.await.unwrap());
     }
@@ -271,6 +284,9 @@ async fn a_join_with_more_bindings_than_the_cap_is_refused_and_the_socket_carrie
     let mut c = Client::v2(&app, &app.anon()).await;
     let many = vec![json!({"event": "*", "schema": "public", "table": "notes"}); 101];
     let reply = c.join("many", json!(many), None).await;
-    assert_eq!(reply, json!({"status": "error", "response": {"reason": "TooManyBindings: at most 100 postgres_changes bindings per channel, got 101"}}));
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "TooManyBindings: at most 100 postgres_changes bindings per channel, got 101"}})
+    );
     c.subscribe("few", json!([{"event": "*", "schema": "public", "table": "notes"}]), None).await;
 }

@@ -117,7 +117,10 @@ async fn a_non_retriable_error_fails_at_once_and_runs_the_failure_hook() {
     let failed = app.wait_job(&id(&row), |j| j["status"] == "failed").await;
     assert_eq!((failed["attempts"].as_i64(), failed["error"].as_str()), (Some(1), Some("bad input")));
     let input: Value = eventually(|| async {
-        let follow: Option<Value> = sqlx::query_scalar("select input from rowcast.jobs where type = 'demo' and user_id = 'alice'").fetch_optional(&app.pool).await.unwrap();
+        let follow: Option<Value> = sqlx::query_scalar("select input from rowcast.jobs where type = 'demo' and user_id = 'alice'")
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap();
         follow.ok_or_else(|| "no follow-up job yet".to_owned())
     })
     .await;
@@ -166,7 +169,8 @@ async fn cancelling_a_running_job_tells_its_handler_and_writes_nothing_more() {
     assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")));
     handler.dropped(&id(&row), 2).await;
     release.notify_waiters();
-    let (steps,): (i64,) = sqlx::query_as("select count(*) from rowcast.job_steps where job_id = $1::uuid").bind(id(&row)).fetch_one(&app.pool).await.unwrap();
+    let (steps,): (i64,) =
+        sqlx::query_as("select count(*) from rowcast.job_steps where job_id = $1::uuid").bind(id(&row)).fetch_one(&app.pool).await.unwrap();
     let after = app.wait_job(&id(&row), |_| true).await;
     assert_eq!((steps, after["status"].as_str(), after["progress"].as_i64()), (1, Some("cancelled"), Some(33)));
     let (status, _) = app.post(&format!("/api/jobs/{}/cancel", id(&row)), &app.user("alice"), json!({})).await;
@@ -189,7 +193,8 @@ async fn retrying_a_failed_job_resumes_after_its_finished_steps() {
     let (status, retried) = app.post(&format!("/api/jobs/{}/retry", id(&row)), &app.user("alice"), json!({})).await;
     assert_eq!((status, retried["status"].as_str(), retried["attempts"].as_i64()), (202, Some("pending"), Some(0)));
     app.wait_job(&id(&row), |j| j["status"] == "completed").await;
-    let steps: Vec<usize> = handler.drain().into_iter().filter_map(|e| if let Event::Called(c) = e { Some(c.next_step()) } else { None }).collect();
+    let steps: Vec<usize> =
+        handler.drain().into_iter().filter_map(|e| if let Event::Called(c) = e { Some(c.next_step()) } else { None }).collect();
     assert_eq!(steps, [1, 2, 2, 3], "step 1 ran once");
 }
 
@@ -201,7 +206,11 @@ async fn a_bulk_enqueue_creates_children_whose_progress_the_parent_counts() {
     assert_eq!((status, parent["type"].as_str(), parent["status"].as_str()), (202, Some("bulk"), Some("running")));
     let done = app.wait_job(&id(&parent), |j| j["status"] == "completed").await;
     assert_eq!((done["progress"].as_i64(), done["message"].as_str()), (Some(100), Some("3 of 3 jobs finished")));
-    let (children,): (i64,) = sqlx::query_as("select count(*) from rowcast.jobs where parent_id = $1::uuid and status = 'completed'").bind(id(&parent)).fetch_one(&app.pool).await.unwrap();
+    let (children,): (i64,) = sqlx::query_as("select count(*) from rowcast.jobs where parent_id = $1::uuid and status = 'completed'")
+        .bind(id(&parent))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(children, 3);
 }
 
@@ -209,10 +218,16 @@ async fn a_bulk_enqueue_creates_children_whose_progress_the_parent_counts() {
 async fn sql_enqueue_joins_the_apps_own_transaction() {
     let app = spawn_jobs_app("").await;
     let mut tx = app.pool.begin().await.unwrap();
-    let (rolled,): (uuid::Uuid,) = sqlx::query_as("select id from rowcast.enqueue('demo', '{\"steps\": 1, \"step_ms\": 1}', 'alice')").fetch_one(&mut *tx).await.unwrap();
+    let (rolled,): (uuid::Uuid,) = sqlx::query_as("select id from rowcast.enqueue('demo', '{\"steps\": 1, \"step_ms\": 1}', 'alice')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     let mut tx = app.pool.begin().await.unwrap();
-    let (kept,): (uuid::Uuid,) = sqlx::query_as("select id from rowcast.enqueue('demo', '{\"steps\": 1, \"step_ms\": 1}', 'alice')").fetch_one(&mut *tx).await.unwrap();
+    let (kept,): (uuid::Uuid,) = sqlx::query_as("select id from rowcast.enqueue('demo', '{\"steps\": 1, \"step_ms\": 1}', 'alice')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     app.wait_job(&kept.to_string(), |j| j["status"] == "completed").await;
     let (n,): (i64,) = sqlx::query_as("select count(*) from rowcast.jobs where id = $1").bind(rolled).fetch_one(&app.pool).await.unwrap();

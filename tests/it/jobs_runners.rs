@@ -18,11 +18,18 @@ fn http_type(name: &str, url: &str, extra: &str) -> String {
 
 /// (attempt, step) of every call the handler saw for `job`.
 fn calls_of(events: &[Event], job: &str) -> Vec<(i64, usize)> {
-    events.iter().filter_map(|e| match e { Event::Called(c) if c.job_id() == job => Some((c.attempt(), c.next_step())), _ => None }).collect()
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Called(c) if c.job_id() == job => Some((c.attempt(), c.next_step())),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn enqueue_sql(app: &TestApp, job_type: &str, user: &str) -> String {
-    let (id,): (uuid::Uuid,) = sqlx::query_as("select id from rowcast.enqueue($1, '{}', $2)").bind(job_type).bind(user).fetch_one(&app.pool).await.unwrap();
+    let (id,): (uuid::Uuid,) =
+        sqlx::query_as("select id from rowcast.enqueue($1, '{}', $2)").bind(job_type).bind(user).fetch_one(&app.pool).await.unwrap();
     id.to_string()
 }
 
@@ -62,7 +69,11 @@ async fn a_runner_killed_with_sigkill_has_its_job_resumed_elsewhere_without_repe
     assert_eq!(done["attempts"], 2);
     let calls = calls_of(&handler.drain(), &id);
     assert!(!calls.contains(&(2, 1)), "step 1 was not run again: {calls:?}");
-    let (steps,): (Value,) = sqlx::query_as("select jsonb_object_agg(step_id, output) from rowcast.job_steps where job_id = $1::uuid").bind(&id).fetch_one(&app.pool).await.unwrap();
+    let (steps,): (Value,) = sqlx::query_as("select jsonb_object_agg(step_id, output) from rowcast.job_steps where job_id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(steps["s1"], "one");
     second.stop().await;
 }
@@ -92,7 +103,10 @@ async fn a_late_worker_cannot_overwrite_a_job_rescued_from_it() {
     late.signal("TERM");
     assert!(late.exited().await.success());
     let after = app.wait_job(&id, |_| true).await;
-    assert_eq!((after["output"].clone(), after["attempts"].as_i64(), after["updated_at"].clone()), (json!("from the rescuer"), Some(2), done["updated_at"].clone()));
+    assert_eq!(
+        (after["output"].clone(), after["attempts"].as_i64(), after["updated_at"].clone()),
+        (json!("from the rescuer"), Some(2), done["updated_at"].clone())
+    );
 }
 
 #[tokio::test]
@@ -116,7 +130,10 @@ async fn sigterm_lets_the_running_step_finish_then_hands_the_job_back() {
     runner.signal("TERM");
     assert!(runner.exited().await.success(), "a clean exit");
     let released = app.wait_job(&id, |_| true).await;
-    assert_eq!((released["status"].as_str(), released["attempts"].as_i64(), released["progress"].as_i64()), (Some("pending"), Some(0), Some(66)));
+    assert_eq!(
+        (released["status"].as_str(), released["attempts"].as_i64(), released["progress"].as_i64()),
+        (Some("pending"), Some(0), Some(66))
+    );
     assert_eq!(released["message"], "released by a stopping runner");
     let next = RunnerApp::start(&app.db_url, &toml).await;
     app.wait_job(&id, |j| j["status"] == "completed").await;
@@ -142,7 +159,8 @@ async fn concurrency_limits_hold_across_two_runner_processes_and_no_attempt_runs
         async move {
             let mut workers = HashSet::new();
             loop {
-                let now: Vec<String> = sqlx::query_scalar("select worker from rowcast.job_leases").fetch_all(&pool).await.unwrap_or_default();
+                let now: Vec<String> =
+                    sqlx::query_scalar("select worker from rowcast.job_leases").fetch_all(&pool).await.unwrap_or_default();
                 workers.extend(now);
                 if workers.len() >= 2 {
                     return workers;
@@ -211,7 +229,12 @@ async fn each_cron_slot_fires_exactly_once_across_runners() {
 #[tokio::test]
 async fn jobs_stuck_pending_or_running_past_their_limits_fail_with_a_clear_error() {
     let handler = StepServer::start(|_: &Call| Reply::After(Duration::from_secs(60), 200, json!({"done": true}))).await;
-    let app = spawn_jobs_app(&http_type("stuck", &handler.url, "concurrency = 1\ntimeout = \"1m\"\npending_timeout = \"1s\"\nrunning_timeout = \"2s\"")).await;
+    let app = spawn_jobs_app(&http_type(
+        "stuck",
+        &handler.url,
+        "concurrency = 1\ntimeout = \"1m\"\npending_timeout = \"1s\"\nrunning_timeout = \"2s\"",
+    ))
+    .await;
     let mut handler = handler;
     let running = enqueue_sql(&app, "stuck", "alice").await;
     handler.next_call().await;
@@ -235,10 +258,11 @@ async fn the_rate_limit_spaces_a_users_starts() {
     for id in ids.iter().chain([other["id"].as_str().unwrap().to_owned()].iter()) {
         app.wait_job(id, |j| j["status"] == "completed").await;
     }
-    let starts: Vec<(f64,)> = sqlx::query_as("select extract(epoch from started_at)::float8 from rowcast.job_starts where user_id = 'alice' order by 1")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let starts: Vec<(f64,)> =
+        sqlx::query_as("select extract(epoch from started_at)::float8 from rowcast.job_starts where user_id = 'alice' order by 1")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(starts.len(), 5);
     for w in starts.windows(3) {
         assert!(w[2].0 - w[0].0 >= 1.0, "no three starts within one second: {starts:?}");
@@ -253,7 +277,14 @@ async fn finished_jobs_are_pruned_after_their_retention() {
     app.wait_job(failed["id"].as_str().unwrap(), |j| j["status"] == "failed").await;
     let pruned = format!("select count(*) = 0 from rowcast.jobs where id = '{}'", done["id"].as_str().unwrap());
     let (pruned, pool) = (&pruned, &app.pool);
-    eventually(|| async move { if scalar::<bool>(pool, pruned).await { Ok(()) } else { Err("the completed job is still there".into()) } }).await;
+    eventually(|| async move {
+        if scalar::<bool>(pool, pruned).await {
+            Ok(())
+        } else {
+            Err("the completed job is still there".into())
+        }
+    })
+    .await;
     let still = wait_job(&app.pool, failed["id"].as_str().unwrap(), |_| true).await;
     assert_eq!(still["status"], "failed", "failed jobs keep their longer retention");
 }
@@ -261,7 +292,10 @@ async fn finished_jobs_are_pruned_after_their_retention() {
 #[tokio::test]
 async fn a_step_still_running_after_the_grace_period_is_interrupted_and_its_job_handed_back() {
     let mut handler = StepServer::start(|_: &Call| Reply::After(Duration::from_secs(60), 200, json!({"done": true}))).await;
-    let toml = format!("{}[runner]\npoll = \"100ms\"\nlease = \"2s\"\nshutdown_grace = \"1s\"\n", http_type("long", &handler.url, "timeout = \"2m\""));
+    let toml = format!(
+        "{}[runner]\npoll = \"100ms\"\nlease = \"2s\"\nshutdown_grace = \"1s\"\n",
+        http_type("long", &handler.url, "timeout = \"2m\"")
+    );
     let app = gateway_only(&toml).await;
     let mut runner = RunnerProcess::spawn(&app.db_url, &toml);
     let id = enqueue_sql(&app, "long", "alice").await;

@@ -76,7 +76,11 @@ fn table(sockets: usize, opened: &Opened, before: u64, after: u64, cpu: &[[Strin
     let verdict = if slope <= TARGET_KIB { "met" } else { "NOT met" };
     let mut t = Table::new(&["measure", "value", "target"]);
     t.row(["sockets subscribed".into(), format!("{} of {sockets}", opened.subscribed), String::new()]);
-    t.row(["time to open and subscribe them all".into(), report::secs(opened.millis as f64 / 1000.0), format!("{:.0} sockets/s", sockets as f64 * 1000.0 / opened.millis.max(1) as f64)]);
+    t.row([
+        "time to open and subscribe them all".into(),
+        report::secs(opened.millis as f64 / 1000.0),
+        format!("{:.0} sockets/s", sockets as f64 * 1000.0 / opened.millis.max(1) as f64),
+    ]);
     t.row(["gateway RSS before (warm, nothing connected)".into(), report::mb(before), String::new()]);
     t.row(["gateway RSS after (all subscribed, 2 s settled)".into(), report::mb(after), String::new()]);
     t.row(["per idle subscribed socket".into(), format!("{slope:.1} KiB"), format!("<= {TARGET_KIB} KiB: {verdict}")]);

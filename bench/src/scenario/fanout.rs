@@ -118,9 +118,17 @@ fn summary(args: &Args, subscribed: usize, complete: bool, commits: &BTreeMap<i6
     t.row(["subscribers subscribed".into(), format!("{subscribed} of {}", args.subscribers), String::new()]);
     t.row(["last delivery p50".into(), format!("{:.1} ms", percentile(&last, 0.5)), String::new()]);
     t.row(["last delivery p99".into(), format!("{:.1} ms", percentile(&last, 0.99)), String::new()]);
-    t.row(["last delivery max".into(), format!("{max:.1} ms"), format!("<= {TARGET_MS} ms: {}", if max <= TARGET_MS { "met" } else { "NOT met" })]);
+    t.row([
+        "last delivery max".into(),
+        format!("{max:.1} ms"),
+        format!("<= {TARGET_MS} ms: {}", if max <= TARGET_MS { "met" } else { "NOT met" }),
+    ]);
     t.row(["deliveries".into(), format!("{delivered} of {expected}"), String::new()]);
-    t.row(["lost deliveries".into(), expected.saturating_sub(delivered).to_string(), format!("0: {}", if delivered >= expected { "met" } else { "NOT met" })]);
+    t.row([
+        "lost deliveries".into(),
+        expected.saturating_sub(delivered).to_string(),
+        format!("0: {}", if delivered >= expected { "met" } else { "NOT met" }),
+    ]);
     if delivered > expected {
         t.row(["duplicate deliveries".into(), (delivered - expected).to_string(), String::new()]);
     }

@@ -112,7 +112,9 @@ async fn wait_for(fleet: &mut Fleet, seen: &mut Vec<Seen>, socket: usize, seq: i
 
 fn describe_join(join: Option<&JoinOutcome>) -> String {
     match join {
-        Some(j) => format!("reply {}, then {}", j.reply, j.system.as_deref().map_or("no system message".into(), |m| format!("system {m:?}"))),
+        Some(j) => {
+            format!("reply {}, then {}", j.reply, j.system.as_deref().map_or("no system message".into(), |m| format!("system {m:?}")))
+        }
         None => "no outcome".into(),
     }
 }
@@ -123,7 +125,10 @@ fn delivery(at: Option<i64>, commit: i64, timeout_secs: u64) -> String {
 
 fn a_rows(t: &mut Table, seen: &[Seen], first_commit: i64, matching_latency: Option<i64>, timeout_secs: u64, live: bool) {
     let got_first = seen.iter().any(|s| s.socket == A && s.seq == Some(1));
-    t.row(["A received the non-matching change".into(), if got_first { "yes (wrong: its filter does not match)".into() } else { "no".into() }]);
+    t.row([
+        "A received the non-matching change".into(),
+        if got_first { "yes (wrong: its filter does not match)".into() } else { "no".into() },
+    ]);
     let matching = match (live, matching_latency) {
         (false, _) => "not tried: A's binding is not live".into(),
         (true, Some(us)) => report::ms(us),

@@ -85,7 +85,12 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let plan = |mode| Plan { channel: "blob".into(), table: "bench_blob".into(), filter: Filter::None, mode };
     let stalled = fleet.open_on(0, stack.port, SECRET, 0, 1, &plan(Mode::Stall)).await?;
     let ordinary = fleet.open_on(0, stack.port, SECRET, 1, 1, &plan(Mode::Count)).await?;
-    anyhow::ensure!(stalled.subscribed == 1 && ordinary.subscribed == 1, "a socket did not subscribe: {:?} {:?}", stalled.errors, ordinary.errors);
+    anyhow::ensure!(
+        stalled.subscribed == 1 && ordinary.subscribed == 1,
+        "a socket did not subscribe: {:?} {:?}",
+        stalled.errors,
+        ordinary.errors
+    );
     let stalled_port = stalled.joins[0].local_port;
     let before = stack.rss_kib()?;
     let (stop, sampler) = spawn_sampler(stack.gateway_pid(), stack.port, stalled_port);
@@ -166,7 +171,10 @@ fn spawn_sampler(pid: u32, gateway_port: u16, client_port: u16) -> (watch::Sende
 
 fn load_rows(t: &mut Table, args: &Args, load: &Load, counts: &Counts) {
     let secs = (load.end - load.start).as_secs_f64();
-    t.row(["rows updated (each its own commit)".into(), format!("{} in {} ({:.0}/s)", args.rows, report::secs(secs), args.rows as f64 / secs)]);
+    t.row([
+        "rows updated (each its own commit)".into(),
+        format!("{} in {} ({:.0}/s)", args.rows, report::secs(secs), args.rows as f64 / secs),
+    ]);
     let distinct = counts.seqs.len();
     let total: usize = counts.seqs.values().map(|s| s.count).sum();
     t.row(["ordinary client: changes received".into(), format!("{distinct} of {} ({total} frames)", args.rows)]);
@@ -182,7 +190,9 @@ fn load_rows(t: &mut Table, args: &Args, load: &Load, counts: &Counts) {
 
 fn memory_rows(t: &mut Table, args: &Args, load: &Load, samples: &[Sample], before: u64, peak_since_start: u64) {
     let during = samples.iter().filter(|s| s.at >= load.start && s.at <= load.end).map(|s| s.rss_kib).max();
-    let at = |offset: Duration| samples.iter().min_by_key(|s| (s.at.max(load.end + offset) - s.at.min(load.end + offset)).as_millis()).map(|s| s.rss_kib);
+    let at = |offset: Duration| {
+        samples.iter().min_by_key(|s| (s.at.max(load.end + offset) - s.at.min(load.end + offset)).as_millis()).map(|s| s.rss_kib)
+    };
     let show = |kib: Option<u64>| kib.map_or("-".into(), report::mb);
     t.row(["gateway RSS before the load".into(), report::mb(before)]);
     t.row(["gateway RSS peak during the load (100 ms samples)".into(), show(during)]);
@@ -197,7 +207,9 @@ fn stalled_rows(t: &mut Table, load: &Load, samples: &[Sample], drained: &[(usiz
     let released = samples.iter().find(|s| s.server.is_none_or(|e| e.state != TCP_ESTABLISHED || e.inode == 0));
     let when = match released {
         Some(s) => {
-            let state = s.server.map_or("gone".into(), |e| format!("{}, {} unsent", procfs::tcp_state_name(e.state), report::mb(e.tx_queue / 1024)));
+            let state = s
+                .server
+                .map_or("gone".into(), |e| format!("{}, {} unsent", procfs::tcp_state_name(e.state), report::mb(e.tx_queue / 1024)));
             let offset = s.at.saturating_duration_since(load.start).as_secs_f64();
             format!("at +{offset:.1} s after the first UPDATE (then: {state})")
         }
@@ -206,7 +218,10 @@ fn stalled_rows(t: &mut Table, load: &Load, samples: &[Sample], drained: &[(usiz
     t.row(["stalled socket: gateway let go of it".into(), when]);
     let max_tx = samples.iter().filter_map(|s| s.server.map(|e| e.tx_queue)).max().unwrap_or(0);
     let max_rx = samples.iter().filter_map(|s| s.client.map(|e| e.rx_queue)).max().unwrap_or(0);
-    t.row(["stalled socket: most bytes in kernel buffers".into(), format!("{} gateway send queue, {} client receive queue", report::mb(max_tx / 1024), report::mb(max_rx / 1024))]);
+    t.row([
+        "stalled socket: most bytes in kernel buffers".into(),
+        format!("{} gateway send queue, {} client receive queue", report::mb(max_tx / 1024), report::mb(max_rx / 1024)),
+    ]);
     for (_, changes, bytes, end) in drained {
         t.row(["stalled socket, read at the end".into(), format!("{changes} changes ({}), then {end}", report::mb(bytes / 1024))]);
     }

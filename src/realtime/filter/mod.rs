@@ -21,8 +21,8 @@ use std::cmp::Ordering;
 
 use serde_json::{Map, Value};
 
-pub use pattern::MAX_PATTERN_CHARS;
 use pattern::pattern;
+pub use pattern::MAX_PATTERN_CHARS;
 use typed::{kind_of, text_of, typed_from_json, typed_from_text, Kind, Typed};
 
 /// Most values an `in` filter may list, as in Supabase.
@@ -138,9 +138,7 @@ impl FilterError {
             FilterError::TooManyInValues
             | FilterError::UnknownColumn(_)
             | FilterError::PatternTooLong(_)
-            | FilterError::TooManyPatterns => {
-                Some(("P0001", "raise_exception"))
-            }
+            | FilterError::TooManyPatterns => Some(("P0001", "raise_exception")),
             FilterError::BadValue { .. } | FilterError::BadIsValue(_) => Some(("22P02", "invalid_text_representation")),
             FilterError::BadRegex(_) => Some(("2201B", "invalid_regular_expression")),
         }
@@ -277,9 +275,7 @@ fn compile_one(c: &Condition, columns: &[(String, String)]) -> Result<TypedCondi
     let typname = columns.iter().find(|(n, _)| *n == c.column).map(|(_, t)| t.as_str());
     let typname = typname.ok_or_else(|| FilterError::UnknownColumn(c.column.clone()))?;
     let (kind, type_name) = kind_of(typname);
-    let typed = |v: &str| {
-        typed_from_text(kind, v).ok_or_else(|| FilterError::BadValue { type_name: type_name.into(), value: v.into() })
-    };
+    let typed = |v: &str| typed_from_text(kind, v).ok_or_else(|| FilterError::BadValue { type_name: type_name.into(), value: v.into() });
     let first = c.values.first().map(String::as_str).unwrap_or("");
     let test = match c.op {
         Op::In => Test::In(c.values.iter().map(|v| typed(v)).collect::<Result<_, _>>()?),
@@ -365,14 +361,34 @@ mod tests {
         let row = json!({"id": 10, "n": 5, "title": "Hello World", "done": true, "x": 2.5,
                          "at": "2026-01-02T03:04:05.5+00:00", "u": "0b6c8a0e-8f6e-4a5e-9d3c-1f2e3d4c5b6a"});
         let cases = [
-            ("n=eq.5", true), ("n=eq.05", true), ("n=neq.5", false), ("n=lt.10", true), ("n=lte.5", true),
-            ("n=gt.5", false), ("n=gte.5", true), ("n=in.(1,5,9)", true), ("n=in.(1,2)", false),
-            ("title=like.Hello%", true), ("title=like.hello%", false), ("title=ilike.hello%", true),
-            ("title=like.H_llo World", true), ("title=match.^H.*d$", true), ("title=imatch.^h", true),
-            ("done=is.true", true), ("done=is.false", false), ("done=eq.t", true), ("x=gt.2", true),
-            ("at=gt.2026-01-02 03:04:05+00", true), ("at=lt.2026-01-02T03:04:05.4Z", false),
-            ("u=eq.0B6C8A0E-8F6E-4A5E-9D3C-1F2E3D4C5B6A", true), ("n=isdistinct.5", false), ("n=isdistinct.null", true),
-            ("id=gt.9,n=lt.6", true), ("id=gt.9,n=lt.5", false), ("n=not.eq.5", false), ("n=not.in.(1,2)", true),
+            ("n=eq.5", true),
+            ("n=eq.05", true),
+            ("n=neq.5", false),
+            ("n=lt.10", true),
+            ("n=lte.5", true),
+            ("n=gt.5", false),
+            ("n=gte.5", true),
+            ("n=in.(1,5,9)", true),
+            ("n=in.(1,2)", false),
+            ("title=like.Hello%", true),
+            ("title=like.hello%", false),
+            ("title=ilike.hello%", true),
+            ("title=like.H_llo World", true),
+            ("title=match.^H.*d$", true),
+            ("title=imatch.^h", true),
+            ("done=is.true", true),
+            ("done=is.false", false),
+            ("done=eq.t", true),
+            ("x=gt.2", true),
+            ("at=gt.2026-01-02 03:04:05+00", true),
+            ("at=lt.2026-01-02T03:04:05.4Z", false),
+            ("u=eq.0B6C8A0E-8F6E-4A5E-9D3C-1F2E3D4C5B6A", true),
+            ("n=isdistinct.5", false),
+            ("n=isdistinct.null", true),
+            ("id=gt.9,n=lt.6", true),
+            ("id=gt.9,n=lt.5", false),
+            ("n=not.eq.5", false),
+            ("n=not.in.(1,2)", true),
         ];
         for (filter, expected) in cases {
             assert_eq!(check(filter, row.clone()), expected, "{filter}");
@@ -414,9 +430,7 @@ mod tests {
 
     #[test]
     fn bad_filters_get_supabase_texts() {
-        let err = |f: &str| {
-            parse(f).and_then(|c| compile(&c, &columns()).map(|_| ())).unwrap_err().to_string()
-        };
+        let err = |f: &str| parse(f).and_then(|c| compile(&c, &columns()).map(|_| ())).unwrap_err().to_string();
         assert_eq!(err("n=foo.1"), r#"Error parsing `filter` params: ["n", "foo.1"]"#);
         assert_eq!(err("n"), r#"Error parsing `filter` params: ["n"]"#);
         assert_eq!(err("n=eq.1,,n=eq.2"), r#"Error parsing `filter` params: [""]"#);
@@ -455,5 +469,4 @@ mod tests {
         let at_cap = "a".repeat(MAX_PATTERN_CHARS);
         assert!(compile(&parse(&format!("title=like.{at_cap}")).unwrap(), &columns()).is_ok());
     }
-
 }

@@ -190,7 +190,8 @@ impl TestApp {
 
     /// POSTs JSON with `token`; status and JSON body.
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let r = reqwest::Client::new().post(format!("http://{}{path}", self.addr)).bearer_auth(token).json(&body).send().await.expect("POST");
+        let r =
+            reqwest::Client::new().post(format!("http://{}{path}", self.addr)).bearer_auth(token).json(&body).send().await.expect("POST");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -266,8 +267,11 @@ pub async fn wait_job(pool: &PgPool, id: &str, done: impl Fn(&Value) -> bool) ->
     let (sql, done) = (&sql, &done);
     eventually(|| async move {
         let row: Value = scalar(pool, sql).await;
-        if done(&row) { Ok(row) } else { Err(format!("job {id} is {row}")) }
+        if done(&row) {
+            Ok(row)
+        } else {
+            Err(format!("job {id} is {row}"))
+        }
     })
     .await
 }
-

@@ -89,4 +89,3 @@ mod tempfile_path {
         }
     }
 }
-

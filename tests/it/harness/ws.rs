@@ -104,7 +104,13 @@ impl Client {
             Frame { join_ref: a[0].clone(), msg_ref: a[1].clone(), topic: s(&a[2]), event: s(&a[3]), payload: a[4].clone() }
         } else {
             assert!(v.get("join_ref").is_none(), "v1 server frames carry no join_ref: {text}");
-            Frame { join_ref: Value::Null, msg_ref: v["ref"].clone(), topic: s(&v["topic"]), event: s(&v["event"]), payload: v["payload"].clone() }
+            Frame {
+                join_ref: Value::Null,
+                msg_ref: v["ref"].clone(),
+                topic: s(&v["topic"]),
+                event: s(&v["event"]),
+                payload: v["payload"].clone(),
+            }
         }
     }
 
@@ -174,4 +180,3 @@ impl Client {
 fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
-
