@@ -8,6 +8,7 @@
 //! - `jobs`: the job runner and its REST API.
 //! - `rest`: read-only PostgREST-compatible snapshots of captured tables.
 //! - `changes`: capture side: change-log reader, table cache, change rendering.
+//! - `grammar`: the filter grammar's tokenizer, shared by realtime filters and REST, pure.
 //! - `auth`: JWT verify/mint, pure.
 //! - `config`: clap settings, pure.
 //! - `pg_local`: a private Postgres cluster for the demo and the tests.
@@ -16,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod changes;
 pub mod config;
+pub mod grammar;
 pub mod http;
 pub mod jobs;
 pub mod pg_local;

@@ -7,6 +7,7 @@
 //! steps are memoized in `rowcast.job_steps`, so a retry resumes after them.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -131,6 +132,31 @@ enum Transition {
     Retry(String, Option<Duration>),
 }
 
+/// The end of an attempt as one statement: a compare-and-set on (running, this
+/// attempt) that also drops the lease. `$3` is the JSON value the transition
+/// stores, `$4` a delay in seconds.
+fn ended_attempt(set: &str) -> String {
+    format!(
+        "with moved as (
+            update rowcast.jobs set {set} where id = $1 and status = 'running' and attempts = $2 returning {COLUMNS}),
+         freed as (delete from rowcast.job_leases where job_id in (select id from moved) and attempt = $2)
+         select * from moved"
+    )
+}
+
+/// running -> completed, storing the output.
+static COMPLETE: LazyLock<String> =
+    LazyLock::new(|| ended_attempt("status = 'completed', progress = 100, output = $3, error = null, completed_at = now()"));
+/// running -> failed, storing the error.
+static FAIL: LazyLock<String> = LazyLock::new(|| ended_attempt("status = 'failed', error = $3 #>> '{}', completed_at = now()"));
+/// running -> pending after a delay, storing the error and saying when it retries.
+static RETRY: LazyLock<String> = LazyLock::new(|| {
+    ended_attempt(
+        "status = 'pending', error = $3 #>> '{}', run_at = now() + make_interval(secs => $4), \
+         message = format('retrying in %s s: %s', round($4::numeric, 1), $3 #>> '{}')",
+    )
+});
+
 async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sqlx::Error> {
     let t = match t {
         Transition::Retry(message, _) if job.attempts >= job.max_attempts => {
@@ -138,34 +164,24 @@ async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sq
         }
         t => t,
     };
-    let (set, value): (&str, Value) = match &t {
-        Transition::Complete(output) => {
-            ("status = 'completed', progress = 100, output = $3, error = null, completed_at = now()", output.clone())
+    match t {
+        Transition::Complete(output) => transition(&ctx.pool, job, &COMPLETE, output, 0.0).await.map(|_| ()),
+        Transition::Fail(message) => {
+            if let Some(ended) = transition(&ctx.pool, job, &FAIL, Value::from(message), 0.0).await? {
+                ctx.hooks.failed(&ended);
+            }
+            Ok(())
         }
-        Transition::Fail(message) => ("status = 'failed', error = $3 #>> '{}', completed_at = now()", Value::from(message.as_str())),
         Transition::Retry(message, after) => {
             let delay = after.unwrap_or_else(|| backoff(job.attempts, ctx.job_type.backoff_base, ctx.job_type.backoff_max, random_unit()));
-            let set = "status = 'pending', error = $3 #>> '{}', run_at = now() + make_interval(secs => $4), \
-                       message = format('retrying in %s s: %s', round($4::numeric, 1), $3 #>> '{}')";
-            return transition(&ctx.pool, job, set, Value::from(message.as_str()), delay.as_secs_f64()).await.map(|_| ());
+            transition(&ctx.pool, job, &RETRY, Value::from(message), delay.as_secs_f64()).await.map(|_| ())
         }
-    };
-    let ended = transition(&ctx.pool, job, set, value, 0.0).await?;
-    if let (Some(ended), Transition::Fail(_)) = (ended, &t) {
-        ctx.hooks.failed(&ended);
     }
-    Ok(())
 }
 
-/// One compare-and-set transition that also drops the lease.
-async fn transition(pool: &PgPool, job: &Job, set: &str, value: Value, secs: f64) -> Result<Option<Job>, sqlx::Error> {
-    let sql = format!(
-        "with moved as (
-            update rowcast.jobs set {set} where id = $1 and status = 'running' and attempts = $2 returning {COLUMNS}),
-         freed as (delete from rowcast.job_leases where job_id in (select id from moved) and attempt = $2)
-         select * from moved"
-    );
-    let row: Option<Job> = sqlx::query_as(&sql).bind(job.id).bind(job.attempts).bind(value).bind(secs).fetch_optional(pool).await?;
+/// Runs one of the named end-of-attempt statements.
+async fn transition(pool: &PgPool, job: &Job, statement: &str, value: Value, secs: f64) -> Result<Option<Job>, sqlx::Error> {
+    let row: Option<Job> = sqlx::query_as(statement).bind(job.id).bind(job.attempts).bind(value).bind(secs).fetch_optional(pool).await?;
     match &row {
         Some(j) => info!(job.id = %j.id, job.type = %j.job_type, status = %j.status, "job attempt ended"),
         None => info!(job.id = %job.id, "job changed hands before this attempt ended; left as is"),

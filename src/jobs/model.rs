@@ -1,9 +1,55 @@
-//! The job row as the REST API returns it and as browsers see it over realtime.
+//! The job row as the REST API returns it and as browsers see it over realtime,
+//! and its status as a type.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
+
+/// A job's state, stored as text in `rowcast.jobs.status` (the check constraint
+/// in migration 0002 lists the same five words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The column's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for JobStatus {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Ok(match text.as_str() {
+            "pending" => JobStatus::Pending,
+            "running" => JobStatus::Running,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return Err(format!("unknown job status {text:?}")),
+        })
+    }
+}
 
 /// One row of `rowcast.jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -13,7 +59,8 @@ pub struct Job {
     #[sqlx(rename = "type")]
     pub job_type: String,
     pub user_id: Option<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: JobStatus,
     pub progress: i32,
     pub message: Option<String>,
     pub input: Value,

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::config::JobsConfig;
 use super::hooks::Hooks;
-use super::model::{Job, COLUMNS};
+use super::model::{Job, JobStatus, COLUMNS};
 
 /// Cron slots older than this are not fired late (no backfill after long outages).
 const CRON_CATCH_UP: Duration = Duration::from_secs(600);
@@ -62,7 +62,7 @@ impl Scheduler {
     async fn tick(&self) -> Result<(), sqlx::Error> {
         let mut failed = self.rescue().await?;
         failed.extend(self.expire().await?);
-        for job in failed.iter().filter(|j| j.status == "failed") {
+        for job in failed.iter().filter(|j| j.status == JobStatus::Failed) {
             self.hooks.failed(job);
         }
         self.fire_cron().await

@@ -7,6 +7,7 @@
 //! so no request text ever becomes SQL text. Errors carry PostgREST's codes.
 
 use crate::changes::change::TableMeta;
+use crate::grammar::{split_top_level, unquote};
 
 /// A request PostgREST would refuse; `status` and the JSON fields of its error body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,12 +31,46 @@ fn no_column(meta: &TableMeta, column: &str) -> RestError {
     RestError { status: 400, code: "42703", message: format!("column {}.{} does not exist", meta.table, column), details: None, hint: None }
 }
 
+/// The operators PostgREST reads that we serve; the compiler checks every arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Neq,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Like,
+    Ilike,
+    Is,
+    In,
+}
+
+impl Op {
+    fn parse(text: &str) -> Option<Op> {
+        Some(match text {
+            "eq" => Op::Eq,
+            "neq" => Op::Neq,
+            "gt" => Op::Gt,
+            "gte" => Op::Gte,
+            "lt" => Op::Lt,
+            "lte" => Op::Lte,
+            "like" => Op::Like,
+            "ilike" => Op::Ilike,
+            "is" => Op::Is,
+            "in" => Op::In,
+            _ => return None,
+        })
+    }
+}
+
 /// A condition on one column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Filter {
     column: String,
     negate: bool,
-    op: String,
+    op: Op,
+    /// Unquoted, except `in`'s list, which keeps its parentheses and quotes until split.
     value: String,
 }
 
@@ -137,30 +172,29 @@ fn order(value: &str, meta: &TableMeta) -> Result<Vec<(String, bool, Option<bool
         .collect()
 }
 
-const OPS: [&str; 10] = ["eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "is", "in"];
-
 /// `value` is `[not.]op.operand` (the column is the key).
 fn filter(column: &str, value: &str, meta: &TableMeta) -> Result<Filter, RestError> {
     let column = check_column(meta, column)?;
     let (negate, rest) = value.strip_prefix("not.").map_or((false, value), |r| (true, r));
     let (op, operand) = rest.split_once('.').ok_or_else(|| RestError::parse(format!("failed to parse filter ({value})"), value))?;
-    if !OPS.contains(&op) {
+    let Some(op) = Op::parse(op) else {
         return Err(RestError::parse(format!("failed to parse filter ({value})"), format!("unknown operator {op:?}")));
-    }
-    if op == "is" && !["null", "true", "false", "unknown"].contains(&operand) {
+    };
+    if op == Op::Is && !["null", "true", "false", "unknown"].contains(&operand) {
         return Err(RestError::parse(format!("failed to parse filter ({value})"), "`is` takes null, true, false or unknown"));
     }
-    if op == "in" && !(operand.starts_with('(') && operand.ends_with(')')) {
+    if op == Op::In && !(operand.len() >= 2 && operand.starts_with('(') && operand.ends_with(')')) {
         return Err(RestError::parse(format!("failed to parse filter ({value})"), "`in` takes a list in parentheses"));
     }
-    Ok(Filter { column, negate, op: op.to_owned(), value: operand.to_owned() })
+    let value = if op == Op::In { operand.to_owned() } else { unquote(operand) };
+    Ok(Filter { column, negate, op, value })
 }
 
 /// `or=(a.eq.1,b.not.gt.2)`.
 fn or_group(value: &str, meta: &TableMeta) -> Result<Vec<Filter>, RestError> {
     let inner =
         value.strip_prefix('(').and_then(|v| v.strip_suffix(')')).ok_or_else(|| RestError::parse("failed to parse logic tree", value))?;
-    split_list(inner)
+    split_top_level(inner, ',')
         .iter()
         .map(|term| {
             if term.starts_with("and(") || term.starts_with("or(") || term.starts_with("not.and(") || term.starts_with("not.or(") {
@@ -174,26 +208,7 @@ fn or_group(value: &str, meta: &TableMeta) -> Result<Vec<Filter>, RestError> {
 
 /// Splits on commas outside parentheses and double quotes; unquotes items.
 fn split_list(text: &str) -> Vec<String> {
-    let (mut items, mut cur, mut depth, mut quoted) = (Vec::new(), String::new(), 0, false);
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if quoted => cur.extend(chars.next()),
-            '"' => quoted = !quoted,
-            '(' if !quoted => {
-                depth += 1;
-                cur.push(c)
-            }
-            ')' if !quoted => {
-                depth -= 1;
-                cur.push(c)
-            }
-            ',' if !quoted && depth == 0 => items.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    items.push(cur);
-    items
+    split_top_level(text, ',').iter().map(|item| unquote(item)).collect()
 }
 
 fn quote(ident: &str) -> String {
@@ -266,29 +281,27 @@ fn column_type(meta: &TableMeta, column: &str) -> String {
 /// One condition's SQL; values become parameters cast to the column's type.
 fn condition(f: &Filter, meta: &TableMeta, sql: &mut Sql) -> String {
     let col = quote(&f.column);
-    let expr = match f.op.as_str() {
+    let compare = |sym: &str, sql: &mut Sql| {
+        let n = sql.push(Param::Text(f.value.clone()));
+        format!("{col} {sym} cast(${n} as {})", column_type(meta, &f.column))
+    };
+    let expr = match f.op {
         // `is` takes only the four keywords parse() allowed.
-        "is" => format!("{col} is {}", f.value),
-        "in" => {
+        Op::Is => format!("{col} is {}", f.value),
+        Op::In => {
             let n = sql.push(Param::Array(split_list(&f.value[1..f.value.len() - 1])));
             format!("{col} = any(cast(${n} as {}[]))", column_type(meta, &f.column))
         }
-        "like" | "ilike" => {
+        Op::Like | Op::Ilike => {
             let n = sql.push(Param::Text(f.value.replace('*', "%")));
-            format!("{col}::text {} ${n}", f.op)
+            format!("{col}::text {} ${n}", if f.op == Op::Like { "like" } else { "ilike" })
         }
-        op => {
-            let n = sql.push(Param::Text(f.value.clone()));
-            let sym = match op {
-                "eq" => "=",
-                "neq" => "<>",
-                "gt" => ">",
-                "gte" => ">=",
-                "lt" => "<",
-                _ => "<=",
-            };
-            format!("{col} {sym} cast(${n} as {})", column_type(meta, &f.column))
-        }
+        Op::Eq => compare("=", sql),
+        Op::Neq => compare("<>", sql),
+        Op::Gt => compare(">", sql),
+        Op::Gte => compare(">=", sql),
+        Op::Lt => compare("<", sql),
+        Op::Lte => compare("<=", sql),
     };
     if f.negate {
         format!("not ({expr})")
@@ -332,6 +345,15 @@ mod tests {
         );
         let t = |s: &str| Param::Text(s.into());
         assert_eq!(sql.params, vec![t("5"), t("a%"), Param::Array(vec!["1".into(), "2".into(), "3".into()]), t("1"), t("u1")]);
+    }
+
+    #[test]
+    fn quoted_values_hold_commas_and_parentheses_at_the_top_and_inside_or() {
+        let query = q(&[("title", "eq.\"a,(b)\""), ("or", "(title.eq.\"x,y\",n.gt.2)")]).unwrap();
+        let mut sql = Sql::default();
+        query.where_clause(&meta(), None, &mut sql);
+        let t = |s: &str| Param::Text(s.into());
+        assert_eq!(sql.params, vec![t("a,(b)"), t("x,y"), t("2")]);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use std::cmp::Ordering;
 
 use serde_json::{Map, Value};
 
+use crate::grammar::{split_top_level, unquote};
+
 use pattern::pattern;
 pub use pattern::MAX_PATTERN_CHARS;
 use typed::{kind_of, text_of, typed_from_json, typed_from_text, Kind, Typed};
@@ -196,46 +198,6 @@ fn parse_segment(segment: &str) -> Result<Condition, FilterError> {
         vec![unquote(value)]
     };
     Ok(Condition { column: column.to_owned(), op, negate, values })
-}
-
-/// Splits on `sep` outside parentheses and outside double quotes that open
-/// right after `.`, `(` or `sep` (backslash escapes inside quotes).
-fn split_top_level(text: &str, sep: char) -> Vec<String> {
-    let (mut parts, mut cur) = (Vec::new(), String::new());
-    let (mut depth, mut in_quotes, mut escaped) = (0usize, false, false);
-    let mut prev: Option<char> = None;
-    for c in text.chars() {
-        if in_quotes {
-            in_quotes = escaped || c != '"';
-            escaped = !escaped && c == '\\';
-        } else if c == '"' && (matches!(prev, None | Some('.') | Some('(')) || prev == Some(sep)) {
-            in_quotes = true;
-        } else if c == '(' {
-            depth += 1;
-        } else if c == ')' {
-            depth = depth.saturating_sub(1);
-        } else if c == sep && depth == 0 {
-            parts.push(std::mem::take(&mut cur));
-            prev = Some(c);
-            continue;
-        }
-        cur.push(c);
-        prev = Some(c);
-    }
-    parts.push(cur);
-    parts
-}
-
-fn unquote(value: &str) -> String {
-    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
-        return value.to_owned();
-    };
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
-    }
-    out
 }
 
 /// What one typed condition tests.
