@@ -113,45 +113,62 @@ pub struct GatewayArgs {
     pub limits: Limits,
 }
 
+/// The defaults of `Limits`, named once for the command line and `Default`
+/// alike (Supabase Realtime's where it has one).
+mod defaults {
+    pub const MAX_CHANNELS_PER_CLIENT: usize = 100;
+    pub const MAX_JOINS_PER_SECOND: u32 = 100;
+    pub const MAX_FRAME_BYTES: usize = 5_000_000;
+    pub const OUTGOING_QUEUE: usize = 1024;
+    pub const OUTGOING_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+    pub const WRITE_TIMEOUT_SECS: u64 = 15;
+    pub const MAX_SOCKETS: usize = 50_000;
+    pub const MAX_SOCKETS_PER_IP: usize = 1_000;
+    pub const IDLE_TIMEOUT_SECS: u64 = 60;
+    pub const MAX_RECORD_BYTES: usize = 1_048_576;
+    pub const POLL_MS: u64 = 500;
+    pub const CHANGE_RETENTION_SECS: u64 = 300;
+}
+
 /// Per-connection limits; defaults are Supabase Realtime's.
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
     /// Channels one socket may join.
-    #[arg(long, env = "ROWCAST_MAX_CHANNELS_PER_CLIENT", default_value_t = 100)]
+    #[arg(long, env = "ROWCAST_MAX_CHANNELS_PER_CLIENT", default_value_t = defaults::MAX_CHANNELS_PER_CLIENT)]
     pub max_channels_per_client: usize,
     /// Joins per second one socket may make; above it the socket is closed.
-    #[arg(long, env = "ROWCAST_MAX_JOINS_PER_SECOND", default_value_t = 100)]
+    #[arg(long, env = "ROWCAST_MAX_JOINS_PER_SECOND", default_value_t = defaults::MAX_JOINS_PER_SECOND)]
     pub max_joins_per_second: u32,
     /// Largest WebSocket frame or message accepted from a client, in bytes.
-    #[arg(long, env = "ROWCAST_MAX_FRAME_BYTES", default_value_t = 5_000_000)]
+    #[arg(long, env = "ROWCAST_MAX_FRAME_BYTES", default_value_t = defaults::MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
     /// Frames queued for one socket before it counts as too slow and is closed (1013).
-    #[arg(long, env = "ROWCAST_OUTGOING_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "ROWCAST_OUTGOING_QUEUE", default_value_t = defaults::OUTGOING_QUEUE)]
     pub outgoing_queue: usize,
     /// Bytes queued for one socket before it counts as too slow and is closed (1013).
-    #[arg(long, env = "ROWCAST_OUTGOING_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "ROWCAST_OUTGOING_QUEUE_BYTES", default_value_t = defaults::OUTGOING_QUEUE_BYTES)]
     pub outgoing_queue_bytes: usize,
     /// Seconds one write to a client may make no progress before the socket is closed as a
     /// slow consumer (1013); also how long its close frame may take.
-    #[arg(long, env = "ROWCAST_WRITE_TIMEOUT_SECS", default_value_t = 15)]
+    #[arg(long, env = "ROWCAST_WRITE_TIMEOUT_SECS", default_value_t = defaults::WRITE_TIMEOUT_SECS)]
     pub write_timeout_secs: u64,
     /// Open sockets this process accepts; past it upgrades get HTTP 429. 0: no limit.
-    #[arg(long, env = "ROWCAST_MAX_SOCKETS", default_value_t = 50_000)]
+    #[arg(long, env = "ROWCAST_MAX_SOCKETS", default_value_t = defaults::MAX_SOCKETS)]
     pub max_sockets: usize,
     /// Open sockets one client IP may hold; past it upgrades get HTTP 429. 0: no limit.
-    #[arg(long, env = "ROWCAST_MAX_SOCKETS_PER_IP", default_value_t = 1_000)]
+    #[arg(long, env = "ROWCAST_MAX_SOCKETS_PER_IP", default_value_t = defaults::MAX_SOCKETS_PER_IP)]
     pub max_sockets_per_ip: usize,
     /// Seconds without any frame from a client before its socket is closed.
-    #[arg(long, env = "ROWCAST_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    #[arg(long, env = "ROWCAST_IDLE_TIMEOUT_SECS", default_value_t = defaults::IDLE_TIMEOUT_SECS)]
     pub idle_timeout_secs: u64,
     /// A change whose row JSON is larger keeps only fields of at most 64 bytes.
-    #[arg(long, env = "ROWCAST_MAX_RECORD_BYTES", default_value_t = 1_048_576)]
+    #[arg(long, env = "ROWCAST_MAX_RECORD_BYTES", default_value_t = defaults::MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
     /// Fallback poll of the change log when no doorbell rings, in milliseconds.
-    #[arg(long, env = "ROWCAST_POLL_MS", default_value_t = 500)]
+    #[arg(long, env = "ROWCAST_POLL_MS", default_value_t = defaults::POLL_MS)]
     pub poll_ms: u64,
     /// Seconds a read change stays in the log before it is pruned.
-    #[arg(long, env = "ROWCAST_CHANGE_RETENTION_SECS", default_value_t = 300)]
+    #[arg(long, env = "ROWCAST_CHANGE_RETENTION_SECS", default_value_t = defaults::CHANGE_RETENTION_SECS)]
     pub change_retention_secs: u64,
 }
 
@@ -170,18 +187,18 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_channels_per_client: 100,
-            max_joins_per_second: 100,
-            max_frame_bytes: 5_000_000,
-            outgoing_queue: 1024,
-            outgoing_queue_bytes: 4 * 1024 * 1024,
-            write_timeout_secs: 15,
-            max_sockets: 50_000,
-            max_sockets_per_ip: 1_000,
-            idle_timeout_secs: 60,
-            max_record_bytes: 1_048_576,
-            poll_ms: 500,
-            change_retention_secs: 300,
+            max_channels_per_client: defaults::MAX_CHANNELS_PER_CLIENT,
+            max_joins_per_second: defaults::MAX_JOINS_PER_SECOND,
+            max_frame_bytes: defaults::MAX_FRAME_BYTES,
+            outgoing_queue: defaults::OUTGOING_QUEUE,
+            outgoing_queue_bytes: defaults::OUTGOING_QUEUE_BYTES,
+            write_timeout_secs: defaults::WRITE_TIMEOUT_SECS,
+            max_sockets: defaults::MAX_SOCKETS,
+            max_sockets_per_ip: defaults::MAX_SOCKETS_PER_IP,
+            idle_timeout_secs: defaults::IDLE_TIMEOUT_SECS,
+            max_record_bytes: defaults::MAX_RECORD_BYTES,
+            poll_ms: defaults::POLL_MS,
+            change_retention_secs: defaults::CHANGE_RETENTION_SECS,
         }
     }
 }
