@@ -64,31 +64,25 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// A database URL: it may carry a password, so `Debug` never shows it.
-#[derive(Clone)]
-pub struct DatabaseUrl(String);
+/// A database URL: it may carry a password, so it is kept as a `Secret`.
+#[derive(Debug, Clone)]
+pub struct DatabaseUrl(Secret);
 
 impl DatabaseUrl {
     /// Wraps a URL.
     pub fn new(url: impl Into<String>) -> Self {
-        DatabaseUrl(url.into())
+        DatabaseUrl(Secret::new(url))
     }
     /// The URL itself, for connecting only.
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DatabaseUrl([redacted])")
+        self.0.expose()
     }
 }
 
 impl std::str::FromStr for DatabaseUrl {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(DatabaseUrl(s.to_owned()))
+        Ok(DatabaseUrl::new(s))
     }
 }
 
