@@ -2,7 +2,9 @@
 // fill their bars live and end completed, failed (with the error shown) or, after a retry,
 // completed on attempt 2; a reload mid-job keeps the user and resumes the bar where it was,
 // then keeps following it; Cancel shows cancelled; a second user sees none of the first
-// user's jobs. Screenshots of each stage go to ARTIFACTS_DIR (demo-*.png).
+// user's jobs. Jobs started in a row are listed newest first; each card's buttons are named
+// with its job; status changes, not progress ticks, are announced in a live region; headings
+// go h1, h2, h3. Screenshots of each stage go to ARTIFACTS_DIR (demo-*.png).
 //
 // Needs ROWCAST_URL and ARTIFACTS_DIR (it throws without them; it never skips).
 // Run: node --test tests/browser/
@@ -12,12 +14,16 @@ import { after, before, test } from 'node:test'
 
 import {
   ENV,
+  announcements,
   api,
+  assertHeadingsInOrder,
   cardHistory,
   demoSession,
   failOnPageErrors,
+  jobName,
   launchBrowser,
   readCard,
+  recordAnnouncements,
   recordCardHistory,
   screenshot,
   until,
@@ -39,6 +45,7 @@ async function openDemo(t, user) {
   const context = await browser.newContext({ viewport: { width: 900, height: 1000 } })
   t.after(() => context.close())
   await recordCardHistory(context)
+  await recordAnnouncements(context)
   const page = await context.newPage()
   failOnPageErrors(t, page)
   await page.goto(`${ENV.ROWCAST_URL}/`)
@@ -61,6 +68,19 @@ async function startJob(page, label) {
 const progressOf = (history) => history.map((entry) => entry.progress)
 
 const isNonDecreasing = (values) => values.every((value, i) => i === 0 || value >= values[i - 1])
+
+/** An ISO timestamp as microseconds since the epoch (Date.parse keeps only milliseconds). */
+const micros = (timestamp) =>
+  Date.parse(timestamp) * 1000 + Number((/\.\d{3}(\d{1,3})/.exec(timestamp)?.[1] ?? '0').padEnd(3, '0'))
+
+/** A button anywhere on the page, by its whole accessible name. */
+const buttonNamed = (page, name) => page.getByRole('button', { name, exact: true })
+
+/** Which card holds `locator`'s one element. */
+const cardOf = (locator) => locator.evaluate((el) => el.closest('[data-job-id]')?.dataset.jobId)
+
+/** How the live region says that a job reached each status (after its name). */
+const SAID = { pending: 'is waiting', running: 'is running', completed: 'completed', failed: 'failed', cancelled: 'was cancelled' }
 
 test('a quick job started as alice fills its bar step by step to 100 and ends completed', LIMIT, async (t) => {
   const page = await openDemo(t, 'alice')
@@ -88,7 +108,7 @@ test('a failing job ends failed and shows its error, and Retry runs it again to 
   await screenshot(page, 'demo-2-failing-job-error')
 
   // Retry runs it again from the start: pending (or running) once more, then failed again.
-  await page.locator(`[data-job-id="${job.id}"]`).getByRole('button', { name: 'Retry', exact: true }).click()
+  await buttonNamed(page, `Retry ${jobName(job)}`).click()
   const statuses = await until(
     async () => (await cardHistory(page, job.id)).map((entry) => entry.status),
     (seen) => seen.lastIndexOf('failed') > seen.indexOf('failed') + 1,
@@ -127,7 +147,7 @@ test('a reload mid-job keeps the user and the bar resumes where it was, follows 
   assert.ok(isNonDecreasing(progressOf(await cardHistory(page, job.id))))
   await screenshot(page, 'demo-5-slow-after-reload')
 
-  await page.locator(`[data-job-id="${job.id}"]`).getByRole('button', { name: 'Cancel', exact: true }).click()
+  await buttonNamed(page, `Cancel ${jobName(job)}`).click()
   const cancelled = await waitForCard(page, job.id, { status: 'cancelled' })
   assert.deepEqual(cancelled.buttons, ['Retry'])
   await screenshot(page, 'demo-6-slow-cancelled')
@@ -151,4 +171,83 @@ test('bob, in another browser context, sees none of alice’s jobs, live or afte
   assert.equal(status, 404, `bob may not read alice's job: ${JSON.stringify(body)}`)
   await screenshot(alice, 'demo-7-alice')
   await screenshot(bob, 'demo-7-bob-sees-none-of-alice')
+})
+
+test('four jobs started in a row from the page are listed newest first, above the older ones', LIMIT, async (t) => {
+  const page = await openDemo(t, 'alice')
+  const started = []
+  for (let i = 0; i < 4; i++) started.push(await startJob(page, 'Quick job'))
+  for (const job of started) await waitForCard(page, job.id)
+
+  const newestFirst = started.toSorted((a, b) => micros(b.created_at) - micros(a.created_at)).map((job) => job.id)
+  const shownIds = () => page.$$eval('#jobs > [data-job-id]', (cards) => cards.map((card) => card.dataset.jobId))
+  assert.deepEqual((await shownIds()).slice(0, 4), newestFirst, 'the four new cards lead, newest first')
+  const created = await page.$$eval('#jobs > [data-job-id] time', (times) => times.map((time) => time.dateTime))
+  assert.ok(isNonDecreasing(created.map(micros).reverse()), `every card is newer than the one below it: ${created}`)
+  await screenshot(page, 'demo-8-four-jobs-newest-first')
+
+  // Cards are placed once: going live and completing moves none of them.
+  for (const job of started) await waitForCard(page, job.id, { status: 'completed' })
+  assert.deepEqual((await shownIds()).slice(0, 4), newestFirst)
+})
+
+test('each card’s Cancel and Retry buttons are named with its job, and Cancel by name cancels that job only', LIMIT, async (t) => {
+  const page = await openDemo(t, 'bob')
+  const jobs = [await startJob(page, 'Slow job'), await startJob(page, 'Slow job')]
+  assert.notEqual(jobName(jobs[0]), jobName(jobs[1]), 'two jobs of one mode are told apart')
+  for (const job of jobs) {
+    await waitForCard(page, job.id)
+    const card = page.locator(`[data-job-id="${job.id}"]`)
+    assert.equal(await card.getByRole('heading', { level: 3, name: jobName(job), exact: true }).count(), 1)
+    const cancel = buttonNamed(page, `Cancel ${jobName(job)}`)
+    assert.equal(await cancel.count(), 1, `one button on the page is "Cancel ${jobName(job)}"`)
+    assert.equal(await cardOf(cancel), job.id)
+    assert.equal(await cancel.textContent(), 'Cancel', 'the visible label starts the accessible name')
+  }
+
+  await buttonNamed(page, `Cancel ${jobName(jobs[0])}`).click()
+  await waitForCard(page, jobs[0].id, { status: 'cancelled' })
+  const retry = buttonNamed(page, `Retry ${jobName(jobs[0])}`)
+  assert.equal(await retry.count(), 1)
+  assert.equal(await cardOf(retry), jobs[0].id)
+  assert.match((await readCard(page, jobs[1].id)).status, /^(pending|running)$/, 'the other job goes on')
+
+  await buttonNamed(page, `Cancel ${jobName(jobs[1])}`).click()
+  await waitForCard(page, jobs[1].id, { status: 'cancelled' })
+})
+
+test('a job’s status changes are announced in a live region, and its progress ticks are not', LIMIT, async (t) => {
+  const page = await openDemo(t, 'alice')
+  const region = page.locator('#announcer')
+  assert.equal(await region.getAttribute('role'), 'status')
+  assert.equal(await region.getAttribute('aria-live'), 'polite')
+  const job = await startJob(page, 'Quick job')
+  await waitForCard(page, job.id, { status: 'completed', minProgress: 100 })
+
+  const history = await cardHistory(page, job.id)
+  const ticks = history.filter((entry) => entry.status === 'running').map((entry) => entry.progress)
+  assert.ok(ticks.length >= 3, `the bar ticked while the job ran: ${ticks}`)
+  const statuses = history.map((entry) => entry.status).filter((status, i, all) => i === 0 || status !== all[i - 1])
+  const heard = await announcements(page)
+  assert.deepEqual(
+    heard.filter((text) => text.startsWith(`${jobName(job)} `)),
+    statuses.slice(1).map((status) => `${jobName(job)} ${SAID[status]}`),
+    `one announcement per status change after the first (${statuses}), none per tick`
+  )
+  const statusOnly = new RegExp(`^\\S+ · \\S+ #[0-9a-f]{6} (${Object.values(SAID).join('|')})$`)
+  for (const text of heard) assert.match(text, statusOnly)
+
+  // The cards themselves sit in no live region, or every tick would be read out.
+  const live = '[aria-live]:not([aria-live="off"]), [role=status], [role=log], [role=alert], [role=timer], [role=marquee]'
+  const barsInLiveRegions = await page.$$eval('[role=progressbar]', (bars, live) => bars.filter((bar) => bar.closest(live)).length, live)
+  assert.equal(barsInLiveRegions, 0)
+})
+
+test('the page’s headings go h1, h2, h3 without skipping a level', LIMIT, async (t) => {
+  const page = await openDemo(t, 'alice')
+  const job = await startJob(page, 'Quick job')
+  await waitForCard(page, job.id)
+  await assertHeadingsInOrder(page, 'the demo page')
+  assert.equal(await page.getByRole('heading', { level: 2, name: 'Jobs', exact: true }).count(), 1)
+  await waitForCard(page, job.id, { status: 'completed' })
 })

@@ -2,7 +2,8 @@
 // Chromium against a running `rowcast demo`: its service worker subscribes for the user in
 // storage and counts running jobs on the action badge; its popup, opened as a tab, lists a
 // job enqueued over REST from outside the browser and follows it to its end through the
-// changes the worker relays. Screenshots go to ARTIFACTS_DIR (extension-*.png).
+// changes the worker relays, announcing its status changes; the popup's headings go h1, h2,
+// h3. Screenshots go to ARTIFACTS_DIR (extension-*.png).
 //
 // Needs ROWCAST_URL and ARTIFACTS_DIR (it throws without them; it never skips), and
 // web-demo/node_modules (npm ci in web-demo/): this suite runs web-demo/extension/setup.sh
@@ -16,12 +17,16 @@ import { test } from 'node:test'
 
 import {
   ENV,
+  announcements,
   api,
+  assertHeadingsInOrder,
   cardHistory,
   demoSession,
   enqueue,
   failOnPageErrors,
+  jobName,
   launchWithExtension,
+  recordAnnouncements,
   recordCardHistory,
   screenshot,
   uniqueUser,
@@ -61,6 +66,7 @@ test('the popup shows a job enqueued over REST and follows it live; the badge co
   assert.equal(await extension.badge(), '', 'no running jobs, no badge')
 
   await recordCardHistory(context)
+  await recordAnnouncements(context)
   const popup = await context.newPage()
   await popup.setViewportSize({ width: 384, height: 640 })
   failOnPageErrors(t, popup)
@@ -72,6 +78,7 @@ test('the popup shows a job enqueued over REST and follows it live; the badge co
   await waitForCard(popup, slow.id, { status: 'running' })
   await until(extension.badge, (text) => text === '1', { what: 'badge "1" for one running job' })
   await screenshot(popup, 'extension-1-running-with-badge')
+  await assertHeadingsInOrder(popup, 'the popup')
 
   const { status } = await api(session, 'POST', `/api/jobs/${slow.id}/cancel`)
   assert.equal(status, 200)
@@ -83,5 +90,8 @@ test('the popup shows a job enqueued over REST and follows it live; the badge co
   assert.equal(card.userId, user)
   const progress = (await cardHistory(popup, quick.id)).map((entry) => entry.progress)
   assert.ok(progress.some((p) => p > 0 && p < 100), `the popup's bar moved through steps live: ${progress}`)
+  const heard = await announcements(popup)
+  assert.ok(heard.includes(`${jobName(quick)} completed`), `the popup announced the completion: ${JSON.stringify(heard)}`)
+  assert.ok(heard.includes(`${jobName(slow)} was cancelled`), `the popup announced the cancel: ${JSON.stringify(heard)}`)
   await screenshot(popup, 'extension-2-completed')
 })

@@ -175,6 +175,43 @@ export async function waitForLiveList(page, user, { timeout = TIMEOUT_MS } = {})
   }
 }
 
+/**
+ * Records, in `window.__announced`, every text the job list's live region (`#announcer`)
+ * comes to hold, for the pages of `context` from their first script on.
+ */
+export async function recordAnnouncements(context) {
+  await context.addInitScript(() => {
+    const seen = (window.__announced = [])
+    new MutationObserver(() => {
+      const text = document.getElementById('announcer')?.textContent
+      if (text && text !== seen.at(-1)) seen.push(text)
+    }).observe(document, { subtree: true, childList: true, characterData: true })
+  })
+}
+
+/** What `recordAnnouncements` saw on `page` since it loaded. */
+export const announcements = (page) => page.evaluate(() => window.__announced ?? [])
+
+/** What a job's card is called (its heading, and in its buttons and announcements). */
+export const jobName = (row) => `${row.type} · ${row.input.mode} #${row.id.slice(0, 6)}`
+
+/**
+ * Asserts that `page`'s headings, in document order, start at h1 and never skip a level
+ * going down (h1, h2, h3, ...), and that they reach h3 (the job cards). Headings that are
+ * not rendered (display: none) are left out; visually hidden ones count, as screen readers
+ * list them.
+ */
+export async function assertHeadingsInOrder(page, where) {
+  const headings = await page.$$eval('h1, h2, h3, h4, h5, h6', (all) =>
+    all.filter((h) => h.checkVisibility()).map((h) => ({ level: Number(h.tagName[1]), text: h.textContent }))
+  )
+  const levels = headings.map((h) => h.level)
+  const shown = JSON.stringify(headings)
+  assert.equal(levels[0], 1, `${where}: the first heading is an h1: ${shown}`)
+  assert.ok(levels.every((level, i) => i === 0 || level <= levels[i - 1] + 1), `${where}: a heading level is skipped: ${shown}`)
+  assert.ok(levels.includes(3), `${where}: the job cards have h3 headings: ${shown}`)
+}
+
 /** What `recordCardHistory` saw for job `id` on `page` since it loaded. */
 export const cardHistory = (page, id) => page.evaluate((id) => window.__jobs?.[id] ?? [], id)
 

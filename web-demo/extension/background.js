@@ -11,12 +11,15 @@
 // and Phoenix heartbeats every 25 s, under the 30 s idle limit. When Chrome does stop the
 // worker, the next event (a popup connecting, a storage change) starts it here again.
 
-importScripts('vendor/supabase.js')
+// The feed itself (session, client, subscription, snapshot on every SUBSCRIBED, token
+// refresh) is web-demo/feed.js, the one the demo page uses; setup.sh copies it into vendor/.
+importScripts('vendor/supabase.js', 'vendor/feed.js')
+
+const { JobFeed } = self.RowcastFeed
 
 const DEFAULTS = { gateway: 'http://127.0.0.1:4000', user: 'alice' }
 /** After a failed start (gateway down, wrong URL), try again this much later. */
 const RETRY_MS = 5_000
-const REFRESH_EARLY_MS = 60_000
 
 /** What the worker knows; `self.rowcast` lets tests and the devtools console read it. */
 const state = { settings: { ...DEFAULTS }, status: 'idle', detail: '', jobs: new Map() }
@@ -26,92 +29,47 @@ self.rowcast = {
 }
 
 const ports = new Set()
+/** The feed of the user in storage; closed and replaced by every start(). */
 let feed = null
+/** Counts start()s, so that one that finds a later one began while it awaited gives up. */
+let starts = 0
+let retryTimer = null
 
-/** One run of following a user's jobs; closed when the settings change. */
-class Feed {
-  closed = false
-
-  async open() {
-    const settings = { ...DEFAULTS, ...(await chrome.storage.local.get(['gateway', 'user'])) }
-    if (this.closed) return
-    state.settings = settings
-    const { gateway, user } = settings
-    this.session = await demoSession(gateway, user)
-    if (this.closed) return
-    this.client = supabase.createClient(gateway, this.session.anon_key, {
-      accessToken: async () => this.session.access_token,
-      auth: { persistSession: false, autoRefreshToken: false },
-    })
-    // supabase-js 2.109 joins with the token it has cached: resolve it before subscribing.
-    await this.client.realtime.setAuth()
-    if (this.closed) return
-    const changes = { event: '*', schema: 'rowcast', table: 'jobs', filter: `user_id=eq.${user}` }
-    this.client
-      .channel(`jobs-${user}`)
-      .on('postgres_changes', changes, (change) => this.closed || apply(change))
-      .subscribe((status, err) => {
-        if (this.closed) return
-        setStatus(status === 'SUBSCRIBED' ? status : 'reconnecting', err?.message ?? status)
-        // Changes missed while not subscribed are not replayed: read the snapshot again.
-        if (status === 'SUBSCRIBED') this.loadSnapshot()
-      })
-    this.#scheduleRefresh()
-  }
-
-  close() {
-    this.closed = true
-    clearTimeout(this.timer)
-    this.client?.removeAllChannels()
-    this.client?.realtime.disconnect()
-  }
-
-  /** The newest 50 jobs, so the badge counts jobs that were running before we subscribed. */
-  async loadSnapshot() {
-    const { data, error, status } = await this.client
-      .schema('rowcast')
-      .from('jobs')
-      .select('*')
-      .order('created_at', { ascending: false })
-      .limit(50)
-    if (this.closed) return
-    if (error || !Array.isArray(data)) {
-      return setStatus(state.status, `snapshot: ${error?.message ?? `HTTP ${status}`}`)
-    }
-    for (const row of data) upsert(row)
-    updateBadge()
-  }
-
-  /** A failed start (gateway down, wrong URL) is tried again later. */
-  retryLater(err) {
-    if (this.closed) return
-    setStatus('error', err.message)
-    this.timer = setTimeout(start, RETRY_MS)
-  }
-
-  #scheduleRefresh() {
-    const due = this.session.expires_at * 1000 - REFRESH_EARLY_MS - Date.now()
-    this.timer = setTimeout(async () => {
-      try {
-        this.session = await demoSession(state.settings.gateway, state.settings.user)
-        await this.client.realtime.setAuth() // pushes the new token to the joined channel
-        this.#scheduleRefresh()
-      } catch (err) {
-        if (!this.closed) start()
-      }
-    }, Math.max(due, 5_000))
-  }
-}
-
-/** (Re)starts following the user in storage: on start-up and on every settings change. */
-function start() {
+/** (Re)starts following the user in storage: on start-up, on every settings change, after a failure. */
+async function start() {
+  const mine = ++starts
   feed?.close()
-  // Replaced before any await, so two quick settings changes cannot leave two feeds open.
-  const mine = (feed = new Feed())
+  feed = null
+  clearTimeout(retryTimer)
   state.jobs.clear()
   updateBadge()
   setStatus('connecting')
-  mine.open().catch((err) => mine.retryLater(err))
+  try {
+    const settings = { ...DEFAULTS, ...(await chrome.storage.local.get(['gateway', 'user'])) }
+    if (mine !== starts) return
+    state.settings = settings
+    feed = new JobFeed({ gateway: settings.gateway, user: settings.user, on: feedEvents })
+    await feed.open()
+  } catch (err) {
+    if (mine !== starts) return
+    // A failed start (gateway down, wrong URL) is tried again later.
+    feed?.close()
+    setStatus('error', err.message)
+    retryTimer = setTimeout(start, RETRY_MS)
+  }
+}
+
+/** What the feed reports; it calls none of these once closed. */
+const feedEvents = {
+  change: apply,
+  status: (status, err) => setStatus(status === 'SUBSCRIBED' ? status : 'reconnecting', err?.message ?? status),
+  // The snapshot lets the badge count jobs that were running before we subscribed.
+  snapshot: (rows) => {
+    for (const row of rows) upsert(row)
+    updateBadge()
+  },
+  snapshotError: (err) => setStatus(state.status, `snapshot: ${err.message}`),
+  refreshError: () => start(),
 }
 
 function apply(change) {
@@ -153,16 +111,6 @@ const statusMessage = () => ({ kind: 'status', status: state.status, detail: sta
 
 function broadcast(message) {
   for (const port of ports) port.postMessage(message)
-}
-
-/** GET <gateway>/demo/session?user=...: {user, anon_key, access_token, expires_at}. */
-async function demoSession(gateway, user) {
-  const url = new URL('/demo/session', gateway)
-  url.searchParams.set('user', user)
-  const response = await fetch(url)
-  const json = await response.json().catch(() => ({}))
-  if (!response.ok) throw new Error(json.error ?? `GET ${url}: HTTP ${response.status}`)
-  return json
 }
 
 chrome.runtime.onConnect.addListener((port) => {

@@ -2,15 +2,18 @@
 // `.schema('rowcast').from('jobs')`), then applies the changes that the service worker relays
 // through the "jobs" port. It has no subscription of its own: the worker already has one,
 // and a popup lives only while it is open. The list ignores stale versions (by updated_at),
-// so the snapshot and relayed changes may arrive in either order.
+// so the snapshot and relayed changes may arrive in either order. The demo session and the
+// snapshot read are web-demo/feed.js's (vendor/feed.js, loaded before this module).
 
 import { JobList } from './vendor/jobs.js'
+
+const { demoSession, sessionClient, newestJobs } = globalThis.RowcastFeed
 
 const DEFAULTS = { gateway: 'http://127.0.0.1:4000', user: 'alice' }
 
 const $ = (selector) => document.querySelector(selector)
 const jobsEl = $('#jobs')
-const list = new JobList(jobsEl)
+const list = new JobList(jobsEl, { announcer: $('#announcer') })
 const settings = { ...DEFAULTS, ...(await chrome.storage.local.get(['gateway', 'user'])) }
 let client = null
 
@@ -35,14 +38,7 @@ function onMessage(message) {
 async function loadSnapshot() {
   try {
     client ??= await connect()
-    const { data, error, status } = await client
-      .schema('rowcast')
-      .from('jobs')
-      .select('*')
-      .order('created_at', { ascending: false })
-      .limit(50)
-    if (error || !Array.isArray(data)) throw new Error(error?.message ?? `HTTP ${status}`)
-    for (const row of data) list.upsert(row)
+    for (const row of await newestJobs(client)) list.upsert(row)
     jobsEl.dataset.user = settings.user
     jobsEl.setAttribute('aria-busy', 'false')
     notice('')
@@ -56,15 +52,8 @@ async function loadSnapshot() {
  * (`rowcast demo` only); a real deployment signs the user in instead.
  */
 async function connect() {
-  const url = new URL('/demo/session', settings.gateway)
-  url.searchParams.set('user', settings.user)
-  const response = await fetch(url)
-  const session = await response.json().catch(() => ({}))
-  if (!response.ok) throw new Error(session.error ?? `GET ${url}: HTTP ${response.status}`)
-  return supabase.createClient(settings.gateway, session.anon_key, {
-    accessToken: async () => session.access_token,
-    auth: { persistSession: false, autoRefreshToken: false },
-  })
+  const session = await demoSession(settings.gateway, settings.user)
+  return sessionClient(settings.gateway, () => session)
 }
 
 function showSettings() {
