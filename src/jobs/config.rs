@@ -245,7 +245,9 @@ impl JobsConfig {
                 types.insert(name.clone(), job_type(&name, t).expect("the built-in demo type is valid"));
             }
         }
-        if raw.signing_secret.is_none() {
+        // An empty key signs nothing anyone could not sign too: it counts as not set.
+        let signing_secret = raw.signing_secret.filter(|s| !s.is_empty()).map(Secret::new);
+        if signing_secret.is_none() {
             unsigned_http(&types)?;
         }
         let cron = raw.cron.into_iter().map(|c| cron_entry(c, &types)).collect::<Result<_, _>>()?;
@@ -257,7 +259,7 @@ impl JobsConfig {
         Ok(JobsConfig {
             types,
             cron,
-            signing_secret: raw.signing_secret.map(Secret::new),
+            signing_secret,
             keep_completed: retention(raw.retention.completed, 30 * day)?,
             keep_failed: retention(raw.retention.failed, 7 * day)?,
             runner: RunnerSettings {
@@ -425,6 +427,8 @@ mod tests {
         );
         let hook = err("[jobs.a]\nbuiltin = \"demo\"\non_failure = \"http://127.0.0.1:9/hook\"");
         assert!(hook.starts_with("job type \"a\": its on_failure hook is an http:// URL"), "{hook}");
+        let empty = err("signing_secret = \"\"\n[jobs.summarize]\nurl = \"http://127.0.0.1:9/steps\"");
+        assert_eq!(empty, step, "an empty signing_secret counts as not set");
         assert!(JobsConfig::parse("signing_secret = \"k\"\n[jobs.a]\nurl = \"http://127.0.0.1:9/\"").is_ok());
     }
 
