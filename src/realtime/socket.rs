@@ -137,7 +137,7 @@ where
         }
     };
     // The writer is a task of its own: a wake for a queued frame polls only the
-    // writer, not the control loop's reads and timers (a tenth of the fan-out's CPU).
+    // writer, not the control loop's reads and timers.
     let writer = tokio::spawn(write(sink, outbox.clone(), limits.write_timeout(), writer_done.clone()));
     control.await;
     let _ = writer.await;
