@@ -19,16 +19,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use sha1::{Digest, Sha1};
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::CorsLayer;
 use tower_http::services::{ServeDir, ServeFile};
+use tungstenite::handshake::derive_accept_key;
 
 use crate::auth::{AuthError, Verifier};
 use crate::jobs::handlers::{self as job_routes, JobsState};
@@ -177,10 +175,7 @@ fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    HeaderValue::from_str(&BASE64.encode(sha.finalize())).ok()
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).ok()
 }
 
 #[cfg(test)]
