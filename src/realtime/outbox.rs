@@ -66,6 +66,16 @@ struct State {
     close: Option<Close>,
 }
 
+impl State {
+    /// Drops what is queued (its memory goes at once) and decides the close,
+    /// unless one was decided already (the first reason wins).
+    fn abort(&mut self, close: Close) {
+        self.frames = VecDeque::new();
+        self.bytes = 0;
+        self.close.get_or_insert(close);
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     ready: Notify,
@@ -118,18 +128,12 @@ impl Outbox {
                 bytes = state.bytes,
                 "a socket's outgoing queue is full: closing it as a slow consumer"
             );
-            Self::drop_queue(state);
-            state.close = Some(Close::slow("outgoing queue full"));
+            state.abort(Close::slow("outgoing queue full"));
         } else {
             state.bytes += frame.len();
             state.frames.push_back(frame);
         }
         self.shared.ready.notify_one();
-    }
-
-    fn drop_queue(state: &mut State) {
-        state.frames = VecDeque::new();
-        state.bytes = 0;
     }
 
     /// Asks for the socket to close after what is queued (the first reason wins).
@@ -140,26 +144,26 @@ impl Outbox {
 
     /// Drops what is queued and closes with `close` (unless a close was already decided).
     pub fn abort(&self, close: Close) {
-        let mut state = self.state();
-        Self::drop_queue(&mut state);
-        state.close.get_or_insert(close);
-        drop(state);
+        self.state().abort(close);
         self.shared.ready.notify_one();
     }
 
     /// The close decided so far, if any.
-    pub fn closing(&self) -> Option<Close> {
+    #[cfg(test)]
+    pub(crate) fn closing(&self) -> Option<Close> {
         self.state().close.clone()
     }
 
     /// Frames and bytes waiting now.
-    pub fn len(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> (usize, usize) {
         let state = self.state();
         (state.frames.len(), state.bytes)
     }
 
     /// True when nothing waits.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.state().frames.is_empty()
     }
 
