@@ -19,6 +19,8 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    const ALL: [JobStatus; 5] = [JobStatus::Pending, JobStatus::Running, JobStatus::Completed, JobStatus::Failed, JobStatus::Cancelled];
+
     /// The column's text.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,14 +42,7 @@ impl std::fmt::Display for JobStatus {
 impl TryFrom<String> for JobStatus {
     type Error = String;
     fn try_from(text: String) -> Result<Self, Self::Error> {
-        Ok(match text.as_str() {
-            "pending" => JobStatus::Pending,
-            "running" => JobStatus::Running,
-            "completed" => JobStatus::Completed,
-            "failed" => JobStatus::Failed,
-            "cancelled" => JobStatus::Cancelled,
-            _ => return Err(format!("unknown job status {text:?}")),
-        })
+        JobStatus::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| format!("unknown job status {text:?}"))
     }
 }
 
@@ -81,3 +76,17 @@ pub struct Job {
 /// The columns, in the order `Job` reads them.
 pub const COLUMNS: &str = "id, type, user_id, status, progress, message, input, output, error, attempts, max_attempts, \
     idempotency_key, run_at, priority, parent_id, created_at, started_at, completed_at, updated_at";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_reads_back_from_its_column_text_and_serializes_the_same() {
+        for status in JobStatus::ALL {
+            assert_eq!(JobStatus::try_from(status.as_str().to_owned()), Ok(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert!(JobStatus::try_from("done".to_owned()).is_err());
+    }
+}

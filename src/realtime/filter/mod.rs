@@ -55,6 +55,9 @@ pub enum Op {
 }
 
 impl Op {
+    const ALL: [Op; 13] =
+        [Op::Eq, Op::Neq, Op::Lt, Op::Lte, Op::Gt, Op::Gte, Op::In, Op::Like, Op::Ilike, Op::Is, Op::Match, Op::Imatch, Op::IsDistinct];
+
     /// `like`, `ilike`, `match` or `imatch`: compiled into a matcher.
     pub fn is_pattern(self) -> bool {
         matches!(self, Op::Like | Op::Ilike | Op::Match | Op::Imatch)
@@ -80,22 +83,7 @@ impl Op {
     }
 
     fn parse(text: &str) -> Option<Op> {
-        Some(match text {
-            "eq" => Op::Eq,
-            "neq" => Op::Neq,
-            "lt" => Op::Lt,
-            "lte" => Op::Lte,
-            "gt" => Op::Gt,
-            "gte" => Op::Gte,
-            "in" => Op::In,
-            "like" => Op::Like,
-            "ilike" => Op::Ilike,
-            "is" => Op::Is,
-            "match" => Op::Match,
-            "imatch" => Op::Imatch,
-            "isdistinct" => Op::IsDistinct,
-            _ => return None,
-        })
+        Op::ALL.into_iter().find(|op| op.name() == text)
     }
 }
 
