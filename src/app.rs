@@ -28,16 +28,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::auth::Verifier;
+use crate::auth::{ClaimPath, Minter};
 use crate::changes::listener::{Listener, ListenerConfig};
 use crate::changes::tables::Tables;
-use crate::config::{DatabaseUrl, Limits, Secret};
+use crate::config::{DatabaseUrl, JwksArgs, Limits, Secret};
 use crate::http::{self, AppState};
 use crate::jobs::config::JobsConfig;
 use crate::jobs::handlers::JobsState;
 use crate::jobs::hooks::Hooks;
 use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
+use crate::keyring::{KeySource, Keyring};
 use crate::realtime::admission::Admission;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
@@ -63,7 +64,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct AppConfig {
     pub database_url: DatabaseUrl,
     pub listen: SocketAddr,
-    pub jwt_secret: Secret,
+    /// The HS256 secret; optional when `jwks` names a key set.
+    pub jwt_secret: Option<Secret>,
+    pub jwks: JwksArgs,
     pub limits: Limits,
     pub jobs: JobsConfig,
     /// Serve HTTP, realtime and the change listener.
@@ -78,11 +81,12 @@ pub struct AppConfig {
 
 impl AppConfig {
     /// Gateway and runner on `database_url`, default limits, no job types, no demo.
-    pub fn new(database_url: impl Into<String>, listen: SocketAddr, jwt_secret: Secret) -> Self {
+    pub fn new(database_url: impl Into<String>, listen: SocketAddr, jwt_secret: Option<Secret>) -> Self {
         AppConfig {
             database_url: DatabaseUrl::new(database_url),
             listen,
             jwt_secret,
+            jwks: JwksArgs::default(),
             limits: Limits::default(),
             jobs: JobsConfig::default(),
             gateway: true,
@@ -97,6 +101,8 @@ struct Gateway {
     listener: TcpListener,
     state: AppState,
     change_listener: Listener,
+    keyring: Keyring,
+    jwks_refresh: Duration,
 }
 
 /// The job runner's parts.
@@ -118,20 +124,25 @@ pub struct App {
 impl App {
     /// Connects, migrates, binds the port and wires the subsystems.
     pub async fn build(config: AppConfig) -> anyhow::Result<App> {
+        if config.gateway && config.jwt_secret.is_none() && !config.jwks.is_set() {
+            anyhow::bail!("no key to verify tokens with: set JWT_SECRET (HS256), ROWCAST_JWKS_URL or ROWCAST_JWKS_FILE");
+        }
         let pool = connect(config.database_url.expose()).await?;
         migrate(&pool).await?;
+        // Already installed (a second app in one process) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder().connect_timeout(HTTP_CONNECT_TIMEOUT).build().context("building the HTTP client")?;
         let jobs = Arc::new(config.jobs.clone());
         let runner = if config.runner {
             Runner::sync_types(&pool, &jobs.types.values().collect::<Vec<_>>()).await.context("saving job types")?;
             let hooks = Hooks::new(pool.clone(), Arc::new(jobs.types.clone()), jobs.signing_secret.clone(), client.clone());
-            let runner = Runner::new(pool.clone(), jobs.clone(), client, hooks.clone());
+            let runner = Runner::new(pool.clone(), jobs.clone(), client.clone(), hooks.clone());
             Some(JobRunner { runner, scheduler: Scheduler::new(pool.clone(), jobs.clone(), hooks.clone()), hooks })
         } else {
             None
         };
         let root = CancellationToken::new();
-        let gateway = if config.gateway { Some(build_gateway(&config, &pool, &jobs, &root).await?) } else { None };
+        let gateway = if config.gateway { Some(build_gateway(&config, &pool, &jobs, &root, &client).await?) } else { None };
         Ok(App { pool, root, gateway, runner })
     }
 
@@ -148,6 +159,7 @@ impl App {
         let mut served = None;
         if let Some(g) = gateway {
             let change_listener = tracker.spawn(g.change_listener.run(listener_stop.clone()));
+            tracker.spawn(g.keyring.refresh_every(g.jwks_refresh, http_stop.clone()));
             let stop = http_stop.clone();
             let service = http::router(g.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
             // Realtime frames are small and must not wait for an ACK (Nagle with delayed ACKs adds up to 40 ms).
@@ -204,7 +216,13 @@ async fn close_sockets(state: &AppState) {
     }
 }
 
-async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>, root: &CancellationToken) -> anyhow::Result<Gateway> {
+async fn build_gateway(
+    config: &AppConfig,
+    pool: &PgPool,
+    jobs: &Arc<JobsConfig>,
+    root: &CancellationToken,
+    client: &reqwest::Client,
+) -> anyhow::Result<Gateway> {
     raise_open_files_limit();
     return_large_blocks_to_the_os();
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -217,18 +235,18 @@ async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>
         batch: LISTENER_BATCH,
     };
     let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(registry.clone()), live_tx, listener_config);
-    let verifier = Verifier::new(config.jwt_secret.expose());
+    let keyring = Keyring::load(config.jwt_secret.as_ref().map(Secret::expose), key_source(&config.jwks, client)).await;
     let sockets = SocketContext {
         registry,
         tables,
-        verifier: verifier.clone(),
+        keyring: keyring.clone(),
         limits: Arc::new(config.limits.clone()),
         live: live_rx,
         shutdown: root.child_token(),
     };
-    let jobs = JobsState { pool: pool.clone(), verifier: verifier.clone(), types: Arc::new(jobs.types.clone()) };
-    let rest = RestState { pool: pool.clone(), verifier: verifier.clone(), tables: sockets.tables.clone() };
-    let demo = config.demo.then(|| verifier.clone());
+    let jobs = JobsState { pool: pool.clone(), keyring: keyring.clone(), types: Arc::new(jobs.types.clone()) };
+    let rest = RestState { pool: pool.clone(), keyring: keyring.clone(), tables: sockets.tables.clone() };
+    let demo = config.jwt_secret.as_ref().filter(|_| config.demo).map(|s| Minter::new(s.expose()));
     let admission = Admission::new(config.limits.max_sockets, config.limits.max_sockets_per_ip);
     let state = AppState {
         pool: pool.clone(),
@@ -240,7 +258,18 @@ async fn build_gateway(config: &AppConfig, pool: &PgPool, jobs: &Arc<JobsConfig>
         demo,
         web_dir: config.web_dir.clone(),
     };
-    Ok(Gateway { listener, state, change_listener })
+    let jwks_refresh = Duration::from_secs(config.jwks.jwks_refresh_secs.max(1));
+    Ok(Gateway { listener, state, change_listener, keyring, jwks_refresh })
+}
+
+/// Where the JWKS comes from, if anywhere.
+fn key_source(jwks: &JwksArgs, client: &reqwest::Client) -> Option<KeySource> {
+    let timeout = Duration::from_millis(jwks.jwks_timeout_ms.max(1));
+    match (&jwks.jwks_url, &jwks.jwks_file) {
+        (Some(url), _) => Some(KeySource::Url { url: url.clone(), client: client.clone(), timeout }),
+        (None, Some(path)) => Some(KeySource::File(path.clone())),
+        (None, None) => None,
+    }
 }
 
 /// Makes every allocation of 64 KiB or more its own mapping, given back to the
@@ -292,11 +321,14 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// `rowcast enable`: installs change capture on `table`.
-pub async fn enable(pool: &PgPool, table: &str, owner: Option<&str>, public: bool) -> anyhow::Result<()> {
-    sqlx::query("select rowcast.enable($1::regclass, owner_column => $2, public => $3)")
+/// Rows of an owner-column table are seen by the users whose `claim` names the owner.
+pub async fn enable(pool: &PgPool, table: &str, owner: Option<&str>, claim: &str, public: bool) -> anyhow::Result<()> {
+    let claim = ClaimPath::parse(claim).with_context(|| format!("--claim {claim:?}"))?;
+    sqlx::query("select rowcast.enable($1::regclass, owner_column => $2, public => $3, owner_claim => $4)")
         .bind(table)
         .bind(owner)
         .bind(public)
+        .bind(claim.as_str())
         .execute(pool)
         .await
         .with_context(|| format!("enabling change capture on {table}"))?;

@@ -4,6 +4,7 @@
 //! that keeps the JWT secret out of logs and `Debug` output. Does no IO.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -100,11 +101,48 @@ pub struct GatewayArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long = "listen", env = "ROWCAST_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
-    /// HS256 secret that signs client JWTs (at least 16 bytes).
+    /// HS256 secret that signs client JWTs (at least 16 bytes). Optional when a JWKS is set.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Secret,
+    pub jwt_secret: Option<Secret>,
+    #[command(flatten)]
+    pub jwks: JwksArgs,
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// Where asymmetric (RS/ES/EdDSA) token keys come from, beside the HS256 secret.
+#[derive(Debug, Clone, Args)]
+pub struct JwksArgs {
+    /// URL of a JSON Web Key Set, e.g. https://<project>.supabase.co/auth/v1/.well-known/jwks.json.
+    #[arg(long, env = "ROWCAST_JWKS_URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<String>,
+    /// A JSON Web Key Set file, reread when a token names an unknown key id.
+    #[arg(long, env = "ROWCAST_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Milliseconds one fetch of the JWKS URL may take; on timeout the keys already held stay.
+    #[arg(long, env = "ROWCAST_JWKS_TIMEOUT_MS", default_value_t = defaults::JWKS_TIMEOUT_MS)]
+    pub jwks_timeout_ms: u64,
+    /// Seconds between scheduled reloads of the JWKS (a token with an unknown key id also reloads it).
+    #[arg(long, env = "ROWCAST_JWKS_REFRESH_SECS", default_value_t = defaults::JWKS_REFRESH_SECS)]
+    pub jwks_refresh_secs: u64,
+}
+
+impl JwksArgs {
+    /// Whether any key set is configured.
+    pub fn is_set(&self) -> bool {
+        self.jwks_url.is_some() || self.jwks_file.is_some()
+    }
+}
+
+impl Default for JwksArgs {
+    fn default() -> Self {
+        JwksArgs {
+            jwks_url: None,
+            jwks_file: None,
+            jwks_timeout_ms: defaults::JWKS_TIMEOUT_MS,
+            jwks_refresh_secs: defaults::JWKS_REFRESH_SECS,
+        }
+    }
 }
 
 /// The defaults of `Limits`, named once for the command line and `Default`
@@ -122,6 +160,8 @@ mod defaults {
     pub const MAX_RECORD_BYTES: usize = 1_048_576;
     pub const POLL_MS: u64 = 500;
     pub const CHANGE_RETENTION_SECS: u64 = 300;
+    pub const JWKS_TIMEOUT_MS: u64 = 3_000;
+    pub const JWKS_REFRESH_SECS: u64 = 600;
 }
 
 /// Per-connection limits; defaults are Supabase Realtime's.
@@ -230,9 +270,13 @@ pub struct JobsArgs {
 pub struct EnableArgs {
     /// The table, as schema.table (schema defaults to public).
     pub table: String,
-    /// Column holding the owning user's id (compared with the JWT `sub`).
+    /// Column holding the owner's id, compared with the JWT claim `--claim` names.
     #[arg(long, conflicts_with = "public", required_unless_present = "public")]
     pub owner: Option<String>,
+    /// The claim the owner column is compared with: `sub`, or a dotted path such as
+    /// `app_metadata.org_id`; an array claim (e.g. `app_metadata.team_ids`) means membership.
+    #[arg(long, default_value = "sub", requires = "owner")]
+    pub claim: String,
     /// Every client, anonymous ones included, may see every row.
     #[arg(long)]
     pub public: bool,

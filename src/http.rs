@@ -28,7 +28,7 @@ use tower_http::cors::CorsLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tungstenite::handshake::derive_accept_key;
 
-use crate::auth::{AuthError, Verifier};
+use crate::auth::{AuthError, Minter};
 use crate::jobs::handlers::{self as job_routes, JobsState};
 use crate::realtime::admission::Admission;
 use crate::realtime::protocol::Vsn;
@@ -47,7 +47,7 @@ pub struct AppState {
     /// Every upgraded socket's task, so shutdown can wait for them.
     pub socket_tasks: TaskTracker,
     /// Set only by `rowcast demo`: mints demo users' tokens.
-    pub demo: Option<Verifier>,
+    pub demo: Option<Minter>,
     pub web_dir: PathBuf,
 }
 
@@ -80,7 +80,7 @@ struct DemoUser {
 
 /// Demo mode only: a token for a demo user, as a real app's sign-in would give.
 async fn demo_session(State(state): State<AppState>, Query(q): Query<DemoUser>) -> Response {
-    let Some(verifier) = &state.demo else { return error(StatusCode::NOT_FOUND, "not found") };
+    let Some(minter) = &state.demo else { return error(StatusCode::NOT_FOUND, "not found") };
     let valid =
         (1..=32).contains(&q.user.len()) && q.user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !valid {
@@ -89,8 +89,8 @@ async fn demo_session(State(state): State<AppState>, Query(q): Query<DemoUser>) 
     let ttl = 12 * 3600;
     let body = json!({
         "user": q.user,
-        "anon_key": verifier.mint(None, "anon", ttl),
-        "access_token": verifier.mint(Some(&q.user), "authenticated", ttl),
+        "anon_key": minter.mint(None, "anon", ttl),
+        "access_token": minter.mint(Some(&q.user), "authenticated", ttl),
         "expires_at": crate::auth::now_secs() + ttl,
     });
     Json(body).into_response()
@@ -136,7 +136,7 @@ async fn websocket(
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let principal = match state.sockets.verifier.verify(apikey) {
+    let principal = match state.sockets.keyring.verify(apikey).await {
         Ok(p) => p,
         Err(e) => return error(StatusCode::UNAUTHORIZED, &e.to_string()),
     };

@@ -9,7 +9,9 @@
 //! - `rest`: read-only PostgREST-compatible snapshots of captured tables.
 //! - `changes`: capture side: change-log reader, table cache, change rendering.
 //! - `grammar`: the filter grammar's tokenizer, shared by realtime filters and REST, pure.
-//! - `auth`: JWT verify/mint, pure.
+//! - `keyring`: the keys tokens are verified with: secret plus a JWKS fetched and refreshed.
+//! - `refresh`: single-flight, spaced reloads (table cache, JWKS).
+//! - `auth`: JWT verify/mint, claims, key sets; pure.
 //! - `config`: clap settings, pure.
 //! - `pg_local`: a private Postgres cluster for the demo and the tests.
 
@@ -20,6 +22,8 @@ pub mod config;
 pub mod grammar;
 pub mod http;
 pub mod jobs;
+pub mod keyring;
 pub mod pg_local;
 pub mod realtime;
+pub mod refresh;
 pub mod rest;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use rowcast::app::{self, App, AppConfig};
-use rowcast::auth::Verifier;
+use rowcast::auth::Minter;
 use rowcast::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(a) => {
             let mut config = AppConfig::new(a.db.database_url.expose(), a.gateway.listen, a.gateway.jwt_secret);
+            config.jwks = a.gateway.jwks;
             config.limits = a.gateway.limits;
             config.jobs = app::jobs_config(a.jobs.config.as_deref(), a.jobs.demo_jobs)?;
             (config.gateway, config.runner) = (!a.no_gateway, !a.no_runner);
@@ -24,11 +25,13 @@ async fn main() -> anyhow::Result<()> {
             app.run(shutdown_signal()).await
         }
         Command::Migrate(db) => app::migrate(&app::connect(db.database_url.expose()).await?).await,
-        Command::Enable(a) => app::enable(&app::connect(a.db.database_url.expose()).await?, &a.table, a.owner.as_deref(), a.public).await,
+        Command::Enable(a) => {
+            app::enable(&app::connect(a.db.database_url.expose()).await?, &a.table, a.owner.as_deref(), &a.claim, a.public).await
+        }
         Command::Disable(a) => app::disable(&app::connect(a.db.database_url.expose()).await?, &a.table).await,
         Command::Token(a) => {
             let ttl = a.ttl.as_secs() as i64;
-            println!("{}", Verifier::new(a.jwt_secret.expose()).mint(a.sub.as_deref(), &a.role, ttl));
+            println!("{}", Minter::new(a.jwt_secret.expose()).mint(a.sub.as_deref(), &a.role, ttl));
             Ok(())
         }
         Command::Demo(a) => app::demo::run(a, shutdown_signal()).await,

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rowcast::auth::Verifier;
+use rowcast::auth::Minter;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -118,7 +118,7 @@ impl Process {
     /// Starts one task per socket and waits until each has an outcome.
     async fn open(&mut self, port: u16, secret: &str, first: usize, count: usize, plan: Plan) -> Event {
         let started = Instant::now();
-        let verifier = Verifier::new(secret);
+        let verifier = Minter::new(secret);
         let apikey: Arc<str> = verifier.mint(None, "anon", TOKEN_TTL).into();
         let (plan, gate) = (Arc::new(plan), Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT)));
         let (done_tx, done_rx) = mpsc::unbounded_channel();

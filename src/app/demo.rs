@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use crate::app::{self, App, AppConfig};
-use crate::auth::Verifier;
+use crate::auth::Minter;
 use crate::config::{DemoArgs, Secret};
 use crate::jobs::config::JobsConfig;
 use crate::pg_local::{Durability, LocalPostgres};
@@ -30,18 +30,18 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     let pool = app::connect(&database_url).await?;
     app::migrate(&pool).await?;
     sqlx::query(DEMO_TABLE).execute(&pool).await?;
-    app::enable(&pool, "public.notes", Some("user_id"), false).await?;
+    app::enable(&pool, "public.notes", Some("user_id"), "sub", false).await?;
     pool.close().await;
-    let mut config = AppConfig::new(database_url, args.listen, secret.clone());
+    let mut config = AppConfig::new(database_url, args.listen, Some(secret.clone()));
     config.jobs = JobsConfig::default().with_demo_type();
     config.demo = true;
     let app = App::build(config).await?;
     let addr = app.local_addr().expect("the demo serves HTTP");
-    let verifier = Verifier::new(secret.expose());
+    let minter = Minter::new(secret.expose());
     println!("rowcast demo at http://{addr}/");
     println!("realtime: ws://{addr}/realtime/v1/websocket");
-    println!("anon key:       {}", verifier.mint(None, "anon", 86_400));
-    println!("token (alice):  {}", verifier.mint(Some("alice"), "authenticated", 86_400));
+    println!("anon key:       {}", minter.mint(None, "anon", 86_400));
+    println!("token (alice):  {}", minter.mint(Some("alice"), "authenticated", 86_400));
     let result = app.run(shutdown).await;
     drop(cluster);
     result

@@ -2,10 +2,14 @@
 //!
 //! Owns the typed `Change` read from the log and `TableMeta`; knows nothing of
 //! any wire format (the `postgres_changes` frame is `realtime::payload`'s).
+//! A table's visibility rule names a claim through `auth::ClaimPath`, a pure
+//! leaf type.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::auth::ClaimPath;
 
 /// INSERT, UPDATE or DELETE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,8 +70,11 @@ pub struct Column {
 pub struct TableMeta {
     pub schema: String,
     pub table: String,
-    /// Rows belong to the user whose `sub` equals this column.
+    /// Rows belong to the users whose `owner_claim` names this column's value.
     pub owner_column: Option<String>,
+    /// The claim the owner column is compared with (`sub` by default); `None`
+    /// when the stored path does not parse, and then only the service role sees rows.
+    pub owner_claim: Option<ClaimPath>,
     /// Everyone may see every row.
     pub public: bool,
     /// REPLICA IDENTITY FULL: `old_record` carries the whole old row.

@@ -7,21 +7,19 @@
 //!
 //! A client can name a table the cache does not know (a join or a REST read
 //! right after `enable`, or a made-up name), so `refresh` is the one way a
-//! request reloads: single-flight (callers wait for the reload in progress)
-//! and at most one reload per `MIN_REFRESH_INTERVAL`, so a flood of unknown
-//! names costs a few catalogue reads a second, not one per request. Every
-//! caller still sees a reload that started after it asked.
+//! request reloads, through `refresh::Spaced`: single-flight and at most one
+//! reload per `MIN_REFRESH_INTERVAL`. Every caller still sees a reload that
+//! started after it asked.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sqlx::{PgExecutor, PgPool};
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use super::change::{Column, TableMeta};
+use crate::auth::ClaimPath;
+use crate::refresh::Spaced;
 
 /// Least time between two reloads asked for by clients.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
@@ -37,15 +35,11 @@ pub struct Tables {
 
 struct Refresher {
     pool: PgPool,
-    /// When the last client-asked reload started. A tokio mutex, held across
-    /// the reload on purpose: that is what makes it single-flight.
-    last: Mutex<Option<Instant>>,
-    /// Reloads `refresh` has run.
-    runs: AtomicU64,
+    spaced: Spaced,
 }
 
 const LOAD: &str = r#"
-select n.nspname as schema, c.relname as "table", t.owner_column, t.is_public,
+select n.nspname as schema, c.relname as "table", t.owner_column, t.owner_claim, t.is_public,
        c.relreplident = 'f' as full_identity,
        coalesce((select json_agg(json_build_object('name', a.attname, 'type', ty.typname) order by a.attnum)
                  from pg_attribute a join pg_type ty on ty.oid = a.atttypid
@@ -60,12 +54,12 @@ join pg_class c on c.oid = t.relid
 join pg_namespace n on n.oid = c.relnamespace
 "#;
 
-type Row = (String, String, Option<String>, bool, bool, sqlx::types::Json<Vec<Column>>, Vec<String>);
+type Row = (String, String, Option<String>, String, bool, bool, sqlx::types::Json<Vec<Column>>, Vec<String>);
 
 impl Tables {
     /// An empty cache that `refresh` reloads from `pool`.
     pub fn with_pool(pool: PgPool) -> Self {
-        Tables { inner: Arc::default(), refresher: Some(Arc::new(Refresher { pool, last: Mutex::new(None), runs: AtomicU64::new(0) })) }
+        Tables { inner: Arc::default(), refresher: Some(Arc::new(Refresher { pool, spaced: Spaced::new(MIN_REFRESH_INTERVAL) })) }
     }
 
     /// Reloads for a caller that met an unknown table: waits for a reload that
@@ -73,28 +67,17 @@ impl Tables {
     /// `MIN_REFRESH_INTERVAL`). False when there is no pool or the reload failed.
     pub async fn refresh(&self) -> bool {
         let Some(refresher) = &self.refresher else { return false };
-        let asked = Instant::now();
-        let mut last = refresher.last.lock().await;
-        if last.is_some_and(|started| started >= asked) {
-            return true;
-        }
-        if let Some(started) = *last {
-            tokio::time::sleep_until(started + MIN_REFRESH_INTERVAL).await;
-        }
-        *last = Some(Instant::now());
-        refresher.runs.fetch_add(1, Ordering::Relaxed);
-        match self.reload(&refresher.pool).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "reloading the table cache failed");
-                false
-            }
-        }
+        refresher
+            .spaced
+            .run(|| async {
+                self.reload(&refresher.pool).await.map_err(|e| tracing::warn!(error = %e, "reloading the table cache failed")).is_ok()
+            })
+            .await
     }
 
     /// How many reloads `refresh` has run.
     pub fn refreshes(&self) -> u64 {
-        self.refresher.as_ref().map_or(0, |r| r.runs.load(Ordering::Relaxed))
+        self.refresher.as_ref().map_or(0, |r| r.spaced.runs())
     }
 
     /// Replaces the cache with what the database says now.
@@ -102,8 +85,11 @@ impl Tables {
         let rows: Vec<Row> = sqlx::query_as(LOAD).fetch_all(db).await?;
         let map = rows
             .into_iter()
-            .map(|(schema, table, owner_column, public, full_identity, columns, primary_key)| {
-                let meta = TableMeta { schema, table, owner_column, public, full_identity, columns: columns.0, primary_key };
+            .map(|(schema, table, owner_column, claim, public, full_identity, columns, primary_key)| {
+                let owner_claim = ClaimPath::parse(&claim)
+                    .map_err(|e| tracing::warn!(%schema, %table, error = %e, "owner claim does not parse: only the service role sees this table"))
+                    .ok();
+                let meta = TableMeta { schema, table, owner_column, owner_claim, public, full_identity, columns: columns.0, primary_key };
                 ((meta.schema.clone(), meta.table.clone()), Arc::new(meta))
             })
             .collect();

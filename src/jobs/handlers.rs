@@ -22,13 +22,14 @@ use uuid::Uuid;
 
 use super::api::{self, ApiError, Caller, ListQuery, NewJob};
 use super::config::{Enqueuer, JobType};
-use crate::auth::{request_token, Verifier};
+use crate::auth::request_token;
+use crate::keyring::Keyring;
 
 /// What the job handlers need.
 #[derive(Clone)]
 pub struct JobsState {
     pub pool: PgPool,
-    pub verifier: Verifier,
+    pub keyring: Keyring,
     /// The types this gateway accepts.
     pub types: Arc<BTreeMap<String, JobType>>,
 }
@@ -76,11 +77,11 @@ impl From<ApiError> for Refusal {
     }
 }
 
-fn caller(state: &JobsState, headers: &HeaderMap) -> Result<Caller, Refusal> {
+async fn caller(state: &JobsState, headers: &HeaderMap) -> Result<Caller, Refusal> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let token = request_token(header("authorization"), header("apikey"))
         .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <jwt>"))?;
-    let principal = state.verifier.verify(token).map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let principal = state.keyring.verify(token).await.map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
     match (principal.is_service(), principal.owner_id()) {
         (true, _) => Ok(Caller::Service),
         (false, Some(user)) => Ok(Caller::User(user.to_owned())),
@@ -105,7 +106,7 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, Refusal> {
 }
 
 async fn enqueue(State(s): State<JobsState>, headers: HeaderMap, parsed: Result<Json<NewJob>, JsonRejection>) -> Result<Response, Refusal> {
-    let caller = caller(&s, &headers)?;
+    let caller = caller(&s, &headers).await?;
     let job = body(parsed)?;
     check_type(&s, &caller, &job)?;
     let row = api::enqueue(&s.pool, &caller, &job).await?;
@@ -123,7 +124,7 @@ async fn enqueue_bulk(
     headers: HeaderMap,
     parsed: Result<Json<Bulk>, JsonRejection>,
 ) -> Result<Response, Refusal> {
-    let caller = caller(&s, &headers)?;
+    let caller = caller(&s, &headers).await?;
     let bulk = body(parsed)?;
     for job in &bulk.jobs {
         check_type(&s, &caller, job)?;
@@ -133,22 +134,22 @@ async fn enqueue_bulk(
 }
 
 async fn get_one(State(s): State<JobsState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response, Refusal> {
-    let caller = caller(&s, &headers)?;
+    let caller = caller(&s, &headers).await?;
     Ok(Json(api::get(&s.pool, &caller, id).await?).into_response())
 }
 
 async fn list(State(s): State<JobsState>, headers: HeaderMap, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Response, Refusal> {
-    let caller = caller(&s, &headers)?;
+    let caller = caller(&s, &headers).await?;
     let Query(q) = q.map_err(|e| refuse(StatusCode::BAD_REQUEST, e.body_text()))?;
     Ok(Json(api::list(&s.pool, &caller, &q).await?).into_response())
 }
 
 async fn cancel(State(s): State<JobsState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response, Refusal> {
-    let caller = caller(&s, &headers)?;
+    let caller = caller(&s, &headers).await?;
     Ok(Json(api::cancel(&s.pool, &caller, id).await?).into_response())
 }
 
 async fn retry(State(s): State<JobsState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response, Refusal> {
-    let caller = caller(&s, &headers)?;
+    let caller = caller(&s, &headers).await?;
     Ok((StatusCode::ACCEPTED, Json(api::retry(&s.pool, &caller, id).await?)).into_response())
 }

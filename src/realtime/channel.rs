@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::filter::{self, FilterError};
 use super::registry::{Binding, EventFilter};
+use super::selection::{self, Selection, SelectionError};
 use crate::changes::change::Op;
 use crate::changes::tables::Tables;
 
@@ -126,7 +127,8 @@ pub fn plan(payload: &Value, tables: &Tables, patterns_left: usize) -> JoinPlan 
         match binding(id, raw, tables) {
             Ok(b) if plan.patterns + filter::patterns(&b.conditions) > patterns_left => {
                 let obj = raw.as_object().cloned().unwrap_or_default();
-                plan.notices.push(Notice { ok: false, message: exception(&obj, &FilterError::TooManyPatterns) });
+                let e = FilterError::TooManyPatterns;
+                plan.notices.push(Notice { ok: false, message: exception(&obj, e.sql_error(), &e.to_string()) });
             }
             Ok(b) => {
                 plan.patterns += filter::patterns(&b.conditions);
@@ -178,6 +180,10 @@ fn binding(id: u32, raw: &Value, tables: &Tables) -> Result<Binding, Refusal> {
     };
     let filter_text = text("filter").unwrap_or_default();
     let conditions = filter::parse(&filter_text).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let selected = selection::parse(&obj).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    if selected.is_some() && (schema == "*" || table.is_none()) {
+        return Err(Refusal::Invalid(SelectionError::Wildcard.to_string()));
+    }
     let matching: Vec<_> = tables
         .all()
         .into_iter()
@@ -190,20 +196,29 @@ fn binding(id: u32, raw: &Value, tables: &Tables) -> Result<Binding, Refusal> {
         )));
     }
     let compiled = match (&table, matching.first()) {
-        (Some(_), Some(meta)) => {
-            Some(filter::compile(&conditions, &meta.column_types()).map_err(|e| Refusal::Invalid(exception(&obj, &e)))?)
-        }
+        (Some(_), Some(meta)) => Some(
+            filter::compile(&conditions, &meta.column_types())
+                .map_err(|e| Refusal::Invalid(exception(&obj, e.sql_error(), &e.to_string())))?,
+        ),
         _ => None,
     };
-    Ok(Binding { id, event, schema, table, conditions, compiled, per_table: Default::default() })
+    let selection = match (selected, matching.first()) {
+        (Some(names), Some(meta)) => Some(
+            Selection::resolve(&names, meta)
+                .map_err(|e| Refusal::Invalid(exception(&obj, Some(("P0001", "raise_exception")), &e.to_string())))?,
+        ),
+        _ => None,
+    };
+    Ok(Binding { id, event, schema, table, conditions, compiled, per_table: Default::default(), selection })
 }
 
-/// Supabase's wording for a subscription the database refused.
-fn exception(obj: &Map<String, Value>, e: &FilterError) -> String {
-    match e.sql_error() {
-        None => e.to_string(),
+/// Supabase's wording for a subscription the database refused with the
+/// error `sql` (code, condition name); without one, the message alone.
+fn exception(obj: &Map<String, Value>, sql: Option<(&str, &str)>, message: &str) -> String {
+    match sql {
+        None => message.to_owned(),
         Some((code, name)) => format!(
-            "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: {}. Exception: ERROR {code} ({name}) {e}",
+            "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: {}. Exception: ERROR {code} ({name}) {message}",
             describe(obj)
         ),
     }
@@ -288,6 +303,7 @@ mod tests {
             schema: "public".into(),
             table: "t".into(),
             owner_column: None,
+            owner_claim: Some(crate::auth::ClaimPath::sub()),
             public: true,
             full_identity: false,
             columns: vec![crate::changes::change::Column { name: "v".into(), typ: "text".into() }],

@@ -3,6 +3,7 @@
 //! - `protocol`: v1/v2 framing (pure).
 //! - `filter`: the filter language (pure).
 //! - `payload`: the `data` object of a `postgres_changes` frame (pure).
+//! - `selection`: a binding's `select` columns (pure).
 //! - `channel`: join planning and subscription notices (pure).
 //! - `registry`: live subscriptions and change fan-out.
 //! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
@@ -16,4 +17,5 @@ pub mod outbox;
 pub mod payload;
 pub mod protocol;
 pub mod registry;
+pub mod selection;
 pub mod socket;

@@ -3,7 +3,8 @@
 //! Owns key order, the millisecond `Z` timestamp, `columns` with pg
 //! `typname`s, `old_record` trimmed to the primary key unless the table is
 //! REPLICA IDENTITY FULL, and Supabase's 1 MB rule (over it, only fields of at
-//! most 64 bytes are kept and `errors` says so). Each record is serialized
+//! most 64 bytes are kept and `errors` says so), and a binding's `select`
+//! (applied before the size rule, as Supabase does). Each record is serialized
 //! once: the text that measures it is the text that is sent. The result is
 //! built once per change and shared by every frame that carries it.
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::selection::Selection;
 use crate::changes::change::{Change, Column, Op, TableMeta};
 
 /// Largest value kept when a record is over the size limit, as in Supabase.
@@ -28,7 +30,7 @@ struct Data<'a> {
     commit_timestamp: String,
     #[serde(rename = "type")]
     op: Op,
-    columns: &'a [Column],
+    columns: std::borrow::Cow<'a, [Column]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     record: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,8 +38,9 @@ struct Data<'a> {
     errors: Option<[&'static str; 1]>,
 }
 
-/// Renders the `data` object of the frame for `change` on `meta`.
-pub fn render_data(change: &Change, meta: &TableMeta, max_record_bytes: usize) -> Arc<str> {
+/// Renders the `data` object of the frame for `change` on `meta`, with only
+/// the `selection`'s columns when there is one.
+pub fn render_data(change: &Change, meta: &TableMeta, max_record_bytes: usize, selection: Option<&Selection>) -> Arc<str> {
     // The trigger keeps an UPDATE's old row only for REPLICA IDENTITY FULL tables;
     // otherwise the old primary key is the new row's (a changed key is not seen).
     let old = match (&change.old_record, change.op) {
@@ -46,11 +49,15 @@ pub fn render_data(change: &Change, meta: &TableMeta, max_record_bytes: usize) -
         (None, Op::Update) => change.record.as_ref().map(|new| only_keys(new, &meta.primary_key)),
         (None, _) => None,
     };
-    let mut record = change.record.as_ref().map(raw);
+    let (new, old) = match selection {
+        Some(s) => (change.record.as_ref().map(|r| std::borrow::Cow::Owned(s.row(r))), old.map(|o| s.row(&o))),
+        None => (change.record.as_ref().map(std::borrow::Cow::Borrowed), old),
+    };
+    let mut record = new.as_deref().map(raw);
     let mut old_record = old.as_ref().map(raw);
     let too_big = [&record, &old_record].iter().any(|r| r.as_ref().is_some_and(|r| r.get().len() > max_record_bytes));
     if too_big {
-        record = change.record.as_ref().map(|r| raw(&trim_fields(r)));
+        record = new.as_deref().map(|r| raw(&trim_fields(r)));
         old_record = old.as_ref().map(|r| raw(&trim_fields(r)));
     }
     let data = Data {
@@ -58,7 +65,10 @@ pub fn render_data(change: &Change, meta: &TableMeta, max_record_bytes: usize) -
         table: &change.table,
         commit_timestamp: change.changed_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         op: change.op,
-        columns: &meta.columns,
+        columns: match selection {
+            Some(s) => std::borrow::Cow::Owned(s.columns(&meta.columns)),
+            None => std::borrow::Cow::Borrowed(&meta.columns),
+        },
         record,
         old_record,
         errors: too_big.then_some([TOO_LARGE]),
@@ -89,6 +99,7 @@ mod tests {
             schema: "public".into(),
             table: "todos".into(),
             owner_column: Some("user_id".into()),
+            owner_claim: Some(crate::auth::ClaimPath::sub()),
             public: false,
             full_identity: full,
             columns: vec![
@@ -117,7 +128,7 @@ mod tests {
     #[test]
     fn an_insert_has_no_old_record_and_a_millisecond_timestamp() {
         let c = change(Op::Insert, Some(json!({"id": 1, "user_id": "u1", "title": "a"})), None);
-        let text = render_data(&c, &meta(false), 1 << 20);
+        let text = render_data(&c, &meta(false), 1 << 20, None);
         assert!(text.starts_with(r#"{"schema":"public","table":"todos","commit_timestamp":"#), "{text}");
         let data: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(data["commit_timestamp"], "2026-11-22T10:11:12.345Z");
@@ -131,17 +142,17 @@ mod tests {
     fn old_records_hold_the_primary_key_unless_identity_is_full() {
         let old = json!({"id": 1, "user_id": "u1", "title": "a"});
         let c = change(Op::Delete, None, Some(old.clone()));
-        let data: Value = serde_json::from_str(&render_data(&c, &meta(false), 1 << 20)).unwrap();
+        let data: Value = serde_json::from_str(&render_data(&c, &meta(false), 1 << 20, None)).unwrap();
         assert_eq!(data["old_record"], json!({"id": 1}));
         assert!(data.get("record").is_none());
-        let data: Value = serde_json::from_str(&render_data(&c, &meta(true), 1 << 20)).unwrap();
+        let data: Value = serde_json::from_str(&render_data(&c, &meta(true), 1 << 20, None)).unwrap();
         assert_eq!(data["old_record"], old);
     }
 
     #[test]
     fn an_update_without_its_old_row_takes_the_old_key_from_the_new_row() {
         let c = change(Op::Update, Some(json!({"id": 9, "user_id": "u1", "title": "b"})), None);
-        let data: Value = serde_json::from_str(&render_data(&c, &meta(false), 1 << 20)).unwrap();
+        let data: Value = serde_json::from_str(&render_data(&c, &meta(false), 1 << 20, None)).unwrap();
         assert_eq!(data["old_record"], json!({"id": 9}));
     }
 
@@ -149,8 +160,23 @@ mod tests {
     fn oversized_records_keep_only_small_fields_and_say_so() {
         let big = "x".repeat(2000);
         let c = change(Op::Insert, Some(json!({"id": 1, "user_id": "u1", "title": big})), None);
-        let data: Value = serde_json::from_str(&render_data(&c, &meta(false), 1000)).unwrap();
+        let data: Value = serde_json::from_str(&render_data(&c, &meta(false), 1000, None)).unwrap();
         assert_eq!(data["record"], json!({"id": 1, "user_id": "u1"}));
         assert_eq!(data["errors"], json!(["Error 413: Payload Too Large"]));
+    }
+
+    #[test]
+    fn a_selection_shapes_record_old_record_and_columns_alike() {
+        let full = meta(true);
+        let selection = Selection::resolve(&["title".to_owned()], &full).unwrap();
+        let big = "x".repeat(2000);
+        let c =
+            change(Op::Update, Some(json!({"id": 2, "user_id": "u1", "title": "b"})), Some(json!({"id": 2, "user_id": big, "title": "a"})));
+        let data: Value = serde_json::from_str(&render_data(&c, &full, 1000, Some(&selection))).unwrap();
+        assert_eq!(data["record"], json!({"id": 2, "title": "b"}));
+        assert_eq!(data["old_record"], json!({"id": 2, "title": "a"}));
+        assert_eq!(data["columns"], json!([{"name": "id", "type": "int8"}, {"name": "title", "type": "text"}]));
+        // The unselected big column no longer counts against the size limit.
+        assert_eq!(data["errors"], Value::Null);
     }
 }

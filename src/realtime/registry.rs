@@ -1,13 +1,16 @@
 //! Who is subscribed to what, and the fan-out of each change to them.
 //!
-//! Owns the live subscriptions (one per joined channel) indexed by the user id
-//! whose rows they may see, so a change of an owner-column table is checked
-//! against that user's channels and the service-role ones only, never
-//! against every subscriber. Authorisation is decided before anything is
-//! queued. Each change is serialized once: its `data` once, and each whole
-//! frame once per (topic, binding ids, serializer), so ten thousand sockets on
-//! one channel share one buffer. Delivery only ever queues (see `outbox`);
-//! it never waits on a socket.
+//! Owns the live subscriptions (one per joined channel) indexed by the
+//! owners whose rows they may see, under every claim path a table compares
+//! its owner column with (`sub`, `app_metadata.org_id`, ...), so a change of
+//! an owner-column table is checked against that owner's channels and the
+//! service-role ones only, never against every subscriber. A path met for
+//! the first time (a table enabled with a new claim) indexes every live
+//! subscription under it once. Authorisation is decided before anything is
+//! queued. Each change is serialized once per `select` shape: its `data`
+//! once, and each whole frame once per (topic, binding ids, serializer), so
+//! ten thousand sockets on one channel share one buffer. Delivery only ever
+//! queues (see `outbox`); it never waits on a socket.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +23,8 @@ use super::filter::{self, Compiled, Condition};
 use super::outbox::Outbox;
 use super::payload::render_data;
 use super::protocol::{self, Vsn};
-use crate::auth::Principal;
+use super::selection::Selection;
+use crate::auth::{ClaimPath, Principal};
 use crate::changes::change::{Change, Column, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
 
@@ -49,6 +53,8 @@ pub struct Binding {
     pub compiled: Option<Compiled>,
     /// A wildcard binding's filter, typed once per table it meets.
     pub per_table: PerTable,
+    /// The columns its changes carry (`select`); `None`: every column.
+    pub selection: Option<Selection>,
 }
 
 /// A wildcard binding's filter compiled per table (`None`: it does not fit
@@ -109,29 +115,55 @@ pub struct Subscription {
     route: Route,
     principal: RwLock<Principal>,
     bindings: Vec<Binding>,
+    /// Some binding has a `select`, so its changes may need more than one shape.
+    selects: bool,
     /// Receives broadcasts it sends itself (`config.broadcast.self`).
     pub broadcast_self: bool,
 }
 
+/// The binding ids of one subscription that match a change, with the shape they share.
+type Matched<'a> = (Option<&'a Selection>, Vec<u32>);
+
 impl Subscription {
     /// A subscription of `topic` for `principal`.
     pub fn new(topic: Arc<str>, route: Route, principal: Principal, bindings: Vec<Binding>, broadcast_self: bool) -> Self {
-        Subscription { topic, route, principal: RwLock::new(principal), bindings, broadcast_self }
+        let selects = bindings.iter().any(|b| b.selection.is_some());
+        Subscription { topic, route, principal: RwLock::new(principal), bindings, selects, broadcast_self }
     }
 
     fn principal(&self) -> Principal {
         self.principal.read().expect("principal lock poisoned").clone()
     }
 
-    fn matching_ids(&self, change: &Change, meta: &TableMeta) -> Vec<u32> {
+    fn may_see(&self, change: &Change, meta: &TableMeta) -> bool {
         let principal = self.principal.read().expect("principal lock poisoned");
-        if !(meta.public || principal.sees_owner(change.owner.as_deref())) {
+        meta.public
+            || match &meta.owner_claim {
+                Some(claim) => principal.sees_owner(claim, change.owner.as_deref()),
+                None => principal.is_service(),
+            }
+    }
+
+    /// The matching binding ids, one group per `select` shape (almost always one group).
+    fn matching(&self, change: &Change, meta: &TableMeta) -> Vec<Matched<'_>> {
+        if !self.may_see(change, meta) {
             return Vec::new();
         }
-        drop(principal);
-        let mut ids: Vec<u32> = self.bindings.iter().filter(|b| b.matches(change, meta)).map(|b| b.id).collect();
-        ids.dedup();
-        ids
+        let matched = self.bindings.iter().filter(|b| b.matches(change, meta));
+        if !self.selects {
+            let mut ids: Vec<u32> = matched.map(|b| b.id).collect();
+            ids.dedup();
+            return if ids.is_empty() { Vec::new() } else { vec![(None, ids)] };
+        }
+        let mut groups: Vec<Matched<'_>> = Vec::new();
+        for b in matched {
+            match groups.iter_mut().find(|(s, _)| *s == b.selection.as_ref()) {
+                Some((_, ids)) if ids.last() == Some(&b.id) => {}
+                Some((_, ids)) => ids.push(b.id),
+                None => groups.push((b.selection.as_ref(), vec![b.id])),
+            }
+        }
+        groups
     }
 }
 
@@ -143,7 +175,10 @@ pub struct Registry {
 
 struct Inner {
     subs: DashMap<SubId, Arc<Subscription>>,
-    by_owner: DashMap<String, HashSet<SubId>>,
+    /// (claim path, owner) to the subscriptions whose principal names that owner there.
+    by_owner: DashMap<(ClaimPath, String), HashSet<SubId>>,
+    /// The claim paths every subscription is indexed under; grows as tables use new ones.
+    paths: RwLock<Vec<ClaimPath>>,
     service: DashMap<SubId, ()>,
     next_id: AtomicU64,
     max_record_bytes: usize,
@@ -158,8 +193,14 @@ enum IndexOp {
 impl Registry {
     /// An empty registry; records over `max_record_bytes` are trimmed.
     pub fn new(max_record_bytes: usize) -> Self {
-        let inner =
-            Inner { subs: DashMap::new(), by_owner: DashMap::new(), service: DashMap::new(), next_id: AtomicU64::new(1), max_record_bytes };
+        let inner = Inner {
+            subs: DashMap::new(),
+            by_owner: DashMap::new(),
+            paths: RwLock::new(vec![ClaimPath::sub()]),
+            service: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            max_record_bytes,
+        };
         Registry { inner: Arc::new(inner) }
     }
 
@@ -203,17 +244,47 @@ impl Registry {
                 IndexOp::Add => self.inner.service.insert(id, ()),
                 IndexOp::Remove => self.inner.service.remove(&id).map(|_| ()),
             };
-        } else if let Some(owner) = principal.owner_id() {
+        } else {
+            let paths = self.inner.paths.read().expect("paths lock poisoned");
+            for path in paths.iter() {
+                self.index_under(path, id, principal, op);
+            }
+        }
+    }
+
+    fn index_under(&self, path: &ClaimPath, id: SubId, principal: &Principal, op: IndexOp) {
+        for owner in principal.owners(path) {
+            let key = (path.clone(), owner);
             match op {
                 IndexOp::Add => {
-                    self.inner.by_owner.entry(owner.to_owned()).or_default().insert(id);
+                    self.inner.by_owner.entry(key).or_default().insert(id);
                 }
                 IndexOp::Remove => {
-                    self.inner.by_owner.remove_if_mut(owner, |_, set| {
+                    self.inner.by_owner.remove_if_mut(&key, |_, set| {
                         set.remove(&id);
                         set.is_empty()
                     });
                 }
+            }
+        }
+    }
+
+    /// Makes sure every subscription is indexed under `path` (a table's owner claim).
+    fn index_path(&self, path: &ClaimPath) {
+        if self.inner.paths.read().expect("paths lock poisoned").contains(path) {
+            return;
+        }
+        // Held while indexing, so no subscription is added or removed half-indexed.
+        let mut paths = self.inner.paths.write().expect("paths lock poisoned");
+        if paths.contains(path) {
+            return;
+        }
+        paths.push(path.clone());
+        let subs: Vec<(SubId, Arc<Subscription>)> = self.inner.subs.iter().map(|e| (*e.key(), Arc::clone(e.value()))).collect();
+        for (id, sub) in subs {
+            let principal = sub.principal();
+            if !principal.is_service() {
+                self.index_under(path, id, &principal, IndexOp::Add);
             }
         }
     }
@@ -225,7 +296,14 @@ impl Registry {
         if meta.public {
             return self.inner.subs.iter().map(|e| Arc::clone(e.value())).collect();
         }
-        let owned = change.owner.as_deref().and_then(|o| self.inner.by_owner.get(o).map(|s| s.iter().copied().collect::<Vec<_>>()));
+        let owned = match (&meta.owner_claim, &change.owner) {
+            (Some(path), Some(owner)) => {
+                self.index_path(path);
+                let key = (path.clone(), owner.clone());
+                self.inner.by_owner.get(&key).map(|s| s.iter().copied().collect::<Vec<_>>())
+            }
+            _ => None,
+        };
         let service: Vec<SubId> = self.inner.service.iter().map(|e| *e.key()).collect();
         owned.unwrap_or_default().iter().chain(&service).filter_map(|id| self.inner.subs.get(id).map(|s| Arc::clone(&s))).collect()
     }
@@ -270,19 +348,29 @@ impl FrameCache {
 
 impl ChangeSink for Registry {
     fn deliver(&self, change: &Change, meta: &TableMeta) {
-        let data: OnceLock<Arc<str>> = OnceLock::new();
+        let all_columns: OnceLock<Arc<str>> = OnceLock::new();
+        let mut shaped: Vec<(Selection, Arc<str>)> = Vec::new();
         let mut frames = FrameCache::default();
         for sub in self.candidates(change, meta) {
-            let ids = sub.matching_ids(change, meta);
-            if ids.is_empty() {
-                continue;
+            for (selection, ids) in sub.matching(change, meta) {
+                let render = |s| render_data(change, meta, self.inner.max_record_bytes, s);
+                let data = match selection {
+                    None => Arc::clone(all_columns.get_or_init(|| render(None))),
+                    Some(s) => match shaped.iter().find(|(seen, _)| seen == s) {
+                        Some((_, data)) => Arc::clone(data),
+                        None => {
+                            let data = render(Some(s));
+                            shaped.push((s.clone(), Arc::clone(&data)));
+                            data
+                        }
+                    },
+                };
+                let vsn = sub.route.vsn;
+                let frame = frames.get(&sub.topic, &ids, vsn, || {
+                    protocol::encode(vsn, None, None, &sub.topic, "postgres_changes", &protocol::postgres_changes(&ids, &data))
+                });
+                sub.route.outbox.push(frame);
             }
-            let data = data.get_or_init(|| render_data(change, meta, self.inner.max_record_bytes));
-            let vsn = sub.route.vsn;
-            let frame = frames.get(&sub.topic, &ids, vsn, || {
-                protocol::encode(vsn, None, None, &sub.topic, "postgres_changes", &protocol::postgres_changes(&ids, data))
-            });
-            sub.route.outbox.push(frame);
         }
     }
 }
@@ -299,6 +387,7 @@ mod tests {
             schema: "public".into(),
             table: "todos".into(),
             owner_column: (!public).then(|| "user_id".into()),
+            owner_claim: Some(crate::auth::ClaimPath::sub()),
             public,
             full_identity: false,
             columns: vec![Column { name: "id".into(), typ: "int8".into() }, Column { name: "user_id".into(), typ: "text".into() }],
@@ -321,7 +410,7 @@ mod tests {
     }
 
     fn principal(role: &str, sub: Option<&str>) -> Principal {
-        Principal { role: role.into(), sub: sub.map(Into::into), exp: i64::MAX }
+        Principal::new(role, sub, i64::MAX)
     }
 
     fn binding(id: u32) -> Binding {
@@ -333,6 +422,7 @@ mod tests {
             conditions: Vec::new(),
             compiled: None,
             per_table: PerTable::default(),
+            selection: None,
         }
     }
 
@@ -415,7 +505,67 @@ mod tests {
         assert!(drain(&socket).is_empty(), "alice's rows are no longer this channel's");
         r.deliver(&change("bob"), &meta(false));
         assert_eq!(drain(&socket).len(), 1);
-        assert!(!r.inner.by_owner.contains_key("alice"));
+        assert!(!r.inner.by_owner.contains_key(&(ClaimPath::sub(), "alice".to_owned())));
+    }
+
+    fn member_of(sub: &str, org: &str, teams: &[&str]) -> Principal {
+        let mut p = principal("authenticated", Some(sub));
+        Arc::make_mut(&mut p.claims).insert("app_metadata".into(), json!({"org_id": org, "team_ids": teams}));
+        p
+    }
+
+    fn owned_by_claim(claim: &str) -> TableMeta {
+        TableMeta { owner_claim: Some(ClaimPath::parse(claim).unwrap()), ..meta(false) }
+    }
+
+    #[test]
+    fn a_change_owned_by_an_organisation_reaches_its_members_joined_before_the_claim_was_first_seen() {
+        let r = Registry::new(1 << 20);
+        let (ann, _) = subscribe(&r, "realtime:a", member_of("ann", "acme", &[]), Vsn::V2);
+        let (ben, _) = subscribe(&r, "realtime:b", member_of("ben", "acme", &[]), Vsn::V2);
+        let (eve, _) = subscribe(&r, "realtime:e", member_of("eve", "evil", &[]), Vsn::V2);
+        r.deliver(&change("acme"), &owned_by_claim("app_metadata.org_id"));
+        assert_eq!((drain(&ann).len(), drain(&ben).len()), (1, 1));
+        assert!(drain(&eve).is_empty());
+        // Joined after: indexed under the claim at insert.
+        let (cat, _) = subscribe(&r, "realtime:c", member_of("cat", "acme", &[]), Vsn::V2);
+        r.deliver(&change("acme"), &owned_by_claim("app_metadata.org_id"));
+        assert_eq!(drain(&cat).len(), 1);
+        // A user id equal to the org id sees nothing through `sub`-owned tables of that id.
+        r.deliver(&change("acme"), &meta(false));
+        assert!(drain(&cat).is_empty());
+    }
+
+    #[test]
+    fn an_array_claim_means_membership_and_a_table_whose_claim_does_not_parse_shows_only_the_service_role() {
+        let r = Registry::new(1 << 20);
+        let (ann, _) = subscribe(&r, "realtime:a", member_of("ann", "acme", &["red", "blue"]), Vsn::V2);
+        let (service, _) = subscribe(&r, "realtime:s", principal("service_role", None), Vsn::V2);
+        r.deliver(&change("blue"), &owned_by_claim("app_metadata.team_ids"));
+        r.deliver(&change("green"), &owned_by_claim("app_metadata.team_ids"));
+        assert_eq!(drain(&ann).len(), 1);
+        assert_eq!(drain(&service).len(), 2);
+        let unparsed = TableMeta { owner_claim: None, ..meta(false) };
+        r.deliver(&change("ann"), &unparsed);
+        assert!(drain(&ann).is_empty());
+        assert_eq!(drain(&service).len(), 1);
+    }
+
+    #[test]
+    fn bindings_with_different_selections_get_one_frame_each_with_their_own_columns() {
+        let r = Registry::new(1 << 20);
+        let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+        let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
+        let narrow = Binding { selection: Some(Selection::resolve(&[], &meta(false)).unwrap()), ..binding(8) };
+        r.insert(Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7), narrow], false));
+        r.deliver(&change("alice"), &meta(false));
+        let frames = drain(&outbox);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0][4]["ids"], json!([7]));
+        assert_eq!(frames[0][4]["data"]["record"], json!({"id": 1, "user_id": "alice"}));
+        assert_eq!(frames[1][4]["ids"], json!([8]));
+        assert_eq!(frames[1][4]["data"]["record"], json!({"id": 1}));
+        assert_eq!(frames[1][4]["data"]["columns"], json!([{"name": "id", "type": "int8"}]));
     }
 
     #[test]

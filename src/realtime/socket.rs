@@ -47,16 +47,17 @@ use super::filter::MAX_PATTERNS_PER_SOCKET;
 use super::outbox::{Bounds, Close, Next, Outbox};
 use super::protocol::{self, Inbound, Vsn};
 use super::registry::{Registry, Route, SubId, Subscription};
-use crate::auth::{now_secs, AuthError, Principal, Verifier};
+use crate::auth::{now_secs, AuthError, Principal};
 use crate::changes::tables::Tables;
 use crate::config::Limits;
+use crate::keyring::Keyring;
 
 /// Everything a socket task needs from the app; cheap to clone.
 #[derive(Clone)]
 pub struct SocketContext {
     pub registry: Registry,
     pub tables: Tables,
-    pub verifier: Verifier,
+    pub keyring: Keyring,
     pub limits: Arc<Limits>,
     /// True while the change listener is connected.
     pub live: watch::Receiver<bool>,
@@ -307,7 +308,7 @@ impl Conn {
             (_, "phx_join") => return self.join(m).await,
             (_, "phx_leave") => self.leave(&m),
             (topic, _) if !self.channels.contains_key(topic) => self.reply(&m, &protocol::reply_error("unmatched topic")),
-            (_, "access_token") => self.access_token(&m),
+            (_, "access_token") => self.access_token(&m).await,
             (_, "broadcast") => self.broadcast(&m),
             (_, "presence") => self.reply(&m, &protocol::reply_error("Presence is not supported by this server")),
             (_, event) => self.reply(&m, &protocol::reply_error(&format!("Unknown event: {event}"))),
@@ -364,7 +365,7 @@ impl Conn {
     /// until the change feed is live so nothing committed after `ok` is missed.
     async fn authorize(&self, m: &Inbound) -> Result<Principal, JoinRefusal> {
         let principal = match Self::token_of(&m.payload) {
-            Some(token) => self.ctx.verifier.verify(token).map_err(|e| JoinRefusal::Token(e.join_reason()))?,
+            Some(token) => self.ctx.keyring.verify(token).await.map_err(|e| JoinRefusal::Token(e.join_reason()))?,
             None => self.apikey.clone(),
         };
         if !self.wait_live().await {
@@ -408,9 +409,9 @@ impl Conn {
         self.reply(m, &protocol::reply_ok(&json!({})));
     }
 
-    fn access_token(&mut self, m: &Inbound) {
+    async fn access_token(&mut self, m: &Inbound) {
         let Some(token) = Self::token_of(&m.payload) else { return };
-        match self.ctx.verifier.verify(token) {
+        match self.ctx.keyring.verify(token).await {
             Ok(principal) => {
                 let joined = self.channels.get_mut(&m.topic).expect("dispatch checked the topic is joined");
                 joined.exp = principal.exp;

@@ -216,17 +216,17 @@ fn quote(ident: &str) -> String {
 }
 
 impl Query {
-    /// `where` clause (with a leading ` where` when non-empty) for `meta`, restricted to `owner`
-    /// (the owner column must equal it) when given; fills `sql.params`.
-    pub fn where_clause(&self, meta: &TableMeta, owner: Option<(&str, &str)>, sql: &mut Sql) -> String {
+    /// `where` clause (with a leading ` where` when non-empty) for `meta`, restricted to
+    /// `owners` (the owner column must hold one of them) when given; fills `sql.params`.
+    pub fn where_clause(&self, meta: &TableMeta, owners: Option<(&str, &[String])>, sql: &mut Sql) -> String {
         let mut terms: Vec<String> = self.filters.iter().map(|f| condition(f, meta, sql)).collect();
         for group in &self.any_of {
             let ors: Vec<String> = group.iter().map(|f| condition(f, meta, sql)).collect();
             terms.push(format!("({})", ors.join(" or ")));
         }
-        if let Some((column, sub)) = owner {
-            let n = sql.push(Param::Text(sub.to_owned()));
-            terms.push(format!("{}::text = ${n}", quote(column)));
+        if let Some((column, owners)) = owners {
+            let n = sql.push(Param::Array(owners.to_vec()));
+            terms.push(format!("{}::text = any(${n}::text[])", quote(column)));
         }
         if terms.is_empty() {
             String::new()
@@ -321,6 +321,7 @@ mod tests {
             schema: "public".into(),
             table: "todos".into(),
             owner_column: Some("user_id".into()),
+            owner_claim: Some(crate::auth::ClaimPath::sub()),
             public: false,
             full_identity: false,
             columns: vec![col("id", "int8"), col("user_id", "text"), col("title", "text"), col("n", "int4")],
@@ -337,14 +338,17 @@ mod tests {
     fn filters_become_typed_parameters_never_sql_text() {
         let query = q(&[("n", "gt.5"), ("title", "not.like.a*"), ("id", "in.(1,2,\"3\")"), ("or", "(n.eq.1,title.is.null)")]).unwrap();
         let mut sql = Sql::default();
-        let clause = query.where_clause(&meta(), Some(("user_id", "u1")), &mut sql);
+        let clause = query.where_clause(&meta(), Some(("user_id", &["u1".to_owned()])), &mut sql);
         assert_eq!(
             clause,
             " where \"n\" > cast($1 as \"int4\") and not (\"title\"::text like $2) and \"id\" = any(cast($3 as \"int8\"[])) \
-             and (\"n\" = cast($4 as \"int4\") or \"title\" is null) and \"user_id\"::text = $5"
+             and (\"n\" = cast($4 as \"int4\") or \"title\" is null) and \"user_id\"::text = any($5::text[])"
         );
         let t = |s: &str| Param::Text(s.into());
-        assert_eq!(sql.params, vec![t("5"), t("a%"), Param::Array(vec!["1".into(), "2".into(), "3".into()]), t("1"), t("u1")]);
+        assert_eq!(
+            sql.params,
+            vec![t("5"), t("a%"), Param::Array(vec!["1".into(), "2".into(), "3".into()]), t("1"), Param::Array(vec!["u1".into()])]
+        );
     }
 
     #[test]

@@ -18,15 +18,16 @@ use sqlx::PgPool;
 use tracing::error;
 
 use super::query::{self, Param, RestError, Sql};
-use crate::auth::{request_token, AuthError, Principal, Verifier};
+use crate::auth::{request_token, AuthError, Principal};
 use crate::changes::change::TableMeta;
 use crate::changes::tables::Tables;
+use crate::keyring::Keyring;
 
 /// What the snapshot handler needs.
 #[derive(Clone)]
 pub struct RestState {
     pub pool: PgPool,
-    pub verifier: Verifier,
+    pub keyring: Keyring,
     /// The shared table cache; unknown names go through its rate-limited `refresh`.
     pub tables: Tables,
 }
@@ -63,25 +64,29 @@ async fn read(
 /// Who may see which rows of `meta`.
 enum Visibility {
     All,
-    Owner(String, String),
+    /// Rows whose owner column (the first) holds one of these owners.
+    Owners(String, Vec<String>),
     Nothing,
 }
 
 /// The request's principal: checked before anything else, so a request
 /// without a valid token costs no catalogue or table lookup.
-fn authenticate(headers: &HeaderMap, verifier: &Verifier) -> Result<Principal, RestError> {
+async fn authenticate(headers: &HeaderMap, keyring: &Keyring) -> Result<Principal, RestError> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let token = request_token(h("authorization"), h("apikey")).ok_or_else(|| rest_error(401, "PGRST301", "No API key found in request"))?;
-    verifier.verify(token).map_err(|e| match e {
+    keyring.verify(token).await.map_err(|e| match e {
         AuthError::Expired(_) => rest_error(401, "PGRST303", "JWT expired"),
         e => rest_error(401, "PGRST301", e.to_string()),
     })
 }
 
 fn visibility(principal: &Principal, meta: &TableMeta) -> Visibility {
-    match (&meta.owner_column, principal.owner_id()) {
-        _ if principal.is_service() || meta.public => Visibility::All,
-        (Some(column), Some(sub)) => Visibility::Owner(column.clone(), sub.to_owned()),
+    if principal.is_service() || meta.public {
+        return Visibility::All;
+    }
+    let owners = meta.owner_claim.as_ref().map(|claim| principal.owners(claim)).unwrap_or_default();
+    match &meta.owner_column {
+        Some(column) if !owners.is_empty() => Visibility::Owners(column.clone(), owners),
         _ => Visibility::Nothing,
     }
 }
@@ -98,7 +103,7 @@ async fn table_meta(s: &RestState, schema: &str, table: &str) -> Result<std::syn
 
 async fn snapshot(s: &RestState, table: &str, headers: &HeaderMap, raw_query: &str, head: bool) -> Result<Response, RestError> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let principal = authenticate(headers, &s.verifier)?;
+    let principal = authenticate(headers, &s.keyring).await?;
     let schema = h("accept-profile").unwrap_or("public");
     let exposed = exposed_schemas(&s.tables);
     if !exposed.iter().any(|e| e == schema) {
@@ -123,7 +128,7 @@ async fn snapshot(s: &RestState, table: &str, headers: &HeaderMap, raw_query: &s
     };
     let range = content_range(q.offset, rows.len(), total);
     if single && rows.len() != 1 {
-        let mut e = rest_error(406, "PGRST116", "JSON object requested, multiple (or no) rows returned");
+        let mut e = rest_error(406, "PGRST116", "Cannot coerce the result to a single JSON object");
         e.details = Some(format!("The result contains {} rows", rows.len()));
         return Err(e);
     }
@@ -140,7 +145,7 @@ async fn snapshot(s: &RestState, table: &str, headers: &HeaderMap, raw_query: &s
 fn statement(q: &query::Query, meta: &TableMeta, visibility: &Visibility, wrap: impl Fn(&str) -> String) -> (String, Sql) {
     let mut sql = Sql::default();
     let owner = match visibility {
-        Visibility::Owner(column, sub) => Some((column.as_str(), sub.as_str())),
+        Visibility::Owners(column, owners) => Some((column.as_str(), owners.as_slice())),
         _ => None,
     };
     let mut clause = q.where_clause(meta, owner, &mut sql);

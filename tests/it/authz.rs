@@ -43,7 +43,7 @@ async fn bad_api_keys_get_http_401_with_supabase_texts_before_the_upgrade() {
         ("apikey=garbage&vsn=2.0.0".to_owned(), "The token provided is not a valid JWT"),
         (format!("apikey={}&vsn=2.0.0", sign(json!({"role": "anon"}))), "Fields `role` and `exp` are required in JWT"),
         (format!("apikey={}&vsn=2.0.0", sign(json!({"role": "anon", "exp": now - 5}))), "Token has expired"),
-        (format!("apikey={}&vsn=2.0.0", app.verifier.mint(None, "anon", 60) + "x"), "Failed to validate JWT signature"),
+        (format!("apikey={}&vsn=2.0.0", app.minter.mint(None, "anon", 60) + "x"), "Failed to validate JWT signature"),
     ];
     for (query, text) in cases {
         let (status, body) = upgrade_status(&app, &query).await;
@@ -120,7 +120,7 @@ async fn an_expired_channel_token_gets_the_system_message_then_phx_close() {
     let app = spawn_app().await;
     app.owned_table("todos").await;
     let mut c = Client::v2(&app, &app.anon()).await;
-    let short = app.verifier.mint(Some("alice"), "authenticated", 2);
+    let short = app.minter.mint(Some("alice"), "authenticated", 2);
     c.subscribe("exp", all_todos(), Some(&short)).await;
     let sys = c.recv_event("realtime:exp", "system").await;
     let message = sys.payload["message"].as_str().unwrap();
@@ -139,7 +139,7 @@ async fn a_refreshed_token_keeps_the_channel_past_the_old_expiry() {
     let app = spawn_app().await;
     app.owned_table("todos").await;
     let mut c = Client::v2(&app, &app.anon()).await;
-    c.subscribe("keep", all_todos(), Some(&app.verifier.mint(Some("alice"), "authenticated", 2))).await;
+    c.subscribe("keep", all_todos(), Some(&app.minter.mint(Some("alice"), "authenticated", 2))).await;
     c.send(Some("2"), "3", "realtime:keep", "access_token", json!({"access_token": app.user("alice")})).await;
     c.heartbeat().await;
     // Wait until the first token is certainly dead, by watching the clock, not sleeping a guess.
@@ -180,11 +180,11 @@ async fn a_bad_access_token_push_closes_that_channel_only() {
 async fn a_join_with_an_expired_or_forged_access_token_is_refused_with_its_code() {
     let app = spawn_app().await;
     let mut c = Client::v2(&app, &app.anon()).await;
-    let expired = app.verifier.mint_at(Some("a"), "authenticated", rowcast::auth::now_secs() - 100, 10);
+    let expired = app.minter.mint_at(Some("a"), "authenticated", rowcast::auth::now_secs() - 100, 10);
     let reply = c.join("x", json!([]), Some(&expired)).await;
     let reason = reply["response"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("InvalidJWTToken: Token has expired"), "{reason}");
-    let forged = rowcast::auth::Verifier::new("another-secret-0123456789").mint(Some("a"), "service_role", 60);
+    let forged = rowcast::auth::Minter::new("another-secret-0123456789").mint(Some("a"), "service_role", 60);
     let reply = c.join("y", json!([]), Some(&forged)).await;
     assert_eq!(reply["response"]["reason"], "JwtSignatureError: Failed to validate JWT signature");
 }

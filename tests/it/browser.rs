@@ -22,7 +22,7 @@ async fn the_demo_page_and_the_extension_work_in_chromium() {
         "web-demo/node_modules is missing: run scripts/test (it runs npm ci)"
     );
     let db = fresh_database().await;
-    let mut config = AppConfig::new(db.clone(), "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
+    let mut config = AppConfig::new(db.clone(), "127.0.0.1:0".parse().unwrap(), Some(Secret::new(SECRET)));
     config.jobs = jobs_config("");
     config.demo = true;
     config.web_dir = root.join("web-demo");

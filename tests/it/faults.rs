@@ -83,7 +83,7 @@ async fn killing_the_gateways_database_connections_mid_stream_loses_and_repeats_
 async fn a_postgres_restart_loses_nothing_committed_before_or_after_it() {
     let mut pg = LocalPostgres::start(Durability::Fast).await.expect("a private cluster for this test");
     let url = pg.url("postgres");
-    let mut config = AppConfig::new(url.clone(), "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
+    let mut config = AppConfig::new(url.clone(), "127.0.0.1:0".parse().unwrap(), Some(Secret::new(SECRET)));
     config.limits = Limits { poll_ms: 100, ..Limits::default() };
     let app = App::build(config).await.unwrap();
     let addr = app.local_addr().unwrap();

@@ -43,7 +43,7 @@ async fn bad_tokens_are_401_and_tables_not_captured_are_404() {
     app.owned_table("todos").await;
     let (status, body, _) = get(&app, "/rest/v1/todos", None).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("PGRST301")));
-    let expired = app.verifier.mint_at(Some("a"), "authenticated", rowcast::auth::now_secs() - 100, 10);
+    let expired = app.minter.mint_at(Some("a"), "authenticated", rowcast::auth::now_secs() - 100, 10);
     let (status, body, _) = get(&app, "/rest/v1/todos", Some(&expired)).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("PGRST303")));
     let (status, body, _) = get(&app, "/rest/v1/private_stuff", Some(&app.token(None, "service_role"))).await;

@@ -14,6 +14,7 @@ fn meta() -> TableMeta {
         schema: "public".into(),
         table: "todos".into(),
         owner_column: Some("user_id".into()),
+        owner_claim: Some(rowcast::auth::ClaimPath::sub()),
         public: false,
         full_identity: false,
         columns: COLUMNS.iter().map(|(n, t)| Column { name: n.to_string(), typ: t.to_string() }).collect(),
@@ -37,7 +38,8 @@ fn check(pairs: &[(String, String)]) -> Result<Option<Query>, TestCaseError> {
 /// The statement's text, as the snapshot handler assembles it, and its parameters.
 fn statement(q: &Query) -> (String, Sql) {
     let mut sql = Sql::default();
-    let text = format!("select {} from t{}{}", q.columns(), q.where_clause(&meta(), Some(("user_id", "alice")), &mut sql), q.tail());
+    let text =
+        format!("select {} from t{}{}", q.columns(), q.where_clause(&meta(), Some(("user_id", &["alice".to_owned()])), &mut sql), q.tail());
     (text, sql)
 }
 

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rowcast::app::{App, AppConfig};
-use rowcast::auth::Verifier;
+use rowcast::auth::Minter;
 use rowcast::config::{Limits, Secret};
 use rowcast::jobs::config::JobsConfig;
 use rowcast::pg_local::{Durability, LocalPostgres};
@@ -72,7 +72,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub db_url: String,
     pub pool: PgPool,
-    pub verifier: Verifier,
+    pub minter: Minter,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -115,7 +115,7 @@ pub async fn spawn_on(db_url: &str, limits: Limits, toml: &str, runner: bool) ->
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
     let db_url = db_url.to_owned();
-    let mut config = AppConfig::new(db_url.clone(), "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
+    let mut config = AppConfig::new(db_url.clone(), "127.0.0.1:0".parse().unwrap(), Some(Secret::new(SECRET)));
     config.limits = limits;
     config.jobs = jobs_config(toml);
     config.runner = runner;
@@ -126,7 +126,7 @@ pub async fn spawn_on(db_url: &str, limits: Limits, toml: &str, runner: bool) ->
         let _ = rx.await;
     }));
     let pool = PgPool::connect(&db_url).await.expect("test pool");
-    let test_app = TestApp { addr, db_url, pool, verifier: Verifier::new(SECRET), stop: Some(tx), task: Some(task) };
+    let test_app = TestApp { addr, db_url, pool, minter: Minter::new(SECRET), stop: Some(tx), task: Some(task) };
     test_app.wait_healthy().await;
     test_app
 }
@@ -135,12 +135,12 @@ impl TestApp {
     /// A handle on an app that someone else runs (no shutdown through it).
     pub async fn attach(addr: SocketAddr, db_url: &str) -> TestApp {
         let pool = PgPool::connect(db_url).await.expect("test pool");
-        TestApp { addr, db_url: db_url.to_owned(), pool, verifier: Verifier::new(SECRET), stop: None, task: None }
+        TestApp { addr, db_url: db_url.to_owned(), pool, minter: Minter::new(SECRET), stop: None, task: None }
     }
 
     /// A token for `sub` with `role`, valid an hour.
     pub fn token(&self, sub: Option<&str>, role: &str) -> String {
-        self.verifier.mint(sub, role, 3600)
+        self.minter.mint(sub, role, 3600)
     }
 
     /// A user's token.

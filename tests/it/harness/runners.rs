@@ -17,7 +17,7 @@ pub struct RunnerApp {
 impl RunnerApp {
     /// Starts a runner with `toml` on `db_url`.
     pub async fn start(db_url: &str, toml: &str) -> RunnerApp {
-        let mut config = AppConfig::new(db_url, "127.0.0.1:0".parse().unwrap(), Secret::new(SECRET));
+        let mut config = AppConfig::new(db_url, "127.0.0.1:0".parse().unwrap(), Some(Secret::new(SECRET)));
         config.gateway = false;
         config.jobs = jobs_config(toml);
         let app = App::build(config).await.expect("building a runner");
