@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use rowcast::app::{App, AppConfig};
-use rowcast::auth::Verifier;
+use rowcast::auth::Minter;
 use rowcast::config::{Limits, Secret};
 use rowcast::jobs::config::JobsConfig;
 use rowcast::pg_local::{Durability, LocalPostgres};
@@ -95,7 +95,7 @@ async fn start(
     jobs: JobsConfig,
     runner: bool,
 ) -> anyhow::Result<(Running, tokio::sync::oneshot::Sender<()>, Option<std::net::SocketAddr>)> {
-    let mut config = AppConfig::new(url, "127.0.0.1:0".parse()?, Secret::new(SECRET));
+    let mut config = AppConfig::new(url, "127.0.0.1:0".parse()?, Some(Secret::new(SECRET)));
     (config.limits, config.jobs, config.runner) = (limits, jobs, runner);
     let app = App::build(config).await?;
     let addr = app.local_addr();
@@ -116,7 +116,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 /// A socket joined as `user` to bench changes; returns after the join reply.
 async fn subscriber(addr: std::net::SocketAddr, user: &str) -> anyhow::Result<Ws> {
-    let v = Verifier::new(SECRET);
+    let v = Minter::new(SECRET);
     let url = format!("ws://{addr}/realtime/v1/websocket?apikey={}&vsn=2.0.0", v.mint(None, "anon", 3600));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let join = json!({"config": {"postgres_changes": [{"event": "UPDATE", "schema": "public", "table": "bench"}]}, "access_token": v.mint(Some(user), "authenticated", 3600)});

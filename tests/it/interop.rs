@@ -45,3 +45,9 @@ async fn supabase_js_reads_snapshots_through_rest_v1() {
     let app = spawn_app().await;
     run_node_suite(&app, "rest.test.mjs").await;
 }
+
+#[tokio::test]
+async fn supabase_js_sees_selected_columns_and_rows_shared_by_organisation_or_team() {
+    let app = spawn_app().await;
+    run_node_suite(&app, "visibility.test.mjs").await;
+}

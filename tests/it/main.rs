@@ -16,6 +16,7 @@ mod hardening;
 mod interop;
 mod jobs_api;
 mod jobs_runners;
+mod jwks;
 mod limits;
 mod lockdown;
 mod protocol;

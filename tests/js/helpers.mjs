@@ -44,10 +44,11 @@ const ENV = requireEnv()
 
 const base64url = (value) => Buffer.from(JSON.stringify(value)).toString('base64url')
 
-/** An HS256 JWT signed with JWT_SECRET; `aud` is set only for `authenticated`. */
-export function token({ sub, role = 'authenticated', expSeconds = 3600 } = {}) {
+/** An HS256 JWT signed with JWT_SECRET, with `extra` claims (e.g. app_metadata); `aud` is set only for `authenticated`. */
+export function token({ sub, role = 'authenticated', expSeconds = 3600, extra = {} } = {}) {
   const iat = Math.floor(Date.now() / 1000)
   const claims = {
+    ...extra,
     ...(sub !== undefined && { sub }),
     role,
     ...(role === 'authenticated' && { aud: 'authenticated' }),
@@ -234,7 +235,7 @@ class Recorder {
 
 /**
  * Subscribes channel `name` with one postgres_changes binding per entry of `bindings`
- * (`{table, schema?, event?, filter?}`; `table` a Table or a name, schema default public) plus a `system` listener, and resolves once
+ * (`{table, schema?, event?, filter?, select?}`; `table` a Table or a name, schema default public) plus a `system` listener, and resolves once
  * supabase-js reports SUBSCRIBED. Returns the channel and its recorders: `changes[i]` for
  * binding i, `system`, and `status` (every subscribe-callback status).
  */
@@ -243,8 +244,9 @@ export async function subscribe(client, name, bindings) {
   const changes = bindings.map((_, i) => new Recorder(`${name} binding ${i}`))
   const system = new Recorder(`${name} system`)
   const status = new Recorder(`${name} status`)
-  bindings.forEach(({ table, schema = 'public', event = '*', filter }, i) => {
-    const spec = { event, schema, table: typeof table === 'string' ? table : table.name, ...(filter && { filter }) }
+  bindings.forEach(({ table, schema = 'public', event = '*', filter, select }, i) => {
+    const name = typeof table === 'string' ? table : table.name
+    const spec = { event, schema, table: name, ...(filter && { filter }), ...(select && { select }) }
     channel.on('postgres_changes', spec, changes[i].push)
   })
   channel.on('system', {}, system.push)

@@ -65,6 +65,12 @@ test('single() returns one object, and 406 PGRST116 when there is not exactly on
   assert.deepEqual(one.data, { title: 'a2' })
   const none = await c.from(table).select('title').eq('n', 99).single()
   assert.equal(none.error.code, 'PGRST116')
+  // PostgREST 13's words, which supabase-js 2.109's own tests expect.
+  assert.equal(none.error.message, 'Cannot coerce the result to a single JSON object')
+  assert.equal(none.error.details, 'The result contains 0 rows')
+  const many = await c.from(table).select('title').lt('n', 3).single()
+  assert.equal(many.error.message, 'Cannot coerce the result to a single JSON object')
+  assert.equal(many.error.details, 'The result contains 2 rows')
 })
 
 test('another user\'s rows stay invisible whatever the filter, the service role sees all, anon none', async () => {

@@ -110,15 +110,25 @@ pub(crate) fn with_runner_defaults(toml: &str) -> String {
 
 /// Spawns the gateway, and the runner if `runner`, on `db_url`.
 pub async fn spawn_on(db_url: &str, limits: Limits, toml: &str, runner: bool) -> TestApp {
+    spawn_configured(db_url, |config| {
+        config.limits = limits;
+        config.jobs = jobs_config(toml);
+        config.runner = runner;
+    })
+    .await
+}
+
+/// Spawns gateway and runner on `db_url` with settings `configure` changes (HS256 secret `SECRET`, fast polls).
+pub async fn spawn_configured(db_url: &str, configure: impl FnOnce(&mut AppConfig)) -> TestApp {
     // ROWCAST_LOG=debug shows the app's logs under `--nocapture`.
     if let Ok(filter) = std::env::var("ROWCAST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
     let db_url = db_url.to_owned();
     let mut config = AppConfig::new(db_url.clone(), "127.0.0.1:0".parse().unwrap(), Some(Secret::new(SECRET)));
-    config.limits = limits;
-    config.jobs = jobs_config(toml);
-    config.runner = runner;
+    config.limits = Limits { poll_ms: 200, ..Limits::default() };
+    config.jobs = jobs_config("");
+    configure(&mut config);
     let app = App::build(config).await.expect("building the app");
     let addr = app.local_addr().expect("the gateway is on");
     let (tx, rx) = oneshot::channel();
