@@ -8,6 +8,7 @@
 //! Supabase's texts. Filters still see the whole row: `select` shapes what
 //! is sent, not what matches.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -44,14 +45,17 @@ pub fn parse(binding: &Map<String, Value>) -> Result<Option<Vec<String>>, Select
 
 impl Selection {
     /// `names` checked against `meta`: the selected columns plus the primary key.
+    /// Linear in the names and columns: a join may repeat a name a million times.
     pub fn resolve(names: &[String], meta: &TableMeta) -> Result<Selection, SelectionError> {
-        if let Some(unknown) = names.iter().find(|n| !meta.columns.iter().any(|c| c.name == **n)) {
+        let columns: HashSet<&str> = meta.columns.iter().map(|c| c.name.as_str()).collect();
+        if let Some(unknown) = names.iter().find(|n| !columns.contains(n.as_str())) {
             return Err(SelectionError::UnknownColumn(unknown.clone()));
         }
+        let named: HashSet<&str> = names.iter().map(String::as_str).collect();
         let kept = meta
             .columns
             .iter()
-            .filter(|c| names.contains(&c.name) || meta.primary_key.contains(&c.name))
+            .filter(|c| named.contains(c.name.as_str()) || meta.primary_key.contains(&c.name))
             .map(|c| c.name.clone())
             .collect::<Vec<_>>();
         Ok(Selection(kept.into()))
