@@ -231,7 +231,12 @@ fn describe(obj: &Map<String, Value>) -> String {
         Some(f) if !f.trim().is_empty() => format!("[{f}]"),
         _ => "[]".into(),
     };
-    let select = obj.get("select").map_or_else(|| "nil".to_owned(), Value::to_string);
+    // Elixir's `inspect` of a list: `["a", "b"]`.
+    let select = match obj.get("select") {
+        None => "nil".to_owned(),
+        Some(Value::Array(items)) => format!("[{}]", items.iter().map(Value::to_string).collect::<Vec<_>>().join(", ")),
+        Some(other) => other.to_string(),
+    };
     format!(
         "[event: {}, schema: {}, table: {}, filters: {filters}, select: {select}]",
         text("event", "*"),
@@ -321,5 +326,29 @@ mod tests {
     fn a_binding_without_schema_or_table_is_refused_with_supabase_text() {
         let plan = plan(&json!({"config": {"postgres_changes": [{"event": "*"}]}}), &Tables::default(), 16);
         assert!(plan.notices[0].message.starts_with("No subscription params provided."));
+    }
+
+    #[test]
+    fn an_unknown_selected_column_is_a_p0001_exception_naming_the_params_as_supabase_prints_them() {
+        let mut tables = Tables::default();
+        tables.insert_for_tests(crate::changes::change::TableMeta {
+            schema: "public".into(),
+            table: "t".into(),
+            owner_column: None,
+            owner_claim: Some(crate::auth::ClaimPath::sub()),
+            public: true,
+            full_identity: false,
+            columns: vec![crate::changes::change::Column { name: "v".into(), typ: "text".into() }],
+            primary_key: vec!["v".into()],
+        });
+        let payload = json!({"config": {"postgres_changes": [{"event": "*", "schema": "public", "table": "t", "select": ["v", "w"]}]}});
+        let plan = plan(&payload, &tables, 16);
+        assert!(plan.bindings.is_empty());
+        assert_eq!(
+            plan.notices[0].message,
+            "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: \
+             [event: *, schema: public, table: t, filters: [], select: [\"v\", \"w\"]]. Exception: ERROR P0001 (raise_exception) \
+             invalid column for select w"
+        );
     }
 }
