@@ -151,6 +151,7 @@ mod defaults {
     pub const MAX_CHANNELS_PER_CLIENT: usize = 100;
     pub const MAX_JOINS_PER_SECOND: u32 = 100;
     pub const MAX_FRAME_BYTES: usize = 5_000_000;
+    pub const MAX_PAYLOAD_KB: usize = 3_000;
     pub const OUTGOING_QUEUE: usize = 1024;
     pub const OUTGOING_QUEUE_BYTES: usize = 4 * 1024 * 1024;
     pub const WRITE_TIMEOUT_SECS: u64 = 15;
@@ -176,6 +177,9 @@ pub struct Limits {
     /// Largest WebSocket frame or message accepted from a client, in bytes.
     #[arg(long, env = "ROWCAST_MAX_FRAME_BYTES", default_value_t = defaults::MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
+    /// Largest broadcast or presence payload, in KB (Supabase's `max_payload_size_in_kb`).
+    #[arg(long, env = "ROWCAST_MAX_PAYLOAD_KB", default_value_t = defaults::MAX_PAYLOAD_KB)]
+    pub max_payload_kb: usize,
     /// Frames queued for one socket before it counts as too slow and is closed (1013).
     #[arg(long, env = "ROWCAST_OUTGOING_QUEUE", default_value_t = defaults::OUTGOING_QUEUE)]
     pub outgoing_queue: usize,
@@ -212,6 +216,11 @@ impl Limits {
         Duration::from_secs(self.idle_timeout_secs)
     }
 
+    /// The largest broadcast or presence payload, in bytes.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_kb.saturating_mul(1000)
+    }
+
     /// How long one write may make no progress.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout_secs.max(1))
@@ -224,6 +233,7 @@ impl Default for Limits {
             max_channels_per_client: defaults::MAX_CHANNELS_PER_CLIENT,
             max_joins_per_second: defaults::MAX_JOINS_PER_SECOND,
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
+            max_payload_kb: defaults::MAX_PAYLOAD_KB,
             outgoing_queue: defaults::OUTGOING_QUEUE,
             outgoing_queue_bytes: defaults::OUTGOING_QUEUE_BYTES,
             write_timeout_secs: defaults::WRITE_TIMEOUT_SECS,

@@ -37,6 +37,10 @@ pub struct JoinPlan {
     pub broadcast_self: bool,
     /// `config.broadcast.ack`.
     pub broadcast_ack: bool,
+    /// `config.presence.enabled`: the channel gets `presence_state` and `presence_diff`.
+    pub presence_enabled: bool,
+    /// `config.presence.key`, or a fresh one when it is empty or absent.
+    pub presence_key: String,
     /// Some binding named a table the cache does not know (it may have just been enabled).
     pub unknown_tables: bool,
     /// Pattern conditions the accepted bindings hold (see `filter::MAX_PATTERNS_PER_SOCKET`).
@@ -115,6 +119,13 @@ pub fn plan(payload: &Value, tables: &Tables, patterns_left: usize) -> JoinPlan 
         notices: Vec::new(),
         broadcast_self: flag("broadcast", "self"),
         broadcast_ack: flag("broadcast", "ack"),
+        presence_enabled: flag("presence", "enabled"),
+        presence_key: match config.get("presence").and_then(|p| p.get("key")) {
+            Some(Value::String(k)) if !k.is_empty() => k.clone(),
+            // A number key is kept as its text; anything else gets a generated key, as Supabase does.
+            Some(Value::Number(n)) => n.to_string(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        },
         unknown_tables: false,
         patterns: 0,
     };

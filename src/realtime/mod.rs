@@ -5,7 +5,8 @@
 //! - `payload`: the `data` object of a `postgres_changes` frame (pure).
 //! - `selection`: a binding's `select` columns (pure).
 //! - `channel`: join planning and subscription notices (pure).
-//! - `registry`: live subscriptions and change fan-out.
+//! - `presence`: who is present on a topic; state and diff payloads (pure).
+//! - `registry`: live subscriptions, change fan-out, broadcast and presence delivery.
 //! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
 //! - `admission`: connection limits, in all and per client IP.
 //! - `socket`: one task per WebSocket: control loop and writer.
@@ -15,6 +16,7 @@ pub mod channel;
 pub mod filter;
 pub mod outbox;
 pub mod payload;
+pub mod presence;
 pub mod protocol;
 pub mod registry;
 pub mod selection;

@@ -158,6 +158,12 @@ pub fn reply_error(reason: &str) -> String {
     json!({ "status": "error", "response": { "reason": reason } }).to_string()
 }
 
+/// The payload of an `error` reply whose response is `response` itself
+/// (Supabase's presence errors and oversized acked broadcasts).
+pub fn reply_status_error(response: &Value) -> String {
+    json!({ "status": "error", "response": response }).to_string()
+}
+
 /// The payload of a `system` message; `channel` is the topic without `realtime:`.
 pub fn system(extension: &str, ok: bool, message: &str, channel: &str) -> String {
     let status = if ok { "ok" } else { "error" };

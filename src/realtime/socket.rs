@@ -84,6 +84,16 @@ struct Joined {
     ack: bool,
     /// Pattern filters its bindings hold.
     patterns: usize,
+    /// Its track/untrack budget (see `PRESENCE_CALLS`).
+    presence_calls: DefaultDirectRateLimiter,
+}
+
+/// Presence calls one channel may make: a burst of 5, then one per 6 s.
+/// Supabase allows 5 per 30 s and closes the channel past it; its users meet
+/// that as a quota that kills a channel on the sixth edit, so here it is a
+/// rate that refills evenly, with Supabase's close past it.
+fn presence_quota() -> Quota {
+    Quota::with_period(Duration::from_secs(6)).expect("a non-zero period").allow_burst(NonZeroU32::new(5).expect("5 is non-zero"))
 }
 
 struct Conn {
@@ -310,7 +320,7 @@ impl Conn {
             (topic, _) if !self.channels.contains_key(topic) => self.reply(&m, &protocol::reply_error("unmatched topic")),
             (_, "access_token") => self.access_token(&m).await,
             (_, "broadcast") => self.broadcast(&m),
-            (_, "presence") => self.reply(&m, &protocol::reply_error("Presence is not supported by this server")),
+            (_, "presence") => self.presence(&m),
             (_, event) => self.reply(&m, &protocol::reply_error(&format!("Unknown event: {event}"))),
         }
         Ok(())
@@ -388,10 +398,20 @@ impl Conn {
         }
         let exp = principal.exp;
         let route = Route { outbox: self.outbox.clone(), vsn: self.vsn };
-        let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self);
-        let registry = &self.ctx.registry;
-        let sub = self.outbox.push_then(frames, || registry.insert(sub));
-        let joined = Joined { join_ref: m.join_ref.clone(), sub, exp, ack: plan.broadcast_ack, patterns: plan.patterns };
+        let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self).with_presence(
+            plan.presence_enabled,
+            plan.presence_key,
+            m.join_ref.clone(),
+        );
+        let sub = self.ctx.registry.join(sub, &self.outbox, frames);
+        let joined = Joined {
+            join_ref: m.join_ref.clone(),
+            sub,
+            exp,
+            ack: plan.broadcast_ack,
+            patterns: plan.patterns,
+            presence_calls: RateLimiter::direct(presence_quota()),
+        };
         self.channels.insert(m.topic.clone(), joined);
         info!(topic = %m.topic, "channel joined");
     }
@@ -417,7 +437,7 @@ impl Conn {
                 joined.exp = principal.exp;
                 self.ctx.registry.set_principal(joined.sub, principal);
             }
-            Err(e) => self.shut_channel(&m.topic, &e),
+            Err(e) => self.shut_channel(&m.topic, &e.to_string()),
         }
     }
 
@@ -428,19 +448,56 @@ impl Conn {
         if let Some(obj) = payload.as_object_mut() {
             obj.entry("type").or_insert(json!("broadcast"));
         }
-        self.ctx.registry.broadcast(sub, &m.topic, &payload.to_string());
+        let text = payload.to_string();
+        if text.len() > self.ctx.limits.max_payload_bytes() {
+            // Supabase drops it; with `ack` the sender hears why (the documented object form).
+            if ack {
+                self.reply(m, &protocol::reply_status_error(&json!({"error": "payload_size_exceeded"})));
+            }
+            return;
+        }
+        self.ctx.registry.broadcast(sub, &m.topic, &text);
         if ack {
             self.reply(m, &protocol::reply_ok(&json!({})));
         }
     }
 
+    /// `track` and `untrack`, with Supabase's replies and limits.
+    fn presence(&mut self, m: &Inbound) {
+        let joined = &self.channels[&m.topic];
+        let sub = joined.sub;
+        if joined.presence_calls.check().is_err() {
+            return self.shut_channel(&m.topic, "Client presence rate limit exceeded");
+        }
+        let event = m.payload.get("event").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+        match event.as_str() {
+            "track" => {
+                let fields = match m.payload.get("payload") {
+                    None => serde_json::Map::new(),
+                    Some(Value::Object(fields)) => fields.clone(),
+                    Some(_) => return self.reply(m, &protocol::reply_error("Presence track payload must be a map")),
+                };
+                if Value::Object(fields.clone()).to_string().len() > self.ctx.limits.max_payload_bytes() {
+                    return self.shut_channel(&m.topic, "Track message size exceeded");
+                }
+                self.reply(m, &protocol::reply_ok(&json!({})));
+                self.ctx.registry.track(sub, fields);
+            }
+            "untrack" => {
+                self.reply(m, &protocol::reply_ok(&json!({})));
+                self.ctx.registry.untrack(sub);
+            }
+            _ => self.reply(m, &protocol::reply_status_error(&json!({}))),
+        }
+    }
+
     /// Supabase's channel shutdown: a `system` error, then `phx_close`.
-    fn shut_channel(&mut self, topic: &str, why: &AuthError) {
+    fn shut_channel(&mut self, topic: &str, why: &str) {
         let Some(joined) = self.channels.remove(topic) else { return };
         self.ctx.registry.remove(joined.sub);
         let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
         let jr = joined.join_ref.as_deref();
-        self.push(jr, None, topic, "system", &protocol::system("system", false, &why.to_string(), sub_topic));
+        self.push(jr, None, topic, "system", &protocol::system("system", false, why, sub_topic));
         self.push(jr, jr, topic, "phx_close", "{}");
     }
 
@@ -449,7 +506,7 @@ impl Conn {
         let expired: Vec<(String, i64)> = self.channels.iter().filter(|(_, j)| j.exp <= now).map(|(t, j)| (t.clone(), j.exp)).collect();
         for (topic, exp) in expired {
             info!(topic = %topic, "channel token expired");
-            self.shut_channel(&topic, &AuthError::Expired(now - exp));
+            self.shut_channel(&topic, &AuthError::Expired(now - exp).to_string());
         }
     }
 

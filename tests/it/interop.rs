@@ -51,3 +51,9 @@ async fn supabase_js_sees_selected_columns_and_rows_shared_by_organisation_or_te
     let app = spawn_app().await;
     run_node_suite(&app, "visibility.test.mjs").await;
 }
+
+#[tokio::test]
+async fn supabase_js_clients_see_each_other_through_presence() {
+    let app = spawn_app().await;
+    run_node_suite(&app, "presence.test.mjs").await;
+}

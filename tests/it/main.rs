@@ -19,5 +19,6 @@ mod jobs_runners;
 mod jwks;
 mod limits;
 mod lockdown;
+mod presence;
 mod protocol;
 mod rest;

@@ -10,7 +10,7 @@ mod runners;
 mod ws;
 
 pub use runners::{RunnerApp, RunnerProcess};
-pub use ws::{Client, Ended};
+pub use ws::{Client, Ended, Frame};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};

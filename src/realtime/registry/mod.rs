@@ -22,11 +22,14 @@ use dashmap::DashMap;
 use super::filter::{self, Compiled, Condition};
 use super::outbox::Outbox;
 use super::payload::render_data;
+use super::presence::Roster;
 use super::protocol::{self, Vsn};
 use super::selection::Selection;
 use crate::auth::{ClaimPath, Principal};
 use crate::changes::change::{Change, Column, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
+
+mod members;
 
 /// Identifies one subscription (one joined channel).
 pub type SubId = u64;
@@ -119,6 +122,12 @@ pub struct Subscription {
     selects: bool,
     /// Receives broadcasts it sends itself (`config.broadcast.self`).
     pub broadcast_self: bool,
+    /// Receives `presence_state` and `presence_diff` (`config.presence.enabled`, or once it tracks).
+    presence_enabled: std::sync::atomic::AtomicBool,
+    /// The key its presence is listed under.
+    presence_key: String,
+    /// The join's ref, carried by channel pushes such as `presence_state`.
+    join_ref: Option<String>,
 }
 
 /// The binding ids of one subscription that match a change, with the shape they share.
@@ -128,7 +137,25 @@ impl Subscription {
     /// A subscription of `topic` for `principal`.
     pub fn new(topic: Arc<str>, route: Route, principal: Principal, bindings: Vec<Binding>, broadcast_self: bool) -> Self {
         let selects = bindings.iter().any(|b| b.selection.is_some());
-        Subscription { topic, route, principal: RwLock::new(principal), bindings, selects, broadcast_self }
+        Subscription {
+            topic,
+            route,
+            principal: RwLock::new(principal),
+            bindings,
+            selects,
+            broadcast_self,
+            presence_enabled: false.into(),
+            presence_key: String::new(),
+            join_ref: None,
+        }
+    }
+
+    /// Sets the presence settings of the join: `enabled`, the member `key`, the join's ref.
+    pub fn with_presence(mut self, enabled: bool, key: String, join_ref: Option<String>) -> Self {
+        self.presence_enabled = enabled.into();
+        self.presence_key = key;
+        self.join_ref = join_ref;
+        self
     }
 
     fn principal(&self) -> Principal {
@@ -175,6 +202,12 @@ pub struct Registry {
 
 struct Inner {
     subs: DashMap<SubId, Arc<Subscription>>,
+    /// Topic to the subscriptions joined to it (broadcast and presence).
+    by_topic: DashMap<Arc<str>, HashSet<SubId>>,
+    /// Who is present per topic. One lock for all topics: presence calls are
+    /// rare (a few per channel per minute), and holding it while a state is
+    /// read and a joiner made live keeps states and diffs in order.
+    presence: std::sync::Mutex<HashMap<Arc<str>, Roster>>,
     /// (claim path, owner) to the subscriptions whose principal names that owner there.
     by_owner: DashMap<(ClaimPath, String), HashSet<SubId>>,
     /// The claim paths every subscription is indexed under; grows as tables use new ones.
@@ -195,6 +228,8 @@ impl Registry {
     pub fn new(max_record_bytes: usize) -> Self {
         let inner = Inner {
             subs: DashMap::new(),
+            by_topic: DashMap::new(),
+            presence: Default::default(),
             by_owner: DashMap::new(),
             paths: RwLock::new(vec![ClaimPath::sub()]),
             service: DashMap::new(),
@@ -208,16 +243,28 @@ impl Registry {
     pub fn insert(&self, sub: Subscription) -> SubId {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let principal = sub.principal();
+        self.inner.by_topic.entry(Arc::clone(&sub.topic)).or_default().insert(id);
         self.inner.subs.insert(id, Arc::new(sub));
         self.index(id, &principal, IndexOp::Add);
         id
     }
 
-    /// Drops a subscription.
+    /// Drops a subscription; if it was present, the others see it leave.
     pub fn remove(&self, id: SubId) {
         if let Some((_, sub)) = self.inner.subs.remove(&id) {
             self.index(id, &sub.principal(), IndexOp::Remove);
+            self.inner.by_topic.remove_if_mut(&sub.topic, |_, set| {
+                set.remove(&id);
+                set.is_empty()
+            });
+            self.untrack_sub(id, &sub);
         }
+    }
+
+    /// The subscriptions joined to `topic`.
+    fn on_topic(&self, topic: &str) -> Vec<(SubId, Arc<Subscription>)> {
+        let ids: Vec<SubId> = self.inner.by_topic.get(topic).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        ids.into_iter().filter_map(|id| self.inner.subs.get(&id).map(|s| (id, Arc::clone(&s)))).collect()
     }
 
     /// Re-authorises a subscription with a new token's principal.
@@ -310,8 +357,7 @@ impl Registry {
 
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
     pub fn broadcast(&self, from: SubId, topic: &str, payload: &str) {
-        let targets: Vec<(SubId, Arc<Subscription>)> =
-            self.inner.subs.iter().filter(|e| &*e.topic == topic).map(|e| (*e.key(), Arc::clone(e.value()))).collect();
+        let targets = self.on_topic(topic);
         let mut frames = FrameCache::default();
         for (id, sub) in targets {
             if id != from || sub.broadcast_self {
