@@ -40,6 +40,7 @@ use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
 use crate::keyring::{KeySource, Keyring};
 use crate::realtime::admission::Admission;
+use crate::realtime::broadcast_api::BroadcastApi;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
 use crate::rest::snapshot::RestState;
@@ -248,12 +249,19 @@ async fn build_gateway(
     let rest = RestState { pool: pool.clone(), keyring: keyring.clone(), tables: sockets.tables.clone() };
     let demo = config.jwt_secret.as_ref().filter(|_| config.demo).map(|s| Minter::new(s.expose()));
     let admission = Admission::new(config.limits.max_sockets, config.limits.max_sockets_per_ip);
+    let broadcast = BroadcastApi::new(
+        sockets.registry.clone(),
+        keyring.clone(),
+        config.limits.max_payload_bytes(),
+        config.limits.max_broadcasts_per_second,
+    );
     let state = AppState {
         pool: pool.clone(),
         sockets,
         jobs,
         rest,
         admission,
+        broadcast,
         socket_tasks: TaskTracker::new(),
         demo,
         web_dir: config.web_dir.clone(),

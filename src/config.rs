@@ -152,6 +152,7 @@ mod defaults {
     pub const MAX_JOINS_PER_SECOND: u32 = 100;
     pub const MAX_FRAME_BYTES: usize = 5_000_000;
     pub const MAX_PAYLOAD_KB: usize = 3_000;
+    pub const MAX_BROADCASTS_PER_SECOND: u32 = 100;
     pub const OUTGOING_QUEUE: usize = 1024;
     pub const OUTGOING_QUEUE_BYTES: usize = 4 * 1024 * 1024;
     pub const WRITE_TIMEOUT_SECS: u64 = 15;
@@ -180,6 +181,9 @@ pub struct Limits {
     /// Largest broadcast or presence payload, in KB (Supabase's `max_payload_size_in_kb`).
     #[arg(long, env = "ROWCAST_MAX_PAYLOAD_KB", default_value_t = defaults::MAX_PAYLOAD_KB)]
     pub max_payload_kb: usize,
+    /// Messages per second one client IP may post to the broadcast REST API; past it HTTP 429.
+    #[arg(long, env = "ROWCAST_MAX_BROADCASTS_PER_SECOND", default_value_t = defaults::MAX_BROADCASTS_PER_SECOND)]
+    pub max_broadcasts_per_second: u32,
     /// Frames queued for one socket before it counts as too slow and is closed (1013).
     #[arg(long, env = "ROWCAST_OUTGOING_QUEUE", default_value_t = defaults::OUTGOING_QUEUE)]
     pub outgoing_queue: usize,
@@ -234,6 +238,7 @@ impl Default for Limits {
             max_joins_per_second: defaults::MAX_JOINS_PER_SECOND,
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
             max_payload_kb: defaults::MAX_PAYLOAD_KB,
+            max_broadcasts_per_second: defaults::MAX_BROADCASTS_PER_SECOND,
             outgoing_queue: defaults::OUTGOING_QUEUE,
             outgoing_queue_bytes: defaults::OUTGOING_QUEUE_BYTES,
             write_timeout_secs: defaults::WRITE_TIMEOUT_SECS,

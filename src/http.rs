@@ -31,6 +31,7 @@ use tungstenite::handshake::derive_accept_key;
 use crate::auth::{AuthError, Minter};
 use crate::jobs::handlers::{self as job_routes, JobsState};
 use crate::realtime::admission::Admission;
+use crate::realtime::broadcast_api::{self, BroadcastApi};
 use crate::realtime::protocol::Vsn;
 use crate::realtime::socket::{self, SocketContext};
 use crate::rest::snapshot::{self as rest_routes, RestState};
@@ -46,6 +47,8 @@ pub struct AppState {
     pub admission: Admission,
     /// Every upgraded socket's task, so shutdown can wait for them.
     pub socket_tasks: TaskTracker,
+    /// The broadcast REST API.
+    pub broadcast: BroadcastApi,
     /// Set only by `rowcast demo`: mints demo users' tokens.
     pub demo: Option<Minter>,
     pub web_dir: PathBuf,
@@ -66,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone())
         .merge(job_routes::router(state.jobs))
         .merge(rest_routes::router(state.rest))
+        .merge(broadcast_api::router(state.broadcast))
         // Only the demo's own files are served: not its node_modules.
         .route("/node_modules/{*rest}", get(|| async { StatusCode::NOT_FOUND }))
         .route_service("/vendor/supabase.js", ServeFile::new(supabase_umd))

@@ -9,9 +9,11 @@
 //! - `registry`: live subscriptions, change fan-out, broadcast and presence delivery.
 //! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
 //! - `admission`: connection limits, in all and per client IP.
+//! - `broadcast_api`: the broadcast REST API (`/realtime/v1/api/broadcast`).
 //! - `socket`: one task per WebSocket: control loop and writer.
 
 pub mod admission;
+pub mod broadcast_api;
 pub mod channel;
 pub mod filter;
 pub mod outbox;

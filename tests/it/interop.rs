@@ -57,3 +57,9 @@ async fn supabase_js_clients_see_each_other_through_presence() {
     let app = spawn_app().await;
     run_node_suite(&app, "presence.test.mjs").await;
 }
+
+#[tokio::test]
+async fn supabase_js_broadcasts_over_the_socket_and_over_rest() {
+    let app = spawn_app().await;
+    run_node_suite(&app, "broadcast.test.mjs").await;
+}

@@ -5,6 +5,7 @@ mod harness;
 mod step_server;
 
 mod authz;
+mod broadcast;
 mod browser;
 mod capture;
 mod cli;

@@ -34,6 +34,10 @@ mod members;
 /// Identifies one subscription (one joined channel).
 pub type SubId = u64;
 
+/// The sender of a broadcast that comes from no channel (the REST API): no
+/// subscription has this id, so every channel on the topic receives it.
+pub const SERVER: SubId = 0;
+
 /// Which change types a binding wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventFilter {

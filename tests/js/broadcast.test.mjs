@@ -1,0 +1,76 @@
+// Broadcast: supabase-js 2.109 (unmodified) sends over the socket (both serializers; v2 sends
+// kind-3 binary frames), with `self` and `ack`, and over REST: `channel.httpSend()` and a
+// `send()` made before the channel is joined (the batch API). Receivers get
+// `{type, event, payload}` whichever way the message came in.
+//
+// Needs ROWCAST_URL, DATABASE_URL and JWT_SECRET. Run: node --test tests/js/broadcast.test.mjs
+
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { test } from 'node:test'
+
+import { SERVICE_KEY, keyClient, newUserId, token, userClient } from './helpers.mjs'
+
+const WAIT_MS = 5_000
+
+/** A channel `room` on `client` with broadcast `config`, recording every broadcast it receives. */
+async function listen(client, room, config = {}) {
+  const channel = client.channel(room, { config: { broadcast: config } })
+  const got = []
+  const waiters = new Set()
+  channel.on('broadcast', { event: '*' }, (m) => {
+    got.push(m)
+    for (const w of waiters) w()
+  })
+  await new Promise((resolve, reject) => {
+    channel.subscribe((status, err) => (status === 'SUBSCRIBED' ? resolve() : reject(err ?? new Error(status))))
+  })
+  const waitFor = (what, check) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}: ${JSON.stringify(got)}`)), WAIT_MS)
+      const w = () => {
+        const hit = got.find(check)
+        if (hit) {
+          clearTimeout(timer)
+          waiters.delete(w)
+          resolve(hit)
+        }
+      }
+      waiters.add(w)
+      w()
+    })
+  return { channel, got, waitFor }
+}
+
+const room = () => `room:${randomBytes(4).toString('hex')}`
+
+test('a broadcast reaches the other members in both serializers, and the sender only with self', async (t) => {
+  const name = room()
+  const sender = await listen((await userClient(t, token({ sub: newUserId() }))).client, name, { ack: true, self: true })
+  const v2 = await listen((await userClient(t, token({ sub: newUserId() }))).client, name)
+  const v1 = await listen((await userClient(t, token({ sub: newUserId() }), { vsn: '1.0.0' })).client, name)
+  const quiet = await listen((await userClient(t, token({ sub: newUserId() }))).client, name, { self: false })
+
+  assert.equal(await sender.channel.send({ type: 'broadcast', event: 'step', payload: { n: 3, of: 5 } }), 'ok', 'ack: true answers ok')
+  for (const [who, r] of [['v2', v2], ['v1', v1], ['sender (self)', sender]]) {
+    const m = await r.waitFor(who, (m) => m.event === 'step')
+    assert.deepEqual({ type: m.type, event: m.event, payload: m.payload }, { type: 'broadcast', event: 'step', payload: { n: 3, of: 5 } }, who)
+  }
+  assert.equal(await quiet.channel.send({ type: 'broadcast', event: 'mine', payload: {} }), 'ok')
+  await v2.waitFor('quiet sender', (m) => m.event === 'mine')
+  assert.ok(!quiet.got.some((m) => m.event === 'mine'), 'self: false keeps its own message away')
+})
+
+test('httpSend and a send before joining go through the REST API and reach every member', async (t) => {
+  const name = room()
+  const member = await listen((await userClient(t, token({ sub: newUserId() }))).client, name)
+  const server = keyClient(t, SERVICE_KEY)
+  const rest = server.channel(name)
+  assert.deepEqual(await rest.httpSend('progress', { step: 'transcribing' }), { success: true })
+  const m = await member.waitFor('httpSend', (m) => m.event === 'progress')
+  assert.deepEqual(m.payload, { step: 'transcribing' })
+  // Not subscribed: supabase-js posts the batch API.
+  assert.equal(await server.channel(name).send({ type: 'broadcast', event: 'done', payload: { ok: true } }), 'ok')
+  const done = await member.waitFor('batch send', (m) => m.event === 'done')
+  assert.deepEqual(done.payload, { ok: true })
+})
