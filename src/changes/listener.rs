@@ -24,11 +24,17 @@ use super::change::{Change, Op, TableMeta};
 use super::tables::Tables;
 use super::window::{Snapshot, Window};
 
-/// Receives every captured change of an enabled table, in delivery order.
+/// Receives every captured change of an enabled table, and every message
+/// sent from SQL, in delivery order.
 pub trait ChangeSink: Send + Sync + 'static {
     /// Called once per change; must not block.
     fn deliver(&self, change: &Change, meta: &TableMeta);
+    /// Called once per `realtime.messages` row (a broadcast sent from SQL); must not block.
+    fn deliver_message(&self, message: &Change);
 }
+
+/// Where SQL broadcasts are written (migration 0005); its rows in the log are messages, not changes.
+const MESSAGES: (&str, &str) = ("realtime", "messages");
 
 /// Reader settings.
 #[derive(Debug, Clone)]
@@ -68,6 +74,9 @@ const FORGET_LISTENERS: &str = "delete from rowcast.listeners where seen_at < no
 /// Read changes older than the retention and behind every live listener go.
 const PRUNE: &str = "delete from rowcast.changes where changed_at < now() - make_interval(secs => $1) \
      and id <= (select min(cursor) from rowcast.listeners where seen_at > now() - make_interval(secs => $2))";
+/// Sent messages are kept three days, as Supabase keeps its daily partitions
+/// (room for replay); they reach live channels through the change log.
+const PRUNE_MESSAGES: &str = "delete from realtime.messages where inserted_at < now() - interval '3 days'";
 const GAP_STALE: Duration = Duration::from_secs(1);
 /// While changes keep coming the reader polls at this pace without arming the
 /// doorbell (arming lets every commit NOTIFY, which is what we avoid)...
@@ -299,6 +308,7 @@ impl Listener {
             .await?
             .rows_affected();
         sqlx::query(FORGET_LISTENERS).execute(&mut s.conn).await?;
+        sqlx::query(PRUNE_MESSAGES).execute(&mut s.conn).await?;
         debug!(pruned, "pruned the change log");
         Ok(())
     }
@@ -338,6 +348,10 @@ impl Listener {
     async fn deliver(&mut self, s: &mut Session, changes: Vec<Change>) -> Result<(), ListenerError> {
         let mut reloaded = false;
         for change in changes {
+            if (change.schema.as_str(), change.table.as_str()) == MESSAGES {
+                self.sink.deliver_message(&change);
+                continue;
+            }
             let mut meta = self.tables.get(&change.schema, &change.table);
             let stale = meta.as_ref().is_none_or(|m| change.filter_row().is_some_and(|r| !m.fits(r)));
             if stale && !reloaded {

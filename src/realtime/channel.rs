@@ -37,6 +37,8 @@ pub struct JoinPlan {
     pub broadcast_self: bool,
     /// `config.broadcast.ack`.
     pub broadcast_ack: bool,
+    /// `config.broadcast.replication_ready`: the join asks to be told that database broadcasts flow.
+    pub replication_ready: bool,
     /// `config.presence.enabled`: the channel gets `presence_state` and `presence_diff`.
     pub presence_enabled: bool,
     /// `config.presence.key`, or a fresh one when it is empty or absent.
@@ -119,6 +121,7 @@ pub fn plan(payload: &Value, tables: &Tables, patterns_left: usize) -> JoinPlan 
         notices: Vec::new(),
         broadcast_self: flag("broadcast", "self"),
         broadcast_ack: flag("broadcast", "ack"),
+        replication_ready: flag("broadcast", "replication_ready"),
         presence_enabled: flag("presence", "enabled"),
         presence_key: match config.get("presence").and_then(|p| p.get("key")) {
             Some(Value::String(k)) if !k.is_empty() => k.clone(),

@@ -396,6 +396,11 @@ impl Conn {
             let payload = protocol::system("postgres_changes", notice.ok, &notice.message, sub_topic);
             frames.push(self.frame(m.join_ref.as_deref(), None, &m.topic, "system", &payload));
         }
+        if plan.replication_ready {
+            // The join waited for the change feed, which carries database broadcasts: they flow now.
+            let payload = protocol::system("system", true, "Replication connection established", sub_topic);
+            frames.push(self.frame(m.join_ref.as_deref(), None, &m.topic, "system", &payload));
+        }
         let exp = principal.exp;
         let route = Route { outbox: self.outbox.clone(), vsn: self.vsn };
         let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self).with_presence(

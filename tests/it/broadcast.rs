@@ -60,3 +60,72 @@ async fn messages_past_the_per_ip_rate_get_429() {
     assert_eq!(statuses[0].0, 202);
     assert_eq!(statuses[2], (429, json!({"message": "You have exceeded your rate limit"})), "{statuses:?}");
 }
+
+/// The events of the broadcasts on `realtime:room` that arrive before a broadcast named `until`, and that one.
+async fn events_until(c: &mut Client, until: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let f = c.recv_event("realtime:room", "broadcast").await;
+        let event = f.payload["event"].as_str().unwrap_or_default().to_owned();
+        seen.push(event.clone());
+        if event == until {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sql_broadcasts_arrive_after_commit_in_order_and_never_for_a_rollback() {
+    let app = spawn_app().await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    let r = c.make_ref();
+    let config = json!({"config": {"broadcast": {"replication_ready": true}, "postgres_changes": []}});
+    c.send(Some(&r), &r, "realtime:room", "phx_join", config).await;
+    let ready = c.recv_event("realtime:room", "system").await;
+    assert_eq!(
+        ready.payload,
+        json!({"extension": "system", "status": "ok", "message": "Replication connection established", "channel": "room"})
+    );
+
+    let send = |event: &str| format!("select realtime.send('{{\"from\": \"sql\"}}'::jsonb, '{event}', 'room', false)");
+    let mut open = app.pool.begin().await.unwrap();
+    sqlx::query(&send("held")).execute(&mut *open).await.unwrap();
+    app.sql(&send("first")).await;
+    assert_eq!(events_until(&mut c, "first").await, ["first"], "nothing from the open transaction yet");
+    open.commit().await.unwrap();
+    let f = c.recv_event("realtime:room", "broadcast").await;
+    assert_eq!(f.payload, json!({"type": "broadcast", "event": "held", "payload": {"from": "sql"}}));
+
+    let mut doomed = app.pool.begin().await.unwrap();
+    sqlx::query(&send("rolled back")).execute(&mut *doomed).await.unwrap();
+    doomed.rollback().await.unwrap();
+    app.sql(&send("after")).await;
+    assert_eq!(events_until(&mut c, "after").await, ["after"]);
+}
+
+#[tokio::test]
+async fn broadcast_changes_and_send_keep_supabases_names_shapes_and_private_default() {
+    let app = spawn_app().await;
+    app.sql(
+        "create table public.items (id int primary key, title text);
+         create function public.items_broadcast() returns trigger language plpgsql security definer as $$
+         begin
+             perform realtime.broadcast_changes('items:' || coalesce(new.id, old.id)::text, tg_op, tg_op,
+                                                tg_table_name, tg_table_schema, new, old);
+             return null;
+         end $$;
+         create trigger items_broadcast after insert or update or delete on public.items
+             for each row execute function public.items_broadcast();
+         insert into public.items values (7, 'seven');",
+    )
+    .await;
+    let row: (String, String, bool, Value) =
+        sqlx::query_as("select topic, event, private, payload from realtime.messages").fetch_one(&app.pool).await.unwrap();
+    assert_eq!((row.0.as_str(), row.1.as_str(), row.2), ("items:7", "INSERT", true), "private unless asked otherwise");
+    assert_eq!(
+        row.3,
+        json!({"old_record": null, "record": {"id": 7, "title": "seven"}, "operation": "INSERT", "table": "items", "schema": "public"})
+    );
+    let topic: Option<String> = sqlx::query_scalar("select realtime.topic()").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(topic, None, "no topic outside a send");
+}

@@ -423,6 +423,19 @@ impl ChangeSink for Registry {
             }
         }
     }
+
+    fn deliver_message(&self, message: &Change) {
+        let Some(row) = &message.record else { return };
+        let text = |k: &str| row.get(k).and_then(serde_json::Value::as_str);
+        let (Some(topic), Some(event)) = (text("topic"), text("event")) else { return };
+        // Private messages are for private channels, which only receive once they exist.
+        if text("extension") != Some("broadcast") || row.get("private").and_then(serde_json::Value::as_bool) == Some(true) {
+            return;
+        }
+        let payload = row.get("payload").cloned().unwrap_or(serde_json::Value::Null);
+        let body = serde_json::json!({ "type": "broadcast", "event": event, "payload": payload });
+        self.broadcast(SERVER, &format!("realtime:{topic}"), &body.to_string());
+    }
 }
 
 #[cfg(test)]
