@@ -76,8 +76,9 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, signals: &Signals) -> Resul
             }),
         };
         match outcome {
-            Outcome::Step { id, output, progress, message } => {
-                if !store_step(&ctx.pool, job, &id, steps.len(), &output, progress, message.as_deref()).await? {
+            Outcome::Step { id, output, progress, message, broadcasts } => {
+                let stored = StoredStep { step: &id, seq: steps.len(), output: &output, progress, message: message.as_deref(), broadcasts };
+                if !store_step(&ctx.pool, job, stored).await? {
                     return Ok(());
                 }
                 steps.insert(id, output);
@@ -95,32 +96,43 @@ async fn load_steps(pool: &PgPool, id: Uuid) -> Result<Map<String, Value>, sqlx:
     Ok(rows.into_iter().map(|(id, out)| (id, out.unwrap_or(Value::Null))).collect())
 }
 
-/// Stores a finished step and its progress; false if the job is no longer this attempt's.
-async fn store_step(
-    pool: &PgPool,
-    job: &Job,
-    step: &str,
+/// A finished step, as the handler answered it.
+struct StoredStep<'a> {
+    step: &'a str,
     seq: usize,
-    output: &Value,
+    output: &'a Value,
     progress: Option<i32>,
-    message: Option<&str>,
-) -> Result<bool, sqlx::Error> {
+    message: Option<&'a str>,
+    broadcasts: Vec<Value>,
+}
+
+/// Stores a finished step, its progress and its broadcasts in one statement;
+/// false if the job is no longer this attempt's. The broadcasts are sent only
+/// when the step row is new, so a step stored by an earlier attempt (or a
+/// late duplicate) sends nothing twice; they leave after commit through the
+/// change log like every SQL broadcast (migration 0005).
+async fn store_step(pool: &PgPool, job: &Job, s: StoredStep<'_>) -> Result<bool, sqlx::Error> {
     let (live,): (i64,) = sqlx::query_as(
         "with live as (
             update rowcast.jobs set progress = coalesce($4, progress), message = coalesce($5, message)
             where id = $1 and status = 'running' and attempts = $2 returning id),
          stored as (
             insert into rowcast.job_steps (job_id, step_id, seq, output)
-            select id, $3, $6, $7 from live on conflict (job_id, step_id) do nothing returning 1)
+            select id, $3, $6, $7 from live on conflict (job_id, step_id) do nothing returning 1),
+         sent as (
+            insert into realtime.messages (topic, event, payload, private, extension)
+            select b->>'topic', b->>'event', b->'payload', (b->>'private')::boolean, 'broadcast'
+            from stored, jsonb_array_elements($8::jsonb) b returning 1)
          select count(*) from live",
     )
     .bind(job.id)
     .bind(job.attempts)
-    .bind(step)
-    .bind(progress)
-    .bind(message)
-    .bind(seq as i32)
-    .bind(output)
+    .bind(s.step)
+    .bind(s.progress)
+    .bind(s.message)
+    .bind(s.seq as i32)
+    .bind(s.output)
+    .bind(Value::Array(s.broadcasts))
     .fetch_one(pool)
     .await?;
     Ok(live == 1)

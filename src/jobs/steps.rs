@@ -5,10 +5,13 @@
 //! signed with `X-Rowcast-Signature: t=<unix secs>,v1=<hex HMAC-SHA256 of
 //! "<t>.<body>">`. The handler re-runs its code from the top, returns
 //! memoized outputs for steps in `steps`, runs the first missing step and
-//! answers `{step: {id, output}, progress?, message?}`, `{done: true, output}`,
+//! answers `{step: {id, output}, progress?, message?, broadcast?}`, `{done: true, output}`,
 //! `{error: {message, retriable: false}}`, or a retriable error (5xx, 408,
 //! 429, a timeout, or `{error: {message, retry_after_ms?}}`).
-//! The built-in `demo` handler answers the same way in-process. Also owns
+//! `broadcast` is a list of `{topic, event, payload, private?}` sent when the
+//! step's result is stored, in the same statement, so a retried step whose
+//! result is already stored sends nothing again (at most `MAX_STEP_BROADCASTS`;
+//! `private` defaults to false). The built-in `demo` handler answers the same way in-process. Also owns
 //! the backoff formula. Nothing here touches the database.
 
 use std::time::Duration;
@@ -25,8 +28,8 @@ use crate::config::Secret;
 /// What one call answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// A step finished: store it, then call again.
-    Step { id: String, output: Value, progress: Option<i32>, message: Option<String> },
+    /// A step finished: store it (and send its broadcasts), then call again.
+    Step { id: String, output: Value, progress: Option<i32>, message: Option<String>, broadcasts: Vec<Value> },
     /// The job finished.
     Done { output: Value },
     /// Fail now, whatever attempts are left.
@@ -73,6 +76,30 @@ struct Answer {
     progress: Option<i32>,
     message: Option<String>,
     error: Option<ErrorAnswer>,
+    #[serde(default)]
+    broadcast: Vec<Value>,
+}
+
+/// Most broadcasts one step answer may carry.
+pub const MAX_STEP_BROADCASTS: usize = 16;
+
+/// The step answer's broadcasts, each `{topic, event, payload, private}`, or why they are refused.
+fn broadcasts(items: Vec<Value>) -> Result<Vec<Value>, String> {
+    if items.len() > MAX_STEP_BROADCASTS {
+        return Err(format!("a step answer may carry at most {MAX_STEP_BROADCASTS} broadcasts, got {}", items.len()));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let text = |k: &str| b.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+            let (Some(topic), Some(event)) = (text("topic"), text("event")) else {
+                return Err(format!("broadcast {i} of the step answer needs a topic and an event"));
+            };
+            let private = b.get("private").and_then(Value::as_bool).unwrap_or(false);
+            Ok(json!({"topic": topic, "event": event, "payload": b.get("payload").cloned().unwrap_or(json!({})), "private": private}))
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -139,9 +166,12 @@ fn interpret(status: u16, answer: Option<Answer>, retry_after: Option<Duration>)
         }
         _ if retriable_status => Outcome::Retry { message: format!("step handler answered {status}"), after: retry_after },
         _ if status >= 400 => Outcome::Fail { message: format!("step handler answered {status}") },
-        Some(Answer { step: Some(step), progress, message, .. }) => {
-            Outcome::Step { id: step.id, output: step.output, progress: progress.map(|p| p.clamp(0, 100)), message }
-        }
+        Some(Answer { step: Some(step), progress, message, broadcast, .. }) => match broadcasts(broadcast) {
+            Ok(broadcasts) => {
+                Outcome::Step { id: step.id, output: step.output, progress: progress.map(|p| p.clamp(0, 100)), message, broadcasts }
+            }
+            Err(message) => Outcome::Fail { message },
+        },
         Some(Answer { done: true, output, .. }) => Outcome::Done { output: output.unwrap_or(Value::Null) },
         _ => Outcome::Retry { message: format!("step handler answered {status} without step, done or error"), after: None },
     }
@@ -177,7 +207,18 @@ async fn demo(job: &Job, steps: &Map<String, Value>, cancel: &CancellationToken)
         output: json!({"finished_at": chrono::Utc::now()}),
         progress: Some((next * 100 / total) as i32),
         message: Some(format!("step {next} of {total}")),
+        // What the next step is doing, for the page's transient line (not stored on the job).
+        broadcasts: (next < total)
+            .then(|| json!({"topic": format!("job:{}", job.id), "event": "activity", "payload": {"text": activity(next + 1)}, "private": false}))
+            .into_iter()
+            .collect(),
     }
+}
+
+/// A made-up description of demo step `n`.
+fn activity(n: u64) -> String {
+    const WORK: [&str; 5] = ["fetching the video", "transcribing", "chunking the transcript", "embedding chunks", "writing the summary"];
+    format!("step {n}: {}", WORK[(n as usize - 1) % WORK.len()])
 }
 
 /// Delay before attempt `attempt + 1`: `base * 2^(attempt-1)`, capped, with
@@ -204,7 +245,7 @@ mod tests {
     fn answers_map_to_outcomes() {
         assert_eq!(
             parse(200, json!({"step": {"id": "a", "output": 1}, "progress": 150, "message": "m"})),
-            Outcome::Step { id: "a".into(), output: json!(1), progress: Some(100), message: Some("m".into()) }
+            Outcome::Step { id: "a".into(), output: json!(1), progress: Some(100), message: Some("m".into()), broadcasts: vec![] }
         );
         assert_eq!(parse(200, json!({"done": true, "output": {"x": 1}})), Outcome::Done { output: json!({"x": 1}) });
         assert_eq!(parse(200, json!({"error": {"message": "bad", "retriable": false}})), Outcome::Fail { message: "bad".into() });

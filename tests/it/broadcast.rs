@@ -129,3 +129,31 @@ async fn broadcast_changes_and_send_keep_supabases_names_shapes_and_private_defa
     let topic: Option<String> = sqlx::query_scalar("select realtime.topic()").fetch_one(&app.pool).await.unwrap();
     assert_eq!(topic, None, "no topic outside a send");
 }
+
+#[tokio::test]
+async fn a_steps_broadcast_is_sent_once_even_when_a_retry_answers_the_stored_step_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let retry_calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = retry_calls.clone();
+    let activity = json!({"step": {"id": "s1", "output": 1}, "broadcast": [{"topic": "room", "event": "activity", "payload": {"text": "transcribing"}}]});
+    let handler = crate::step_server::StepServer::start(move |call: &crate::step_server::Call| {
+        use crate::step_server::Reply;
+        match (call.attempt(), call.steps.len()) {
+            (1, 0) => Reply::Now(200, activity.clone()),
+            (1, _) => Reply::Now(503, json!({"error": {"message": "try again"}})),
+            // The retry answers the stored step again, broadcast and all, before finishing.
+            (_, _) if seen.fetch_add(1, Ordering::SeqCst) == 0 => Reply::Now(200, activity.clone()),
+            _ => Reply::Now(200, json!({"done": true})),
+        }
+    })
+    .await;
+    let toml = format!("signing_secret = \"test-signing-secret\"\n[jobs.work]\nurl = \"{}\"\nbackoff_base = \"100ms\"\n", handler.url);
+    let app = crate::harness::spawn_jobs_app(&toml).await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    assert_eq!(c.join("room", json!([]), None).await["status"], "ok");
+    let job = app.enqueue("alice", json!({"type": "work", "input": {}})).await;
+    let done = app.wait_job(job["id"].as_str().unwrap(), |j| j["status"] == "completed").await;
+    assert_eq!(done["attempts"], 2);
+    app.sql("select realtime.send('{}'::jsonb, 'sentinel', 'room', false)").await;
+    assert_eq!(events_until(&mut c, "sentinel").await, ["activity", "sentinel"], "sent once, not again on the retry");
+}
