@@ -38,18 +38,31 @@ function follow(user) {
     gateway: location.origin,
     user,
     on: {
-      change: (change) => (change.eventType === 'DELETE' ? list.remove(change.old.id) : list.upsert(change.new)),
+      change: (change) => (change.eventType === 'DELETE' ? gone(change.old.id) : show(change.new)),
       status: showConnection,
       snapshot: (rows) => {
-        for (const row of rows) list.upsert(row)
+        for (const row of rows) show(row)
         jobsEl.dataset.user = user
         jobsEl.setAttribute('aria-busy', 'false')
       },
       snapshotError: (err) => notice(`Could not load jobs: ${err.message}`),
       refreshError: (err) => notice(`Could not refresh the session: ${err.message}`),
+      activity: (id, text) => list.activity(id, text),
     },
   }))
   mine.open().catch((err) => mine.closed || notice(err.message))
+}
+
+/** Shows a row, and listens to what it says it is doing while it runs. */
+function show(row) {
+  list.upsert(row)
+  if (row.status === 'running') feed?.watch(row.id)
+  else feed?.unwatch(row.id)
+}
+
+function gone(id) {
+  feed?.unwatch(id)
+  list.remove(id)
 }
 
 /**
@@ -66,7 +79,7 @@ async function api(method, path, body) {
   if (response instanceof Error) return notice(`${method} ${path}: ${response.message}`)
   const json = await response.json().catch(() => ({}))
   if (!response.ok) return notice(json.error ?? `${method} ${path}: HTTP ${response.status}`)
-  if (!mine.closed) list.upsert(json)
+  if (!mine.closed) show(json)
   notice('')
 }
 

@@ -62,13 +62,17 @@
    * - `change(payload)`: a supabase-js postgres_changes payload (`eventType`, `new`, `old`);
    * - `status(status, err)`: the channel's status (SUBSCRIBED, CHANNEL_ERROR, TIMED_OUT, ...);
    * - `snapshot(rows)` / `snapshotError(err)`: a read of the newest jobs, after each SUBSCRIBED;
-   * - `refreshError(err)`: the token could not be refreshed (it stays valid until it expires).
+   * - `refreshError(err)`: the token could not be refreshed (it stays valid until it expires);
+   * - `activity(jobId, text)`: what a watched running job says it is doing now (a broadcast
+   *   on `job:<id>`, not stored anywhere; see `watch`).
    * Rows from a snapshot and from changes may arrive in either order: keep, per job, the
    * version with the latest `updated_at` (see jobs.js).
    */
   class JobFeed {
     #closed = false
     #timer = null
+    /** Job id to the channel of its `job:<id>` broadcasts, for the jobs now running. */
+    #watched = new Map()
 
     constructor({ gateway, user, on = {} }) {
       this.gateway = gateway
@@ -98,8 +102,30 @@
       this.#scheduleRefresh()
     }
 
+    /**
+     * Listens to what job `id` says it is doing (its step handler's broadcasts on `job:<id>`,
+     * an unguessable topic) until `unwatch(id)`. Idempotent.
+     */
+    watch(id) {
+      if (this.#closed || !this.client || this.#watched.has(id)) return
+      const channel = this.client
+        .channel(`job:${id}`)
+        .on('broadcast', { event: 'activity' }, (m) => this.#closed || this.on.activity?.(id, String(m.payload?.text ?? '')))
+        .subscribe()
+      this.#watched.set(id, channel)
+    }
+
+    /** Stops listening to job `id`'s broadcasts. */
+    unwatch(id) {
+      const channel = this.#watched.get(id)
+      if (!channel) return
+      this.#watched.delete(id)
+      this.client?.removeChannel(channel)
+    }
+
     close() {
       this.#closed = true
+      this.#watched.clear()
       clearTimeout(this.#timer)
       this.client?.removeAllChannels()
       this.client?.realtime.disconnect()

@@ -72,6 +72,12 @@ export class JobList {
     return true
   }
 
+  /** Shows what job `id` says it is doing now; cleared when it stops running. */
+  activity(id, text) {
+    const card = this.#cards.get(id)
+    if (card && card.dataset.status === 'running') card.querySelector('.job-activity').textContent = text
+  }
+
   /** Removes a deleted job's card. */
   remove(id) {
     this.#cards.get(id)?.remove()
@@ -119,6 +125,7 @@ export class JobList {
       el('header', 'job-head', [heading, el('span', 'badge')]),
       el('div', 'job-progress', [bar, el('span', 'job-percent')]),
       el('p', 'job-meta', [el('span', 'job-message'), el('span', 'job-attempts')]),
+      el('p', 'job-activity'),
       el('p', 'job-error'),
       el('footer', 'job-foot', [time, ...this.#buttons(row)])
     )
@@ -147,6 +154,8 @@ function fill(card, row) {
   card.querySelector('.job-percent').textContent = `${progress}%`
   card.querySelector('.job-message').textContent = row.message ?? (row.status === 'pending' ? 'waiting for a worker' : '')
   card.querySelector('.job-attempts').textContent = attempts(row)
+  // The activity line is transient: it is only ever about the step running now.
+  if (row.status !== 'running') card.querySelector('.job-activity').textContent = ''
   // A pending job may carry the error of the attempt it is about to retry.
   const error = card.querySelector('.job-error')
   error.textContent = row.error ?? ''

@@ -4,7 +4,8 @@
 // then keeps following it; Cancel shows cancelled; a second user sees none of the first
 // user's jobs. Jobs started in a row are listed newest first; each card's buttons are named
 // with its job; status changes, not progress ticks, are announced in a live region; headings
-// go h1, h2, h3. Screenshots of each stage go to ARTIFACTS_DIR (demo-*.png).
+// go h1, h2, h3. A running job's card shows what its step handler says it is doing now (a
+// broadcast, not a row), and the line is gone when the job ends. Screenshots of each stage go to ARTIFACTS_DIR (demo-*.png).
 //
 // Needs ROWCAST_URL and ARTIFACTS_DIR (it throws without them; it never skips).
 // Run: node --test tests/browser/
@@ -250,4 +251,16 @@ test('the page’s headings go h1, h2, h3 without skipping a level', LIMIT, asyn
   await assertHeadingsInOrder(page, 'the demo page')
   assert.equal(await page.getByRole('heading', { level: 2, name: 'Jobs', exact: true }).count(), 1)
   await waitForCard(page, job.id, { status: 'completed' })
+})
+
+test('a running job’s card shows what its step is doing now, from broadcasts, and clears it when it ends', LIMIT, async (t) => {
+  const page = await openDemo(t, 'alice')
+  const job = await startJob(page, 'Slow job')
+  const activity = page.locator(`[data-job-id="${job.id}"] .job-activity`)
+  const said = await until(() => activity.textContent(), (text) => /^step \d+: \w/.test(text ?? ''), { what: 'an activity line' })
+  assert.match(said, /^step ([2-9]|10): /, 'the demo announces the step it starts next')
+  await screenshot(page, 'demo-activity')
+  await page.getByRole('button', { name: `Cancel ${jobName(job)}`, exact: true }).click()
+  await waitForCard(page, job.id, { status: 'cancelled' })
+  assert.equal(await activity.textContent(), '', 'the line is about the running step only')
 })
