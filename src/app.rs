@@ -41,6 +41,7 @@ use crate::jobs::scheduler::Scheduler;
 use crate::keyring::{KeySource, Keyring};
 use crate::realtime::admission::Admission;
 use crate::realtime::broadcast_api::BroadcastApi;
+use crate::realtime::policies::PolicyCheck;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
 use crate::rest::snapshot::RestState;
@@ -241,6 +242,7 @@ async fn build_gateway(
         registry,
         tables,
         keyring: keyring.clone(),
+        policies: PolicyCheck::new(pool.clone()),
         limits: Arc::new(config.limits.clone()),
         live: live_rx,
         shutdown: root.child_token(),

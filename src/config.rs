@@ -184,6 +184,9 @@ pub struct Limits {
     /// Messages per second one client IP may post to the broadcast REST API; past it HTTP 429.
     #[arg(long, env = "ROWCAST_MAX_BROADCASTS_PER_SECOND", default_value_t = defaults::MAX_BROADCASTS_PER_SECOND)]
     pub max_broadcasts_per_second: u32,
+    /// Refuse public channels: every join must be private (Supabase's "allow public access" off).
+    #[arg(long, env = "ROWCAST_PRIVATE_ONLY")]
+    pub private_only: bool,
     /// Frames queued for one socket before it counts as too slow and is closed (1013).
     #[arg(long, env = "ROWCAST_OUTGOING_QUEUE", default_value_t = defaults::OUTGOING_QUEUE)]
     pub outgoing_queue: usize,
@@ -239,6 +242,7 @@ impl Default for Limits {
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
             max_payload_kb: defaults::MAX_PAYLOAD_KB,
             max_broadcasts_per_second: defaults::MAX_BROADCASTS_PER_SECOND,
+            private_only: false,
             outgoing_queue: defaults::OUTGOING_QUEUE,
             outgoing_queue_bytes: defaults::OUTGOING_QUEUE_BYTES,
             write_timeout_secs: defaults::WRITE_TIMEOUT_SECS,

@@ -10,9 +10,10 @@
 //! be valid (else 401 `{"message":"Unauthorized"}`); each message counts
 //! against a per-client-IP rate (429 past it), and a payload over
 //! `--max-payload-kb` is refused with 422. Topics are sub-topics, without
-//! `realtime:`. A private message goes to the private namespace, which this
-//! build has no way to join yet, so it reaches no one (Supabase skips private
-//! messages the caller may not send, with 202 too).
+//! `realtime:`. A private message reaches the private channels of its topic.
+//! Supabase also asks the sender's INSERT policy for it and skips it when
+//! denied (still 202); here any valid token may post one (see the note in the
+//! README's Known limits).
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -97,16 +98,13 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap, peer: IpAddr, messages: 
     }
 }
 
-/// Sends one message to every channel on its topic (public namespace only, see the header).
+/// Sends one message to every channel on its topic, in the private or the public namespace.
 fn deliver(api: &BroadcastApi, topic: &str, event: &str, payload: Value, private: bool, id: Option<String>) {
-    if private {
-        return;
-    }
     let mut body = json!({ "type": "broadcast", "event": event, "payload": payload });
     if let Some(id) = id {
         body["meta"] = json!({ "id": id });
     }
-    api.registry.broadcast(SERVER, &format!("realtime:{topic}"), &body.to_string());
+    api.registry.broadcast(SERVER, &format!("realtime:{topic}"), private, &body.to_string());
 }
 
 async fn batch(State(api): State<BroadcastApi>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Response {

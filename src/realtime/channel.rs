@@ -76,6 +76,15 @@ pub enum JoinRefusal {
     /// The join's token was refused; carries `AuthError::join_reason`.
     #[error("{0}")]
     Token(String),
+    /// A public join where only private channels are allowed (`--private-only`).
+    #[error("PrivateOnly: This project only allows private channels")]
+    PrivateOnly,
+    /// The private topic's policies let this token read nothing.
+    #[error("Unauthorized: You do not have permissions to read from this Channel topic: {0}")]
+    Unauthorized(String),
+    /// The policies could not be asked (Supabase's text has no code here).
+    #[error("Realtime was unable to connect to the project database")]
+    PolicySetup,
     /// The change feed did not come up in time.
     #[error("UnableToConnectToProject: Realtime was unable to connect to the project database")]
     NotLive,

@@ -5,6 +5,7 @@
 //! - `payload`: the `data` object of a `postgres_changes` frame (pure).
 //! - `selection`: a binding's `select` columns (pure).
 //! - `channel`: join planning and subscription notices (pure).
+//! - `policies`: what a private channel's token may do, from the RLS policies on `realtime.messages`.
 //! - `presence`: who is present on a topic; state and diff payloads (pure).
 //! - `registry`: live subscriptions, change fan-out, broadcast and presence delivery.
 //! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
@@ -18,6 +19,7 @@ pub mod channel;
 pub mod filter;
 pub mod outbox;
 pub mod payload;
+pub mod policies;
 pub mod presence;
 pub mod protocol;
 pub mod registry;

@@ -157,3 +157,19 @@ async fn a_steps_broadcast_is_sent_once_even_when_a_retry_answers_the_stored_ste
     app.sql("select realtime.send('{}'::jsonb, 'sentinel', 'room', false)").await;
     assert_eq!(events_until(&mut c, "sentinel").await, ["activity", "sentinel"], "sent once, not again on the retry");
 }
+
+#[tokio::test]
+async fn with_private_only_a_public_join_is_refused_and_a_private_one_asks_the_policies() {
+    let app = spawn_app_with(Limits { private_only: true, poll_ms: 200, ..Limits::default() }).await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    let reply = c.join("room", json!([]), None).await;
+    assert_eq!(reply["response"]["reason"], "PrivateOnly: This project only allows private channels");
+    let r = c.make_ref();
+    c.send(Some(&r), &r, "realtime:room", "phx_join", json!({"config": {"private": true, "postgres_changes": []}})).await;
+    let reply = c.recv_event("realtime:room", "phx_reply").await;
+    assert_eq!(reply.payload["response"]["reason"], "Unauthorized: You do not have permissions to read from this Channel topic: room");
+    app.sql("create policy anon_reads on realtime.messages for select to anon using (realtime.topic() = 'room')").await;
+    let r = c.make_ref();
+    c.send(Some(&r), &r, "realtime:room", "phx_join", json!({"config": {"private": "true", "postgres_changes": []}})).await;
+    assert_eq!(c.recv_event("realtime:room", "phx_reply").await.payload["status"], "ok");
+}

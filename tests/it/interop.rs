@@ -63,3 +63,9 @@ async fn supabase_js_broadcasts_over_the_socket_and_over_rest() {
     let app = spawn_app().await;
     run_node_suite(&app, "broadcast.test.mjs").await;
 }
+
+#[tokio::test]
+async fn supabase_js_private_channels_follow_the_realtime_messages_policies() {
+    let app = spawn_app().await;
+    run_node_suite(&app, "private.test.mjs").await;
+}

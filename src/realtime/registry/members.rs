@@ -25,7 +25,7 @@ impl Registry {
     pub fn join(&self, sub: Subscription, outbox: &Outbox, mut frames: Vec<Bytes>) -> SubId {
         let rosters = self.inner.presence.lock().expect("presence lock poisoned");
         if sub.presence_enabled.load(Ordering::Relaxed) {
-            let state = rosters.get(&sub.topic).map_or_else(|| json!({}), Roster::state);
+            let state = rosters.get(&sub.topic_key()).map_or_else(|| json!({}), Roster::state);
             frames.push(state_frame(&sub, &state));
         }
         outbox.push_then(frames, || self.insert(sub))
@@ -36,9 +36,9 @@ impl Registry {
     pub fn track(&self, id: SubId, fields: Map<String, Value>) {
         let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return };
         let mut rosters = self.inner.presence.lock().expect("presence lock poisoned");
-        let roster = rosters.entry(Arc::clone(&sub.topic)).or_default();
+        let roster = rosters.entry(sub.topic_key()).or_default();
         for diff in roster.track(id, &sub.presence_key, fields) {
-            self.send_diff(&sub.topic, &diff);
+            self.send_diff(&sub, &diff);
         }
         if !sub.presence_enabled.swap(true, Ordering::Relaxed) {
             sub.route.outbox.push(state_frame(&sub, &roster.state()));
@@ -55,19 +55,21 @@ impl Registry {
     /// `sub` (live or just removed) is no longer present.
     pub(super) fn untrack_sub(&self, id: SubId, sub: &Subscription) {
         let mut rosters = self.inner.presence.lock().expect("presence lock poisoned");
-        let Some(roster) = rosters.get_mut(&sub.topic) else { return };
+        let Some(roster) = rosters.get_mut(&sub.topic_key()) else { return };
         if let Some(diff) = roster.untrack(id) {
-            self.send_diff(&sub.topic, &diff);
+            self.send_diff(sub, &diff);
         }
         if roster.is_empty() {
-            rosters.remove(&sub.topic);
+            rosters.remove(&sub.topic_key());
         }
     }
 
-    fn send_diff(&self, topic: &str, diff: &Diff) {
+    /// Sends `diff` to the channels on `from`'s topic (in its namespace) that have presence on.
+    fn send_diff(&self, from: &Subscription, diff: &Diff) {
+        let topic = &*from.topic;
         let payload = diff.payload().to_string();
         let mut frames = FrameCache::default();
-        for (_, sub) in self.on_topic(topic) {
+        for (_, sub) in self.on_topic(topic, from.private) {
             if sub.presence_enabled.load(Ordering::Relaxed) {
                 let vsn = sub.route.vsn;
                 let frame = frames.get(&sub.topic, &[], vsn, || protocol::encode(vsn, None, None, topic, "presence_diff", &payload));

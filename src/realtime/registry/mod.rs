@@ -132,7 +132,12 @@ pub struct Subscription {
     presence_key: String,
     /// The join's ref, carried by channel pushes such as `presence_state`.
     join_ref: Option<String>,
+    /// Joined with `config.private`: a namespace apart from the public topic of the same name.
+    private: bool,
 }
+
+/// A topic in its namespace (private or public): what broadcasts and presence are addressed to.
+type TopicKey = (Arc<str>, bool);
 
 /// The binding ids of one subscription that match a change, with the shape they share.
 type Matched<'a> = (Option<&'a Selection>, Vec<u32>);
@@ -151,7 +156,18 @@ impl Subscription {
             presence_enabled: false.into(),
             presence_key: String::new(),
             join_ref: None,
+            private: false,
         }
+    }
+
+    /// Marks the subscription private (`config.private`), authorised by the topic's policies.
+    pub fn private(mut self, private: bool) -> Self {
+        self.private = private;
+        self
+    }
+
+    fn topic_key(&self) -> TopicKey {
+        (Arc::clone(&self.topic), self.private)
     }
 
     /// Sets the presence settings of the join: `enabled`, the member `key`, the join's ref.
@@ -207,11 +223,11 @@ pub struct Registry {
 struct Inner {
     subs: DashMap<SubId, Arc<Subscription>>,
     /// Topic to the subscriptions joined to it (broadcast and presence).
-    by_topic: DashMap<Arc<str>, HashSet<SubId>>,
+    by_topic: DashMap<TopicKey, HashSet<SubId>>,
     /// Who is present per topic. One lock for all topics: presence calls are
     /// rare (a few per channel per minute), and holding it while a state is
     /// read and a joiner made live keeps states and diffs in order.
-    presence: std::sync::Mutex<HashMap<Arc<str>, Roster>>,
+    presence: std::sync::Mutex<HashMap<TopicKey, Roster>>,
     /// (claim path, owner) to the subscriptions whose principal names that owner there.
     by_owner: DashMap<(ClaimPath, String), HashSet<SubId>>,
     /// The claim paths every subscription is indexed under; grows as tables use new ones.
@@ -247,7 +263,7 @@ impl Registry {
     pub fn insert(&self, sub: Subscription) -> SubId {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let principal = sub.principal();
-        self.inner.by_topic.entry(Arc::clone(&sub.topic)).or_default().insert(id);
+        self.inner.by_topic.entry(sub.topic_key()).or_default().insert(id);
         self.inner.subs.insert(id, Arc::new(sub));
         self.index(id, &principal, IndexOp::Add);
         id
@@ -257,7 +273,7 @@ impl Registry {
     pub fn remove(&self, id: SubId) {
         if let Some((_, sub)) = self.inner.subs.remove(&id) {
             self.index(id, &sub.principal(), IndexOp::Remove);
-            self.inner.by_topic.remove_if_mut(&sub.topic, |_, set| {
+            self.inner.by_topic.remove_if_mut(&sub.topic_key(), |_, set| {
                 set.remove(&id);
                 set.is_empty()
             });
@@ -265,9 +281,10 @@ impl Registry {
         }
     }
 
-    /// The subscriptions joined to `topic`.
-    fn on_topic(&self, topic: &str) -> Vec<(SubId, Arc<Subscription>)> {
-        let ids: Vec<SubId> = self.inner.by_topic.get(topic).map(|s| s.iter().copied().collect()).unwrap_or_default();
+    /// The subscriptions joined to `topic` in the private or the public namespace.
+    fn on_topic(&self, topic: &str, private: bool) -> Vec<(SubId, Arc<Subscription>)> {
+        let key: TopicKey = (Arc::from(topic), private);
+        let ids: Vec<SubId> = self.inner.by_topic.get(&key).map(|s| s.iter().copied().collect()).unwrap_or_default();
         ids.into_iter().filter_map(|id| self.inner.subs.get(&id).map(|s| (id, Arc::clone(&s)))).collect()
     }
 
@@ -360,8 +377,8 @@ impl Registry {
     }
 
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
-    pub fn broadcast(&self, from: SubId, topic: &str, payload: &str) {
-        let targets = self.on_topic(topic);
+    pub fn broadcast(&self, from: SubId, topic: &str, private: bool, payload: &str) {
+        let targets = self.on_topic(topic, private);
         let mut frames = FrameCache::default();
         for (id, sub) in targets {
             if id != from || sub.broadcast_self {
@@ -428,13 +445,13 @@ impl ChangeSink for Registry {
         let Some(row) = &message.record else { return };
         let text = |k: &str| row.get(k).and_then(serde_json::Value::as_str);
         let (Some(topic), Some(event)) = (text("topic"), text("event")) else { return };
-        // Private messages are for private channels, which only receive once they exist.
-        if text("extension") != Some("broadcast") || row.get("private").and_then(serde_json::Value::as_bool) == Some(true) {
+        if text("extension") != Some("broadcast") {
             return;
         }
+        let private = row.get("private").and_then(serde_json::Value::as_bool).unwrap_or(false);
         let payload = row.get("payload").cloned().unwrap_or(serde_json::Value::Null);
         let body = serde_json::json!({ "type": "broadcast", "event": event, "payload": payload });
-        self.broadcast(SERVER, &format!("realtime:{topic}"), &body.to_string());
+        self.broadcast(SERVER, &format!("realtime:{topic}"), private, &body.to_string());
     }
 }
 
@@ -637,7 +654,7 @@ mod tests {
         let (sender, from) = subscribe(&r, "realtime:room", principal("anon", None), Vsn::V2);
         let (other, _) = subscribe(&r, "realtime:room", principal("anon", None), Vsn::V2);
         let (elsewhere, _) = subscribe(&r, "realtime:hall", principal("anon", None), Vsn::V2);
-        r.broadcast(from, "realtime:room", r#"{"type":"broadcast","event":"e","payload":{}}"#);
+        r.broadcast(from, "realtime:room", false, r#"{"type":"broadcast","event":"e","payload":{}}"#);
         assert!(drain(&sender).is_empty());
         assert_eq!(drain(&other)[0][4]["event"], "e");
         assert!(drain(&elsewhere).is_empty());

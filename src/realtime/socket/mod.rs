@@ -45,6 +45,7 @@ use tungstenite::{Message, Utf8Bytes};
 use super::channel::{self, JoinRefusal};
 use super::filter::MAX_PATTERNS_PER_SOCKET;
 use super::outbox::{Bounds, Close, Next, Outbox};
+use super::policies::{Policies, PolicyCheck};
 use super::protocol::{self, Inbound, Vsn};
 use super::registry::{Registry, Route, SubId, Subscription};
 use crate::auth::{now_secs, AuthError, Principal};
@@ -52,12 +53,17 @@ use crate::changes::tables::Tables;
 use crate::config::Limits;
 use crate::keyring::Keyring;
 
+mod private;
+mod pushes;
+
 /// Everything a socket task needs from the app; cheap to clone.
 #[derive(Clone)]
 pub struct SocketContext {
     pub registry: Registry,
     pub tables: Tables,
     pub keyring: Keyring,
+    /// Asks the `realtime.messages` policies for private channels.
+    pub policies: PolicyCheck,
     pub limits: Arc<Limits>,
     /// True while the change listener is connected.
     pub live: watch::Receiver<bool>,
@@ -84,8 +90,20 @@ struct Joined {
     ack: bool,
     /// Pattern filters its bindings hold.
     patterns: usize,
-    /// Its track/untrack budget (see `PRESENCE_CALLS`).
+    /// Its track/untrack budget (see `presence_quota`).
     presence_calls: DefaultDirectRateLimiter,
+    /// A private channel's rights, from its policies; `None` on a public channel (all allowed).
+    policies: Option<Policies>,
+}
+
+impl Joined {
+    fn may_send(&self) -> bool {
+        self.policies.is_none_or(|p| p.broadcast_write)
+    }
+
+    fn may_track(&self) -> bool {
+        self.policies.is_none_or(|p| p.presence_write)
+    }
 }
 
 /// Presence calls one channel may make: a burst of 5, then one per 6 s.
@@ -336,12 +354,12 @@ impl Conn {
     /// feed), subscribe. Any refusal is an error reply in Supabase's words.
     async fn join(&mut self, m: Inbound) -> Result<(), End> {
         let authorized = match self.admit(&m) {
-            Ok(sub_topic) => self.authorize(&m).await.map(|principal| (sub_topic, principal)),
+            Ok(sub_topic) => self.authorize(&m, sub_topic).await.map(|grant| (sub_topic, grant)),
             Err(refusal) => Err(refusal),
         };
         let refusal = match authorized {
-            Ok((sub_topic, principal)) => {
-                self.subscribe(&m, sub_topic, principal).await;
+            Ok((sub_topic, (principal, policies))) => {
+                self.subscribe(&m, sub_topic, principal, policies).await;
                 return Ok(());
             }
             Err(refusal) => refusal,
@@ -360,6 +378,9 @@ impl Conn {
             return Err(JoinRefusal::JoinRate);
         }
         let sub_topic = channel::sub_topic(&m.topic)?;
+        if self.ctx.limits.private_only && !private::asks_private(&m.payload) {
+            return Err(JoinRefusal::PrivateOnly);
+        }
         if let Some(old) = self.channels.remove(&m.topic) {
             self.ctx.registry.remove(old.sub);
             self.push(old.join_ref.as_deref(), old.join_ref.as_deref(), &m.topic, "phx_close", "{}");
@@ -373,19 +394,21 @@ impl Conn {
 
     /// Whose channel this is (the join's token, else the socket's key), held
     /// until the change feed is live so nothing committed after `ok` is missed.
-    async fn authorize(&self, m: &Inbound) -> Result<Principal, JoinRefusal> {
+    /// A private join also needs its topic's policies to let it read.
+    async fn authorize(&self, m: &Inbound, sub_topic: &str) -> Result<(Principal, Option<Policies>), JoinRefusal> {
         let principal = match Self::token_of(&m.payload) {
             Some(token) => self.ctx.keyring.verify(token).await.map_err(|e| JoinRefusal::Token(e.join_reason()))?,
             None => self.apikey.clone(),
         };
+        let policies = if private::asks_private(&m.payload) { Some(self.policies_for(&principal, sub_topic).await?) } else { None };
         if !self.wait_live().await {
             return Err(JoinRefusal::NotLive);
         }
-        Ok(principal)
+        Ok((principal, policies))
     }
 
     /// Plans the bindings, queues the reply and notices, then makes the subscription live.
-    async fn subscribe(&mut self, m: &Inbound, sub_topic: &str, principal: Principal) {
+    async fn subscribe(&mut self, m: &Inbound, sub_topic: &str, principal: Principal, policies: Option<Policies>) {
         let patterns_left = MAX_PATTERNS_PER_SOCKET.saturating_sub(self.channels.values().map(|j| j.patterns).sum());
         let mut plan = channel::plan(&m.payload, &self.ctx.tables, patterns_left);
         if plan.unknown_tables && self.ctx.tables.refresh().await {
@@ -403,11 +426,11 @@ impl Conn {
         }
         let exp = principal.exp;
         let route = Route { outbox: self.outbox.clone(), vsn: self.vsn };
-        let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self).with_presence(
-            plan.presence_enabled,
-            plan.presence_key,
-            m.join_ref.clone(),
-        );
+        // A private channel hears presence only if its policies let it read presence.
+        let presence = plan.presence_enabled && policies.is_none_or(|p| p.presence_read);
+        let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self)
+            .with_presence(presence, plan.presence_key, m.join_ref.clone())
+            .private(policies.is_some());
         let sub = self.ctx.registry.join(sub, &self.outbox, frames);
         let joined = Joined {
             join_ref: m.join_ref.clone(),
@@ -416,6 +439,7 @@ impl Conn {
             ack: plan.broadcast_ack,
             patterns: plan.patterns,
             presence_calls: RateLimiter::direct(presence_quota()),
+            policies,
         };
         self.channels.insert(m.topic.clone(), joined);
         info!(topic = %m.topic, "channel joined");
@@ -438,61 +462,15 @@ impl Conn {
         let Some(token) = Self::token_of(&m.payload) else { return };
         match self.ctx.keyring.verify(token).await {
             Ok(principal) => {
+                let private = self.channels.get(&m.topic).is_some_and(|j| j.policies.is_some());
+                if private && !self.recheck_private(&m.topic, &principal).await {
+                    return;
+                }
                 let joined = self.channels.get_mut(&m.topic).expect("dispatch checked the topic is joined");
                 joined.exp = principal.exp;
                 self.ctx.registry.set_principal(joined.sub, principal);
             }
             Err(e) => self.shut_channel(&m.topic, &e.to_string()),
-        }
-    }
-
-    fn broadcast(&mut self, m: &Inbound) {
-        let joined = &self.channels[&m.topic];
-        let (sub, ack) = (joined.sub, joined.ack);
-        let mut payload = m.payload.clone();
-        if let Some(obj) = payload.as_object_mut() {
-            obj.entry("type").or_insert(json!("broadcast"));
-        }
-        let text = payload.to_string();
-        if text.len() > self.ctx.limits.max_payload_bytes() {
-            // Supabase drops it; with `ack` the sender hears why (the documented object form).
-            if ack {
-                self.reply(m, &protocol::reply_status_error(&json!({"error": "payload_size_exceeded"})));
-            }
-            return;
-        }
-        self.ctx.registry.broadcast(sub, &m.topic, &text);
-        if ack {
-            self.reply(m, &protocol::reply_ok(&json!({})));
-        }
-    }
-
-    /// `track` and `untrack`, with Supabase's replies and limits.
-    fn presence(&mut self, m: &Inbound) {
-        let joined = &self.channels[&m.topic];
-        let sub = joined.sub;
-        if joined.presence_calls.check().is_err() {
-            return self.shut_channel(&m.topic, "Client presence rate limit exceeded");
-        }
-        let event = m.payload.get("event").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
-        match event.as_str() {
-            "track" => {
-                let fields = match m.payload.get("payload") {
-                    None => serde_json::Map::new(),
-                    Some(Value::Object(fields)) => fields.clone(),
-                    Some(_) => return self.reply(m, &protocol::reply_error("Presence track payload must be a map")),
-                };
-                if Value::Object(fields.clone()).to_string().len() > self.ctx.limits.max_payload_bytes() {
-                    return self.shut_channel(&m.topic, "Track message size exceeded");
-                }
-                self.reply(m, &protocol::reply_ok(&json!({})));
-                self.ctx.registry.track(sub, fields);
-            }
-            "untrack" => {
-                self.reply(m, &protocol::reply_ok(&json!({})));
-                self.ctx.registry.untrack(sub);
-            }
-            _ => self.reply(m, &protocol::reply_status_error(&json!({}))),
         }
     }
 

@@ -1,0 +1,70 @@
+//! A joined channel's own pushes: `broadcast` and `presence` (track and
+//! untrack), with Supabase's limits, replies and, on private channels, the
+//! write rights its policies gave at join.
+
+use serde_json::{json, Value};
+
+use super::Conn;
+use crate::realtime::protocol::{self, Inbound};
+
+impl Conn {
+    /// Relays a broadcast to the topic's other channels (and its own with `self`).
+    /// A private channel whose policies deny sending is ignored without a reply,
+    /// even with `ack`, as on Supabase (the client times out).
+    pub(super) fn broadcast(&mut self, m: &Inbound) {
+        let joined = &self.channels[&m.topic];
+        let (sub, ack, private) = (joined.sub, joined.ack, joined.policies.is_some());
+        if !joined.may_send() {
+            return;
+        }
+        let mut payload = m.payload.clone();
+        if let Some(obj) = payload.as_object_mut() {
+            obj.entry("type").or_insert(json!("broadcast"));
+        }
+        let text = payload.to_string();
+        if text.len() > self.ctx.limits.max_payload_bytes() {
+            // Supabase drops it; with `ack` the sender hears why (the documented object form).
+            if ack {
+                self.reply(m, &protocol::reply_status_error(&json!({"error": "payload_size_exceeded"})));
+            }
+            return;
+        }
+        self.ctx.registry.broadcast(sub, &m.topic, private, &text);
+        if ack {
+            self.reply(m, &protocol::reply_ok(&json!({})));
+        }
+    }
+
+    /// `track` and `untrack`, with Supabase's replies and limits; on a private
+    /// channel whose policies deny presence writes, an empty error reply.
+    pub(super) fn presence(&mut self, m: &Inbound) {
+        let joined = &self.channels[&m.topic];
+        let sub = joined.sub;
+        if !joined.may_track() {
+            return self.reply(m, &protocol::reply_status_error(&json!({})));
+        }
+        if joined.presence_calls.check().is_err() {
+            return self.shut_channel(&m.topic, "Client presence rate limit exceeded");
+        }
+        let event = m.payload.get("event").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+        match event.as_str() {
+            "track" => {
+                let fields = match m.payload.get("payload") {
+                    None => serde_json::Map::new(),
+                    Some(Value::Object(fields)) => fields.clone(),
+                    Some(_) => return self.reply(m, &protocol::reply_error("Presence track payload must be a map")),
+                };
+                if Value::Object(fields.clone()).to_string().len() > self.ctx.limits.max_payload_bytes() {
+                    return self.shut_channel(&m.topic, "Track message size exceeded");
+                }
+                self.reply(m, &protocol::reply_ok(&json!({})));
+                self.ctx.registry.track(sub, fields);
+            }
+            "untrack" => {
+                self.reply(m, &protocol::reply_ok(&json!({})));
+                self.ctx.registry.untrack(sub);
+            }
+            _ => self.reply(m, &protocol::reply_status_error(&json!({}))),
+        }
+    }
+}
