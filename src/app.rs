@@ -242,6 +242,7 @@ async fn build_gateway(
         registry,
         tables,
         keyring: keyring.clone(),
+        pool: pool.clone(),
         policies: PolicyCheck::new(pool.clone()),
         limits: Arc::new(config.limits.clone()),
         live: live_rx,

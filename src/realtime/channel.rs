@@ -82,6 +82,9 @@ pub enum JoinRefusal {
     /// The private topic's policies let this token read nothing.
     #[error("Unauthorized: You do not have permissions to read from this Channel topic: {0}")]
     Unauthorized(String),
+    /// A replay that cannot be served; carries Supabase's `UnableToReplayMessages: ...` reason.
+    #[error("{0}")]
+    Replay(String),
     /// The policies could not be asked (Supabase's text has no code here).
     #[error("Realtime was unable to connect to the project database")]
     PolicySetup,

@@ -7,6 +7,7 @@
 //! - `channel`: join planning and subscription notices (pure).
 //! - `policies`: what a private channel's token may do, from the RLS policies on `realtime.messages`.
 //! - `presence`: who is present on a topic; state and diff payloads (pure).
+//! - `replay`: broadcasts sent from the database that a private join asks to see again.
 //! - `registry`: live subscriptions, change fan-out, broadcast and presence delivery.
 //! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
 //! - `admission`: connection limits, in all and per client IP.
@@ -23,5 +24,6 @@ pub mod policies;
 pub mod presence;
 pub mod protocol;
 pub mod registry;
+pub mod replay;
 pub mod selection;
 pub mod socket;

@@ -173,3 +173,20 @@ async fn with_private_only_a_public_join_is_refused_and_a_private_one_asks_the_p
     c.send(Some(&r), &r, "realtime:room", "phx_join", json!({"config": {"private": "true", "postgres_changes": []}})).await;
     assert_eq!(c.recv_event("realtime:room", "phx_reply").await.payload["status"], "ok");
 }
+
+#[tokio::test]
+async fn replay_on_a_public_channel_or_with_bad_params_is_refused_in_supabases_words() {
+    let app = spawn_app().await;
+    // Policies come first (Supabase's order): let anon read, so the params are what is judged.
+    app.sql("create policy anon_reads on realtime.messages for select to anon using (realtime.topic() = 'room')").await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    for (config, reason) in [
+        (json!({"broadcast": {"replay": {"since": 0}}}), "UnableToReplayMessages: Replay is not allowed for public channels"),
+        (json!({"private": true, "broadcast": {"replay": {"limit": 5}}}), "UnableToReplayMessages: Replay params are not valid"),
+    ] {
+        let r = c.make_ref();
+        c.send(Some(&r), &r, "realtime:room", "phx_join", json!({ "config": config })).await;
+        let reply = c.recv_event("realtime:room", "phx_reply").await;
+        assert_eq!(reply.payload["response"]["reason"], reason);
+    }
+}

@@ -36,8 +36,9 @@ async function user(t) {
 }
 
 /** Joins `name` on `client` (private unless told otherwise); records broadcasts and system messages. */
-async function join(client, name, { isPrivate = true } = {}) {
-  const channel = client.channel(name, { config: { private: isPrivate, broadcast: { self: false } } })
+async function join(client, name, { isPrivate = true, replay } = {}) {
+  const broadcast = { self: false, ...(replay && { replay }) }
+  const channel = client.channel(name, { config: { private: isPrivate, broadcast } })
   const got = []
   const system = []
   const waiters = new Set()
@@ -117,4 +118,20 @@ test('a new token that the policies refuse closes the private channel with Supab
   await alice.setToken(token({ sub: newUserId() }))
   const closed = await mine.waitFor('the shutdown', mine.system, (m) => m.extension === 'system' && m.status === 'error')
   assert.equal(closed.message, `You no longer have permission to read from this Channel topic: ${room}`)
+})
+
+test('a private join with replay gets the newest messages since then, marked replayed and in order, before live ones', async (t) => {
+  const alice = await user(t)
+  const room = `room:${alice.id}`
+  const since = Date.now() - 60_000
+  for (const n of [1, 2, 3]) await pool.query(`select realtime.send($1::jsonb, 'old', $2)`, [JSON.stringify({ n }), room])
+  const mine = await join(alice.client, room, { replay: { since, limit: 2 } })
+  assert.equal(mine.status.s, 'SUBSCRIBED', mine.status.err?.message)
+  await pool.query(`select realtime.send('{"n": 4}'::jsonb, 'live', $1)`, [room])
+  await mine.waitFor('the live message', mine.got, (m) => m.event === 'live')
+  assert.deepEqual(mine.got.map((m) => [m.event, m.payload.n, m.meta?.replayed ?? false]), [
+    ['old', 2, true],
+    ['old', 3, true],
+    ['live', 4, false],
+  ])
 })

@@ -48,6 +48,7 @@ use super::outbox::{Bounds, Close, Next, Outbox};
 use super::policies::{Policies, PolicyCheck};
 use super::protocol::{self, Inbound, Vsn};
 use super::registry::{Registry, Route, SubId, Subscription};
+use super::replay;
 use crate::auth::{now_secs, AuthError, Principal};
 use crate::changes::tables::Tables;
 use crate::config::Limits;
@@ -62,6 +63,8 @@ pub struct SocketContext {
     pub registry: Registry,
     pub tables: Tables,
     pub keyring: Keyring,
+    /// The app's pool (replay reads).
+    pub pool: sqlx::PgPool,
     /// Asks the `realtime.messages` policies for private channels.
     pub policies: PolicyCheck,
     pub limits: Arc<Limits>,
@@ -112,6 +115,13 @@ impl Joined {
 /// rate that refills evenly, with Supabase's close past it.
 fn presence_quota() -> Quota {
     Quota::with_period(Duration::from_secs(6)).expect("a non-zero period").allow_burst(NonZeroU32::new(5).expect("5 is non-zero"))
+}
+
+/// What a join was granted: whose it is, a private channel's rights, and what it replays.
+struct Grant {
+    principal: Principal,
+    policies: Option<Policies>,
+    replayed: Vec<Value>,
 }
 
 struct Conn {
@@ -358,8 +368,8 @@ impl Conn {
             Err(refusal) => Err(refusal),
         };
         let refusal = match authorized {
-            Ok((sub_topic, (principal, policies))) => {
-                self.subscribe(&m, sub_topic, principal, policies).await;
+            Ok((sub_topic, grant)) => {
+                self.subscribe(&m, sub_topic, grant).await;
                 return Ok(());
             }
             Err(refusal) => refusal,
@@ -394,21 +404,29 @@ impl Conn {
 
     /// Whose channel this is (the join's token, else the socket's key), held
     /// until the change feed is live so nothing committed after `ok` is missed.
-    /// A private join also needs its topic's policies to let it read.
-    async fn authorize(&self, m: &Inbound, sub_topic: &str) -> Result<(Principal, Option<Policies>), JoinRefusal> {
+    /// A private join also needs its topic's policies to let it read, and a
+    /// replay reads what it asked for before the join goes live.
+    async fn authorize(&self, m: &Inbound, sub_topic: &str) -> Result<Grant, JoinRefusal> {
         let principal = match Self::token_of(&m.payload) {
             Some(token) => self.ctx.keyring.verify(token).await.map_err(|e| JoinRefusal::Token(e.join_reason()))?,
             None => self.apikey.clone(),
         };
-        let policies = if private::asks_private(&m.payload) { Some(self.policies_for(&principal, sub_topic).await?) } else { None };
+        let private = private::asks_private(&m.payload);
+        let policies = if private { Some(self.policies_for(&principal, sub_topic).await?) } else { None };
+        let replayed = match replay::asked(&m.payload, private).map_err(|e| JoinRefusal::Replay(e.to_string()))? {
+            Some(_) if policies.is_some_and(|p| !p.broadcast_read) => return Err(JoinRefusal::Unauthorized(sub_topic.to_owned())),
+            Some(ask) => replay::messages(&self.ctx.pool, sub_topic, ask).await.map_err(|e| JoinRefusal::Replay(e.to_string()))?,
+            None => Vec::new(),
+        };
         if !self.wait_live().await {
             return Err(JoinRefusal::NotLive);
         }
-        Ok((principal, policies))
+        Ok(Grant { principal, policies, replayed })
     }
 
     /// Plans the bindings, queues the reply and notices, then makes the subscription live.
-    async fn subscribe(&mut self, m: &Inbound, sub_topic: &str, principal: Principal, policies: Option<Policies>) {
+    async fn subscribe(&mut self, m: &Inbound, sub_topic: &str, grant: Grant) {
+        let Grant { principal, policies, replayed } = grant;
         let patterns_left = MAX_PATTERNS_PER_SOCKET.saturating_sub(self.channels.values().map(|j| j.patterns).sum());
         let mut plan = channel::plan(&m.payload, &self.ctx.tables, patterns_left);
         if plan.unknown_tables && self.ctx.tables.refresh().await {
@@ -418,6 +436,9 @@ impl Conn {
         for notice in &plan.notices {
             let payload = protocol::system("postgres_changes", notice.ok, &notice.message, sub_topic);
             frames.push(self.frame(m.join_ref.as_deref(), None, &m.topic, "system", &payload));
+        }
+        for message in &replayed {
+            frames.push(self.frame(None, None, &m.topic, "broadcast", &message.to_string()));
         }
         if plan.replication_ready {
             // The join waited for the change feed, which carries database broadcasts: they flow now.
