@@ -44,6 +44,7 @@ use crate::realtime::broadcast_api::BroadcastApi;
 use crate::realtime::policies::PolicyCheck;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
+use crate::realtime::topic_rules::TopicRules;
 use crate::rest::snapshot::RestState;
 
 /// Connections in the app's pool: the listener's two, the runner's slots and
@@ -79,6 +80,8 @@ pub struct AppConfig {
     pub demo: bool,
     /// Where the web demo's files are.
     pub web_dir: PathBuf,
+    /// Private-channel rights from the config file; empty: the RLS policies decide.
+    pub topic_rules: TopicRules,
 }
 
 impl AppConfig {
@@ -95,6 +98,7 @@ impl AppConfig {
             runner: true,
             demo: false,
             web_dir: PathBuf::from("web-demo"),
+            topic_rules: TopicRules::default(),
         }
     }
 }
@@ -243,7 +247,7 @@ async fn build_gateway(
         tables,
         keyring: keyring.clone(),
         pool: pool.clone(),
-        policies: PolicyCheck::new(pool.clone()),
+        policies: PolicyCheck::new(pool.clone(), config.topic_rules.clone()),
         limits: Arc::new(config.limits.clone()),
         live: live_rx,
         shutdown: root.child_token(),
@@ -354,6 +358,13 @@ pub async fn disable(pool: &PgPool, table: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("disabling change capture on {table}"))?;
     Ok(())
+}
+
+/// The `[[realtime.topics]]` rules of the config file at `path` (none without a file).
+pub fn topic_rules(path: Option<&str>) -> anyhow::Result<TopicRules> {
+    let Some(path) = path else { return Ok(TopicRules::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    TopicRules::parse(&text).with_context(|| format!("in {path}"))
 }
 
 /// Loads the job config `--config` names, plus the demo type if asked.

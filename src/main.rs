@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
             config.jwks = a.gateway.jwks;
             config.limits = a.gateway.limits;
             config.jobs = app::jobs_config(a.jobs.config.as_deref(), a.jobs.demo_jobs)?;
+            config.topic_rules = app::topic_rules(a.jobs.config.as_deref())?;
             (config.gateway, config.runner) = (!a.no_gateway, !a.no_runner);
             let app = App::build(config).await?;
             match app.local_addr() {

@@ -147,6 +147,9 @@ struct RawFile {
     retention: RawRetention,
     #[serde(default)]
     runner: RawRunner,
+    /// `[realtime]` belongs to the gateway (`realtime::topic_rules`), not to jobs.
+    #[serde(default, rename = "realtime")]
+    _realtime: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]

@@ -12,6 +12,7 @@
 //! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
 //! - `admission`: connection limits, in all and per client IP.
 //! - `broadcast_api`: the broadcast REST API (`/realtime/v1/api/broadcast`).
+//! - `topic_rules`: private-channel rights from the config file, for databases without policies (pure).
 //! - `socket`: one task per WebSocket: control loop and writer.
 
 pub mod admission;
@@ -27,3 +28,4 @@ pub mod registry;
 pub mod replay;
 pub mod selection;
 pub mod socket;
+pub mod topic_rules;

@@ -190,3 +190,24 @@ async fn replay_on_a_public_channel_or_with_bad_params_is_refused_in_supabases_w
         assert_eq!(reply.payload["response"]["reason"], reason);
     }
 }
+
+#[tokio::test]
+async fn topic_rules_from_the_config_decide_private_joins_without_any_policy() {
+    let db = crate::harness::fresh_database().await;
+    let rules = "[[realtime.topics]]\npattern = \"user:{sub}\"\nreceive = true\nsend = true\n";
+    let app = crate::harness::spawn_configured(&db, |c| {
+        c.topic_rules = rowcast::realtime::topic_rules::TopicRules::parse(rules).unwrap();
+    })
+    .await;
+    let alice = app.user("alice");
+    let mut c = Client::v2(&app, &alice).await;
+    for (topic, status) in [("realtime:user:bob", "error"), ("realtime:user:alice", "ok")] {
+        let r = c.make_ref();
+        c.send(Some(&r), &r, topic, "phx_join", json!({"config": {"private": true, "postgres_changes": []}, "access_token": alice})).await;
+        let reply = c.recv_event(topic, "phx_reply").await;
+        assert_eq!(reply.payload["status"], status, "{topic}: {}", reply.payload);
+    }
+    app.sql("select realtime.send('{\"hi\": 1}'::jsonb, 'note', 'user:alice')").await;
+    let f = c.recv_event("realtime:user:alice", "broadcast").await;
+    assert_eq!(f.payload["payload"], json!({"hi": 1}));
+}
