@@ -25,7 +25,10 @@ begin
                 raise notice 'rowcast: role % not created (needs CREATEROLE); private channels refuse tokens with that role', r;
                 continue;
             end if;
-            execute format('create role %I nologin', r);
+            -- Supabase's service_role bypasses RLS; only a superuser may grant that.
+            execute format('create role %I nologin%s', r,
+                           case when r = 'service_role' and (select rolsuper from pg_catalog.pg_roles where rolname = current_user)
+                                then ' bypassrls' else '' end);
         end if;
         -- The gateway (this user) switches to the token's role to ask the policies.
         if not (select rolsuper from pg_catalog.pg_roles where rolname = current_user)

@@ -259,6 +259,7 @@ async fn build_gateway(
     let broadcast = BroadcastApi::new(
         sockets.registry.clone(),
         keyring.clone(),
+        sockets.policies.clone(),
         config.limits.max_payload_bytes(),
         config.limits.max_broadcasts_per_second,
     );

@@ -10,10 +10,10 @@
 //! be valid (else 401 `{"message":"Unauthorized"}`); each message counts
 //! against a per-client-IP rate (429 past it), and a payload over
 //! `--max-payload-kb` is refused with 422. Topics are sub-topics, without
-//! `realtime:`. A private message reaches the private channels of its topic.
-//! Supabase also asks the sender's INSERT policy for it and skips it when
-//! denied (still 202); here any valid token may post one (see the note in the
-//! README's Known limits).
+//! `realtime:`. A private message reaches the private channels of its topic,
+//! if the sender may send there (the topic's INSERT policy, or the topic
+//! rules): in a batch a denied one is skipped (still 202), a denied single
+//! message gets 403 `{"message":"Unauthorized"}`, as on Supabase.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -29,8 +29,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::policies::PolicyCheck;
 use super::registry::{Registry, SERVER};
-use crate::auth::request_token;
+use crate::auth::{request_token, Principal};
 use crate::keyring::Keyring;
 
 /// What the handlers need.
@@ -38,6 +39,8 @@ use crate::keyring::Keyring;
 pub struct BroadcastApi {
     pub registry: Registry,
     pub keyring: Keyring,
+    /// Who may send private messages.
+    pub policies: PolicyCheck,
     /// Largest payload, in bytes.
     pub max_payload_bytes: usize,
     limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
@@ -45,9 +48,14 @@ pub struct BroadcastApi {
 
 impl BroadcastApi {
     /// The API over `registry`, allowing `per_second` messages per client IP.
-    pub fn new(registry: Registry, keyring: Keyring, max_payload_bytes: usize, per_second: u32) -> Self {
+    pub fn new(registry: Registry, keyring: Keyring, policies: PolicyCheck, max_payload_bytes: usize, per_second: u32) -> Self {
         let quota = Quota::per_second(NonZeroU32::new(per_second.max(1)).expect("max(1) is non-zero"));
-        BroadcastApi { registry, keyring, max_payload_bytes, limiter: Arc::new(RateLimiter::keyed(quota)) }
+        BroadcastApi { registry, keyring, policies, max_payload_bytes, limiter: Arc::new(RateLimiter::keyed(quota)) }
+    }
+
+    /// Whether `principal` may send on private topic `topic`; a failed check is a no.
+    async fn may_send(&self, principal: &Principal, topic: &str) -> bool {
+        self.policies.check(principal, topic).await.is_ok_and(|p| p.broadcast_write)
     }
 }
 
@@ -86,13 +94,13 @@ fn answer(status: StatusCode, message: &str) -> Response {
 }
 
 /// Checks the caller's token and spends `messages` from its IP's rate.
-async fn admit(api: &BroadcastApi, headers: &HeaderMap, peer: IpAddr, messages: u32) -> Result<(), Response> {
+async fn admit(api: &BroadcastApi, headers: &HeaderMap, peer: IpAddr, messages: u32) -> Result<Principal, Response> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let token = request_token(h("authorization"), h("apikey")).ok_or_else(|| answer(StatusCode::UNAUTHORIZED, "Unauthorized"))?;
-    api.keyring.verify(token).await.map_err(|_| answer(StatusCode::UNAUTHORIZED, "Unauthorized"))?;
+    let principal = api.keyring.verify(token).await.map_err(|_| answer(StatusCode::UNAUTHORIZED, "Unauthorized"))?;
     let n = NonZeroU32::new(messages.max(1)).expect("max(1) is non-zero");
     match api.limiter.check_key_n(&peer, n) {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(principal),
         Ok(Err(_)) => Err(answer(StatusCode::TOO_MANY_REQUESTS, "You have exceeded your rate limit")),
         Err(_) => Err(answer(StatusCode::TOO_MANY_REQUESTS, "You have exceeded your rate limit, please reduce the batch size")),
     }
@@ -112,16 +120,32 @@ async fn batch(State(api): State<BroadcastApi>, ConnectInfo(peer): ConnectInfo<S
         Ok(b) => b,
         Err(e) => return answer(StatusCode::UNPROCESSABLE_ENTITY, &format!("invalid messages: {e}")),
     };
-    if let Err(refused) = admit(&api, &headers, peer.ip(), batch.messages.len().try_into().unwrap_or(u32::MAX)).await {
-        return refused;
-    }
+    let principal = match admit(&api, &headers, peer.ip(), batch.messages.len().try_into().unwrap_or(u32::MAX)).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
     if batch.messages.iter().any(|m| Value::Object(m.payload.clone()).to_string().len() > api.max_payload_bytes) {
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "Payload size exceeds tenant limit");
     }
     if batch.messages.iter().any(|m| m.topic.is_empty() || m.event.is_empty()) {
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "every message needs a topic and an event");
     }
+    let mut allowed: Vec<(String, bool)> = Vec::new();
     for m in batch.messages {
+        if m.private {
+            let known = allowed.iter().find(|(t, _)| *t == m.topic).map(|(_, ok)| *ok);
+            let ok = match known {
+                Some(ok) => ok,
+                None => {
+                    let ok = api.may_send(&principal, &m.topic).await;
+                    allowed.push((m.topic.clone(), ok));
+                    ok
+                }
+            };
+            if !ok {
+                continue;
+            }
+        }
         deliver(&api, &m.topic, &m.event, Value::Object(m.payload), m.private, m.id);
     }
     StatusCode::ACCEPTED.into_response()
@@ -143,8 +167,13 @@ async fn single(
         )
             .into_response();
     }
-    if let Err(refused) = admit(&api, &headers, peer.ip(), 1).await {
-        return refused;
+    let principal = match admit(&api, &headers, peer.ip(), 1).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
+    let private = q.private.as_deref() == Some("true");
+    if private && !api.may_send(&principal, &topic).await {
+        return answer(StatusCode::FORBIDDEN, "Unauthorized");
     }
     if body.len() > api.max_payload_bytes {
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "Payload size exceeds tenant limit");
@@ -152,6 +181,6 @@ async fn single(
     let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "the body is not JSON");
     };
-    deliver(&api, &topic, &event, payload, q.private.as_deref() == Some("true"), None);
+    deliver(&api, &topic, &event, payload, private, None);
     StatusCode::ACCEPTED.into_response()
 }

@@ -64,6 +64,10 @@ impl PolicyCheck {
         if !self.rules.is_empty() {
             return Ok(self.rules.rights(principal, topic));
         }
+        // Supabase's service_role has BYPASSRLS: every policy lets it through.
+        if principal.is_service() {
+            return Ok(Policies { broadcast_read: true, broadcast_write: true, presence_read: true, presence_write: true });
+        }
         let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
         let mut tx = self.pool.begin().await?;
         sqlx::query("select set_config('rowcast.probing', 'on', true)").execute(&mut *tx).await?;

@@ -135,3 +135,20 @@ test('a private join with replay gets the newest messages since then, marked rep
     ['live', 4, false],
   ])
 })
+
+test('a private REST broadcast from a user without an INSERT policy gets 403, and a batch skips it', async (t) => {
+  const alice = await user(t)
+  const room = `room:${alice.id}`
+  const mine = await join(alice.client, room)
+  const bob = await user(t)
+  await assert.rejects(bob.client.channel(room, { config: { private: true } }).httpSend('intrude', {}), /Unauthorized/)
+  const res = await fetch(`${process.env.ROWCAST_URL}/realtime/v1/api/broadcast`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${token({ sub: bob.id })}` },
+    body: JSON.stringify({ messages: [{ topic: room, event: 'intrude', payload: {}, private: true }] }),
+  })
+  assert.equal(res.status, 202)
+  assert.deepEqual(await alice.client.channel(room, { config: { private: true } }).httpSend('own', {}), { success: true })
+  await mine.waitFor('alice’s own REST message', mine.got, (m) => m.event === 'own')
+  assert.deepEqual(mine.got.map((m) => m.event), ['own'], 'bob’s messages never arrived')
+})
