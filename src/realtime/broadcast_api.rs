@@ -4,7 +4,8 @@
 //!
 //! - `POST /realtime/v1/api/broadcast`: `{messages: [{topic, event, payload, private?, id?}]}`.
 //! - `POST /realtime/v1/api/broadcast/<topic>/events/<event>[?private=true]`:
-//!   the body is the payload (`application/json`).
+//!   the body is the payload: `application/json`, or `application/octet-stream`
+//!   for raw bytes, delivered as a kind-4 binary frame to v2 channels only.
 //!
 //! Both answer 202 with no body. The caller's JWT (Bearer, else `apikey`) must
 //! be valid (else 401 `{"message":"Unauthorized"}`); each message counts
@@ -159,11 +160,12 @@ async fn single(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let json_body = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/json"));
-    if !json_body {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let binary = content_type.starts_with("application/octet-stream");
+    if !binary && !content_type.starts_with("application/json") {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Json(json!({ "error": "Unsupported Media Type. Use application/json (binary payloads are not supported yet)" })),
+            Json(json!({ "error": "Unsupported Media Type. Use application/json or application/octet-stream" })),
         )
             .into_response();
     }
@@ -177,6 +179,10 @@ async fn single(
     }
     if body.len() > api.max_payload_bytes {
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "Payload size exceeds tenant limit");
+    }
+    if binary {
+        api.registry.broadcast_binary(SERVER, &format!("realtime:{topic}"), private, &event, "", &body);
+        return StatusCode::ACCEPTED.into_response();
     }
     let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "the body is not JSON");

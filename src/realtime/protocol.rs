@@ -51,7 +51,14 @@ pub struct Inbound {
     pub event: String,
     /// The payload object.
     pub payload: Value,
+    /// A kind-3 broadcast's raw payload when its encoding is binary (0); the
+    /// payload object then carries `payload: null`.
+    pub binary: Option<bytes::Bytes>,
 }
+
+/// The first byte of a kind-4 (user broadcast) frame. No JSON text starts
+/// with it, so the writer tells binary frames from text ones by it.
+pub const USER_BROADCAST: u8 = 4;
 
 fn malformed(why: impl Into<String>) -> ProtocolError {
     ProtocolError::Malformed(why.into())
@@ -80,6 +87,7 @@ pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, ProtocolError> {
             topic: req_str(items.get(2), "topic")?,
             event: req_str(items.get(3), "event")?,
             payload: items[4].clone(),
+            binary: None,
         }),
         (Vsn::V2, _) => Err(malformed("expected an array of 5 elements")),
         (Vsn::V1, Value::Object(map)) => Ok(Inbound {
@@ -88,6 +96,7 @@ pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, ProtocolError> {
             topic: req_str(map.get("topic"), "topic")?,
             event: req_str(map.get("event"), "event")?,
             payload: map.get("payload").cloned().unwrap_or(Value::Null),
+            binary: None,
         }),
         (Vsn::V1, _) => Err(malformed("expected a JSON object")),
     }
@@ -119,9 +128,9 @@ pub fn decode_binary(bytes: &[u8]) -> Result<Inbound, ProtocolError> {
     let topic = take(*topic_len, "topic")?;
     let user_event = take(*event_len, "event")?;
     let meta = take(*meta_len, "metadata")?;
-    let body = match encoding {
-        1 => serde_json::from_slice(rest).map_err(|_| malformed("broadcast payload is not JSON"))?,
-        0 => Value::Array(rest.iter().map(|b| json!(b)).collect()),
+    let (body, binary) = match encoding {
+        1 => (serde_json::from_slice(rest).map_err(|_| malformed("broadcast payload is not JSON"))?, None),
+        0 => (Value::Null, Some(bytes::Bytes::copy_from_slice(rest))),
         e => return Err(malformed(format!("unknown payload encoding {e}"))),
     };
     let mut payload = json!({ "type": "broadcast", "event": user_event, "payload": body });
@@ -134,7 +143,23 @@ pub fn decode_binary(bytes: &[u8]) -> Result<Inbound, ProtocolError> {
         topic,
         event: "broadcast".into(),
         payload,
+        binary,
     })
+}
+
+/// A kind-4 user broadcast frame (server to a v2 client): topic, event,
+/// metadata JSON (or empty) and the payload, raw (`json` false) or JSON text.
+/// `None` when a field is longer than its one-byte length allows.
+pub fn encode_user_broadcast(topic: &str, event: &str, meta: &str, payload: &[u8], json: bool) -> Option<bytes::Bytes> {
+    let len = |s: &str| u8::try_from(s.len()).ok();
+    let (t, e, m) = (len(topic)?, len(event)?, len(meta)?);
+    let mut out = Vec::with_capacity(5 + topic.len() + event.len() + meta.len() + payload.len());
+    out.extend_from_slice(&[USER_BROADCAST, t, e, m, u8::from(json)]);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(meta.as_bytes());
+    out.extend_from_slice(payload);
+    Some(out.into())
 }
 
 /// Encodes one outgoing frame; `payload` must already be JSON text.

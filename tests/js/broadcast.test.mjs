@@ -74,3 +74,25 @@ test('httpSend and a send before joining go through the REST API and reach every
   const done = await member.waitFor('batch send', (m) => m.event === 'done')
   assert.deepEqual(done.payload, { ok: true })
 })
+
+test('binary payloads go as kind-4 frames to v2 members, over the socket and httpSend, and skip v1 members', async (t) => {
+  const name = room()
+  const sender = (await userClient(t, token({ sub: newUserId() }))).client.channel(name)
+  await new Promise((resolve, reject) => sender.subscribe((s, err) => (s === 'SUBSCRIBED' ? resolve() : reject(err ?? new Error(s)))))
+  const v2 = await listen((await userClient(t, token({ sub: newUserId() }))).client, name)
+  const v1 = await listen((await userClient(t, token({ sub: newUserId() }), { vsn: '1.0.0' })).client, name)
+
+  assert.equal(await sender.send({ type: 'broadcast', event: 'bytes', payload: new Uint8Array([1, 2, 250]).buffer }), 'ok')
+  const got = await v2.waitFor('the binary broadcast', (m) => m.event === 'bytes')
+  assert.ok(got.payload instanceof ArrayBuffer, `an ArrayBuffer, not ${JSON.stringify(got.payload)}`)
+  assert.deepEqual([...new Uint8Array(got.payload)], [1, 2, 250])
+
+  const server = keyClient(t, SERVICE_KEY).channel(name)
+  assert.deepEqual(await server.httpSend('rest-bytes', new Uint8Array([7, 8]).buffer), { success: true })
+  const rest = await v2.waitFor('the binary REST broadcast', (m) => m.event === 'rest-bytes')
+  assert.deepEqual([...new Uint8Array(rest.payload)], [7, 8])
+
+  assert.equal(await sender.send({ type: 'broadcast', event: 'sentinel', payload: {} }), 'ok')
+  await v1.waitFor('the JSON sentinel', (m) => m.event === 'sentinel')
+  assert.deepEqual(v1.got.map((m) => m.event), ['sentinel'], 'a v1 socket cannot carry binary payloads')
+})

@@ -376,6 +376,18 @@ impl Registry {
         owned.unwrap_or_default().iter().chain(&service).filter_map(|id| self.inner.subs.get(id).map(|s| Arc::clone(&s))).collect()
     }
 
+    /// Sends a broadcast with a binary payload: as a kind-4 frame to the v2
+    /// channels on `topic` (other than `from`, unless it asked for `self`);
+    /// v1 channels cannot carry one and get nothing, as on Supabase.
+    pub fn broadcast_binary(&self, from: SubId, topic: &str, private: bool, event: &str, meta: &str, payload: &[u8]) {
+        let Some(frame) = protocol::encode_user_broadcast(topic, event, meta, payload, false) else { return };
+        for (id, sub) in self.on_topic(topic, private) {
+            if (id != from || sub.broadcast_self) && sub.route.vsn == Vsn::V2 {
+                sub.route.outbox.push(frame.clone());
+            }
+        }
+    }
+
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
     pub fn broadcast(&self, from: SubId, topic: &str, private: bool, payload: &str) {
         let targets = self.on_topic(topic, private);

@@ -191,7 +191,7 @@ where
 {
     loop {
         match outbox.next().await {
-            Next::Frame(bytes) => match send_text(&mut sink, bytes, deadline).await {
+            Next::Frame(bytes) => match send_frame(&mut sink, bytes, deadline).await {
                 Ok(()) => {}
                 Err(Stalled::Gone) => break,
                 Err(Stalled::NoProgress) => {
@@ -221,19 +221,25 @@ enum Stalled {
     NoProgress,
 }
 
-/// Sends one text message: whole when small, else as `FRAGMENT_BYTES` pieces
-/// (RFC 6455 fragmentation, reassembled by every client), each within `deadline`.
-async fn send_text<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, bytes: Bytes, deadline: Duration) -> Result<(), Stalled>
+/// Sends one message: whole when small, else as `FRAGMENT_BYTES` pieces
+/// (RFC 6455 fragmentation, reassembled by every client), each within
+/// `deadline`. A frame starting with `USER_BROADCAST` (kind 4) is binary;
+/// every other frame is JSON text.
+async fn send_frame<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, bytes: Bytes, deadline: Duration) -> Result<(), Stalled>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let binary = bytes.first() == Some(&protocol::USER_BROADCAST);
     if bytes.len() <= FRAGMENT_BYTES {
-        // SAFETY: every frame is encoded from a Rust `String` (JSON text), so it is UTF-8;
-        // checking it again would cost a pass over each frame for every socket.
+        if binary {
+            return send_within(sink, Message::Binary(bytes), deadline).await;
+        }
+        // SAFETY: every other frame is encoded from a Rust `String` (JSON text), so it is
+        // UTF-8; checking it again would cost a pass over each frame for every socket.
         let text = unsafe { Utf8Bytes::from_bytes_unchecked(bytes) };
         return send_within(sink, Message::Text(text), deadline).await;
     }
-    for piece in fragments(bytes) {
+    for piece in fragments(bytes, if binary { Data::Binary } else { Data::Text }) {
         send_within(sink, piece, deadline).await?;
     }
     Ok(())
@@ -257,12 +263,12 @@ where
     })
 }
 
-/// A long text message as a text frame and continuation frames, sharing its bytes.
-fn fragments(bytes: Bytes) -> impl Iterator<Item = Message> {
+/// A long message as a first frame of `kind` and continuation frames, sharing its bytes.
+fn fragments(bytes: Bytes, kind: Data) -> impl Iterator<Item = Message> {
     let count = bytes.len().div_ceil(FRAGMENT_BYTES);
     (0..count).map(move |i| {
         let piece = bytes.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(bytes.len()));
-        let opcode = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+        let opcode = if i == 0 { OpCode::Data(kind) } else { OpCode::Data(Data::Continue) };
         Message::Frame(Frame::message(piece, opcode, i + 1 == count))
     })
 }
@@ -545,7 +551,7 @@ mod tests {
     #[test]
     fn a_long_message_goes_as_a_text_frame_and_continuations_of_the_fragment_size() {
         let text: String = (0..40_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-        let frames: Vec<Frame> = fragments(Bytes::from(text.clone()))
+        let frames: Vec<Frame> = fragments(Bytes::from(text.clone()), Data::Text)
             .map(|m| match m {
                 Message::Frame(f) => f,
                 other => panic!("expected a raw frame, got {other:?}"),

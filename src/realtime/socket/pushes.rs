@@ -17,6 +17,9 @@ impl Conn {
         if !joined.may_send() {
             return;
         }
+        if let Some(bytes) = &m.binary {
+            return self.broadcast_binary(m, bytes);
+        }
         let mut payload = m.payload.clone();
         if let Some(obj) = payload.as_object_mut() {
             obj.entry("type").or_insert(json!("broadcast"));
@@ -30,6 +33,24 @@ impl Conn {
             return;
         }
         self.ctx.registry.broadcast(sub, &m.topic, private, &text);
+        if ack {
+            self.reply(m, &protocol::reply_ok(&json!({})));
+        }
+    }
+
+    /// A kind-3 push with a binary payload: relayed as kind 4 to v2 channels.
+    fn broadcast_binary(&mut self, m: &Inbound, bytes: &[u8]) {
+        let joined = &self.channels[&m.topic];
+        let (sub, ack, private) = (joined.sub, joined.ack, joined.policies.is_some());
+        if bytes.len() > self.ctx.limits.max_payload_bytes() {
+            if ack {
+                self.reply(m, &protocol::reply_status_error(&json!({"error": "payload_size_exceeded"})));
+            }
+            return;
+        }
+        let event = m.payload.get("event").and_then(Value::as_str).unwrap_or_default();
+        let meta = m.payload.get("meta").map(Value::to_string).unwrap_or_default();
+        self.ctx.registry.broadcast_binary(sub, &m.topic, private, event, &meta, bytes);
         if ack {
             self.reply(m, &protocol::reply_ok(&json!({})));
         }
