@@ -1,7 +1,7 @@
 -- Broadcast from the database, with Supabase's own names and signatures, so
 -- triggers written for Supabase run unchanged: realtime.send(),
--- realtime.broadcast_changes(), realtime.topic() and the realtime.messages
--- table they write to.
+-- realtime.send_binary(), realtime.broadcast_changes(), realtime.topic() and
+-- the realtime.messages table they write to.
 --
 -- A message goes out through the same durable path as a row change: the
 -- capture trigger copies each inserted message into rowcast.changes in the
@@ -28,6 +28,8 @@ create table if not exists realtime.messages (
     inserted_at timestamp not null default now(),
     primary key (id, inserted_at)
 );
+-- Supabase's newer send_binary() writes here; older projects lack the column.
+alter table realtime.messages add column if not exists binary_payload bytea;
 -- Pruning (by the gateway, after the change retention and at least a day,
 -- see src/changes/listener.rs) scans by age.
 create index if not exists messages_inserted_at on realtime.messages (inserted_at);
@@ -63,6 +65,22 @@ begin
         end $f$;
     end if;
 
+    -- realtime.send_binary(): one broadcast whose payload is bytes (delivered as
+    -- a binary frame to v2 sockets).
+    if to_regprocedure('realtime.send_binary(bytea, text, text, boolean)') is null then
+        create function realtime.send_binary(payload bytea, event text, topic text, private boolean default true)
+        returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $f$
+        begin
+            begin
+                perform set_config('realtime.topic', topic, true);
+                insert into realtime.messages (binary_payload, event, topic, private, extension)
+                values (payload, event, topic, private, 'broadcast');
+            exception when others then
+                raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
+            end;
+        end $f$;
+    end if;
+
     -- realtime.broadcast_changes(): a row change as a broadcast, from a row trigger.
     if to_regprocedure('realtime.broadcast_changes(text, text, text, text, text, record, record, text)') is null then
         create function realtime.broadcast_changes(topic_name text, event_name text, operation text, table_name text,
@@ -87,4 +105,5 @@ end $$;
 grant usage on schema realtime to public;
 grant execute on function realtime.topic() to public;
 grant execute on function realtime.send(jsonb, text, text, boolean) to public;
+grant execute on function realtime.send_binary(bytea, text, text, boolean) to public;
 grant execute on function realtime.broadcast_changes(text, text, text, text, text, record, record, text) to public;

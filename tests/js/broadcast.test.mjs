@@ -1,7 +1,8 @@
 // Broadcast: supabase-js 2.109 (unmodified) sends over the socket (both serializers; v2 sends
 // kind-3 binary frames), with `self` and `ack`, and over REST: `channel.httpSend()` and a
 // `send()` made before the channel is joined (the batch API). Receivers get
-// `{type, event, payload}` whichever way the message came in.
+// `{type, event, payload}` whichever way the message came in; binary payloads (from the
+// socket, REST octet-stream or `realtime.send_binary`) arrive as ArrayBuffers on v2 sockets.
 //
 // Needs ROWCAST_URL, DATABASE_URL and JWT_SECRET. Run: node --test tests/js/broadcast.test.mjs
 
@@ -9,7 +10,7 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { test } from 'node:test'
 
-import { SERVICE_KEY, keyClient, newUserId, token, userClient } from './helpers.mjs'
+import { SERVICE_KEY, keyClient, newUserId, openPool, token, userClient } from './helpers.mjs'
 
 const WAIT_MS = 5_000
 
@@ -91,6 +92,12 @@ test('binary payloads go as kind-4 frames to v2 members, over the socket and htt
   assert.deepEqual(await server.httpSend('rest-bytes', new Uint8Array([7, 8]).buffer), { success: true })
   const rest = await v2.waitFor('the binary REST broadcast', (m) => m.event === 'rest-bytes')
   assert.deepEqual([...new Uint8Array(rest.payload)], [7, 8])
+
+  const pool = openPool()
+  t.after(() => pool.end())
+  await pool.query(`select realtime.send_binary('\\x0102ff'::bytea, 'sql-bytes', $1, false)`, [name])
+  const sql = await v2.waitFor('the binary SQL broadcast', (m) => m.event === 'sql-bytes')
+  assert.deepEqual([...new Uint8Array(sql.payload)], [1, 2, 255])
 
   assert.equal(await sender.send({ type: 'broadcast', event: 'sentinel', payload: {} }), 'ok')
   await v1.waitFor('the JSON sentinel', (m) => m.event === 'sentinel')

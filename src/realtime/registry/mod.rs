@@ -461,10 +461,23 @@ impl ChangeSink for Registry {
             return;
         }
         let private = row.get("private").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        // send_binary(): to_jsonb writes bytea as "\x<hex>".
+        if let Some(bytes) = text("binary_payload").and_then(hex_bytes) {
+            return self.broadcast_binary(SERVER, &format!("realtime:{topic}"), private, event, "", &bytes);
+        }
         let payload = row.get("payload").cloned().unwrap_or(serde_json::Value::Null);
         let body = serde_json::json!({ "type": "broadcast", "event": event, "payload": payload });
         self.broadcast(SERVER, &format!("realtime:{topic}"), private, &body.to_string());
     }
+}
+
+/// The bytes of a `bytea` as `to_jsonb` writes it: `\x` and hex digits.
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
