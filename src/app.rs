@@ -238,6 +238,7 @@ async fn build_gateway(
     let listener_config = ListenerConfig {
         poll: Duration::from_millis(config.limits.poll_ms.max(1)),
         retention: Duration::from_secs(config.limits.change_retention_secs),
+        message_retention: Duration::from_secs(config.limits.message_retention_secs),
         batch: LISTENER_BATCH,
     };
     let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(registry.clone()), live_tx, listener_config);

@@ -162,6 +162,8 @@ mod defaults {
     pub const MAX_RECORD_BYTES: usize = 1_048_576;
     pub const POLL_MS: u64 = 500;
     pub const CHANGE_RETENTION_SECS: u64 = 300;
+    /// Three days, as Supabase keeps its daily partitions of realtime.messages.
+    pub const MESSAGE_RETENTION_SECS: u64 = 3 * 86_400;
     pub const JWKS_TIMEOUT_MS: u64 = 3_000;
     pub const JWKS_REFRESH_SECS: u64 = 600;
 }
@@ -215,6 +217,9 @@ pub struct Limits {
     /// Seconds a read change stays in the log before it is pruned.
     #[arg(long, env = "ROWCAST_CHANGE_RETENTION_SECS", default_value_t = defaults::CHANGE_RETENTION_SECS)]
     pub change_retention_secs: u64,
+    /// Seconds a message sent from the database (realtime.messages) is kept, for replay.
+    #[arg(long, env = "ROWCAST_MESSAGE_RETENTION_SECS", default_value_t = defaults::MESSAGE_RETENTION_SECS)]
+    pub message_retention_secs: u64,
 }
 
 impl Limits {
@@ -252,6 +257,7 @@ impl Default for Limits {
             max_record_bytes: defaults::MAX_RECORD_BYTES,
             poll_ms: defaults::POLL_MS,
             change_retention_secs: defaults::CHANGE_RETENTION_SECS,
+            message_retention_secs: defaults::MESSAGE_RETENTION_SECS,
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct ListenerConfig {
     pub poll: Duration,
     /// How long read changes stay in the log.
     pub retention: Duration,
+    /// How long sent messages (`realtime.messages`) stay, for replay.
+    pub message_retention: Duration,
     /// Rows per read.
     pub batch: i64,
 }
@@ -74,9 +76,9 @@ const FORGET_LISTENERS: &str = "delete from rowcast.listeners where seen_at < no
 /// Read changes older than the retention and behind every live listener go.
 const PRUNE: &str = "delete from rowcast.changes where changed_at < now() - make_interval(secs => $1) \
      and id <= (select min(cursor) from rowcast.listeners where seen_at > now() - make_interval(secs => $2))";
-/// Sent messages are kept three days, as Supabase keeps its daily partitions
-/// (room for replay); they reach live channels through the change log.
-const PRUNE_MESSAGES: &str = "delete from realtime.messages where inserted_at < now() - interval '3 days'";
+/// Sent messages older than the message retention go (replay reads them;
+/// live channels got them through the change log).
+const PRUNE_MESSAGES: &str = "delete from realtime.messages where inserted_at < (now() - make_interval(secs => $1))::timestamp";
 const GAP_STALE: Duration = Duration::from_secs(1);
 /// While changes keep coming the reader polls at this pace without arming the
 /// doorbell (arming lets every commit NOTIFY, which is what we avoid)...
@@ -308,7 +310,7 @@ impl Listener {
             .await?
             .rows_affected();
         sqlx::query(FORGET_LISTENERS).execute(&mut s.conn).await?;
-        sqlx::query(PRUNE_MESSAGES).execute(&mut s.conn).await?;
+        sqlx::query(PRUNE_MESSAGES).bind(self.config.message_retention.as_secs_f64()).execute(&mut s.conn).await?;
         debug!(pruned, "pruned the change log");
         Ok(())
     }

@@ -3,8 +3,8 @@
 //! topic since then (at most `MAX_REPLAY`, oldest first, each with
 //! `meta: {id, replayed: true}`), as Supabase's alpha does, then live ones.
 //!
-//! Read from `realtime.messages`, which keeps sent messages three days
-//! (migration 0005, pruned by the listener). A message committed while the
+//! Read from `realtime.messages`, which keeps sent messages for
+//! `--message-retention-secs` (three days by default; pruned by the listener). A message committed while the
 //! join is between this read and going live can be missed, as on Supabase.
 
 use serde_json::{json, Value};

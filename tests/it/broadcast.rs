@@ -211,3 +211,19 @@ async fn topic_rules_from_the_config_decide_private_joins_without_any_policy() {
     let f = c.recv_event("realtime:user:alice", "broadcast").await;
     assert_eq!(f.payload["payload"], json!({"hi": 1}));
 }
+
+#[tokio::test]
+async fn sent_messages_are_pruned_after_the_message_retention() {
+    let limits = Limits { message_retention_secs: 1, change_retention_secs: 1, poll_ms: 100, ..Limits::default() };
+    let app = spawn_app_with(limits).await;
+    app.sql("select realtime.send('{}'::jsonb, 'old', 'room', false)").await;
+    crate::harness::eventually(|| async {
+        let left: i64 = crate::harness::scalar(&app.pool, "select count(*) from realtime.messages").await;
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} message(s) still kept"))
+        }
+    })
+    .await;
+}
