@@ -114,3 +114,16 @@ async fn state_carries_the_join_ref_and_diffs_come_fastlane_to_both_serializers(
     let diff = next_event(&mut v1, "presence_diff").await;
     assert_eq!(diff.payload["leaves"]["ann"]["metas"][0]["status"], "here", "a closed socket leaves");
 }
+
+#[tokio::test]
+async fn an_empty_presence_key_gets_a_generated_one() {
+    let app = spawn_app().await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    let jr = join_present(&mut c, "").await;
+    let r = presence(&mut c, &jr, "track", json!({"here": true})).await;
+    reply_to(&mut c, &r).await;
+    let diff = next_event(&mut c, "presence_diff").await;
+    let keys: Vec<&String> = diff.payload["joins"].as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 1);
+    assert!(uuid::Uuid::parse_str(keys[0]).is_ok(), "a UUID key, got {keys:?}");
+}
