@@ -275,6 +275,22 @@ fn describe(obj: &Map<String, Value>) -> String {
 mod tests {
     use super::*;
 
+    /// An enabled public table `public.t` with one text column `v`, its key.
+    fn public_t() -> Tables {
+        let mut tables = Tables::default();
+        tables.insert_for_tests(crate::changes::change::TableMeta {
+            schema: "public".into(),
+            table: "t".into(),
+            owner_column: None,
+            owner_claim: Some(crate::auth::ClaimPath::sub()),
+            public: true,
+            full_identity: false,
+            columns: vec![crate::changes::change::Column { name: "v".into(), typ: "text".into() }],
+            primary_key: vec!["v".into()],
+        });
+        tables
+    }
+
     #[test]
     fn identical_bindings_get_identical_small_ids() {
         let a = json!({"event": "*", "schema": "public", "table": "t"});
@@ -329,17 +345,7 @@ mod tests {
 
     #[test]
     fn bindings_past_the_pattern_budget_are_refused_and_the_others_kept() {
-        let mut tables = Tables::default();
-        tables.insert_for_tests(crate::changes::change::TableMeta {
-            schema: "public".into(),
-            table: "t".into(),
-            owner_column: None,
-            owner_claim: Some(crate::auth::ClaimPath::sub()),
-            public: true,
-            full_identity: false,
-            columns: vec![crate::changes::change::Column { name: "v".into(), typ: "text".into() }],
-            primary_key: vec!["v".into()],
-        });
+        let tables = public_t();
         let b = |f: &str| json!({"event": "*", "schema": "public", "table": "t", "filter": f});
         let payload = json!({"config": {"postgres_changes": [b("v=like.a%"), b("v=ilike.%b,v=match.c"), b("v=eq.x")]}});
         let plan = plan(&payload, &tables, 2);
@@ -356,17 +362,7 @@ mod tests {
 
     #[test]
     fn an_unknown_selected_column_is_a_p0001_exception_naming_the_params_as_supabase_prints_them() {
-        let mut tables = Tables::default();
-        tables.insert_for_tests(crate::changes::change::TableMeta {
-            schema: "public".into(),
-            table: "t".into(),
-            owner_column: None,
-            owner_claim: Some(crate::auth::ClaimPath::sub()),
-            public: true,
-            full_identity: false,
-            columns: vec![crate::changes::change::Column { name: "v".into(), typ: "text".into() }],
-            primary_key: vec!["v".into()],
-        });
+        let tables = public_t();
         let payload = json!({"config": {"postgres_changes": [{"event": "*", "schema": "public", "table": "t", "select": ["v", "w"]}]}});
         let plan = plan(&payload, &tables, 16);
         assert!(plan.bindings.is_empty());

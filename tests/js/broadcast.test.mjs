@@ -10,37 +10,17 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { test } from 'node:test'
 
-import { SERVICE_KEY, keyClient, newUserId, openPool, token, userClient } from './helpers.mjs'
-
-const WAIT_MS = 5_000
+import { Recorder, SERVICE_KEY, keyClient, newUserId, openPool, token, userClient } from './helpers.mjs'
 
 /** A channel `room` on `client` with broadcast `config`, recording every broadcast it receives. */
 async function listen(client, room, config = {}) {
   const channel = client.channel(room, { config: { broadcast: config } })
-  const got = []
-  const waiters = new Set()
-  channel.on('broadcast', { event: '*' }, (m) => {
-    got.push(m)
-    for (const w of waiters) w()
-  })
+  const broadcasts = new Recorder(`${room} broadcasts`)
+  channel.on('broadcast', { event: '*' }, broadcasts.push)
   await new Promise((resolve, reject) => {
     channel.subscribe((status, err) => (status === 'SUBSCRIBED' ? resolve() : reject(err ?? new Error(status))))
   })
-  const waitFor = (what, check) =>
-    new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}: ${JSON.stringify(got)}`)), WAIT_MS)
-      const w = () => {
-        const hit = got.find(check)
-        if (hit) {
-          clearTimeout(timer)
-          waiters.delete(w)
-          resolve(hit)
-        }
-      }
-      waiters.add(w)
-      w()
-    })
-  return { channel, got, waitFor }
+  return { channel, got: broadcasts.items, waitFor: (what, check) => broadcasts.waitFor(check, { what }) }
 }
 
 const room = () => `room:${randomBytes(4).toString('hex')}`

@@ -193,7 +193,7 @@ export async function userClient(t, jwt, options) {
 // Waiting for events
 
 /** Collects events and waits for one matching a predicate, failing after a timeout. */
-class Recorder {
+export class Recorder {
   items = []
   #waiters = new Set()
 

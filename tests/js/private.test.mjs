@@ -11,9 +11,8 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { after, before, test } from 'node:test'
 
-import { SERVICE_KEY, newUserId, openPool, token, userClient } from './helpers.mjs'
+import { Recorder, SERVICE_KEY, newUserId, openPool, token, userClient } from './helpers.mjs'
 
-const WAIT_MS = 5_000
 let pool
 before(async () => {
   pool = openPool()
@@ -39,28 +38,17 @@ async function user(t) {
 async function join(client, name, { isPrivate = true, replay } = {}) {
   const broadcast = { self: false, ...(replay && { replay }) }
   const channel = client.channel(name, { config: { private: isPrivate, broadcast } })
-  const got = []
-  const system = []
-  const waiters = new Set()
-  const wake = () => [...waiters].forEach((w) => w())
-  channel.on('broadcast', { event: '*' }, (m) => got.push(m) && wake())
-  channel.on('system', {}, (m) => system.push(m) && wake())
+  const broadcasts = new Recorder(`${name} broadcasts`)
+  const system = new Recorder(`${name} system`)
+  channel.on('broadcast', { event: '*' }, broadcasts.push)
+  channel.on('system', {}, system.push)
   const status = await new Promise((resolve) => channel.subscribe((s, err) => resolve({ s, err })))
-  const waitFor = (what, list, check) =>
-    new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}: ${JSON.stringify(list)}`)), WAIT_MS)
-      const w = () => {
-        const hit = list.find(check)
-        if (hit) {
-          clearTimeout(timer)
-          waiters.delete(w)
-          resolve(hit)
-        }
-      }
-      waiters.add(w)
-      w()
-    })
-  return { channel, status, got, system, waitFor }
+  const recorders = new Map([
+    [broadcasts.items, broadcasts],
+    [system.items, system],
+  ])
+  const waitFor = (what, list, check) => recorders.get(list).waitFor(check, { what })
+  return { channel, status, got: broadcasts.items, system: system.items, waitFor }
 }
 
 test('a member receives private SQL and REST broadcasts that a public channel of the same name never sees', async (t) => {
