@@ -153,6 +153,9 @@ async fn concurrency_limits_hold_across_two_runner_processes_and_no_attempt_runs
     let app = gateway_only(&toml).await;
     let mut a = RunnerProcess::spawn(&app.db_url, &toml);
     let mut b = RunnerProcess::spawn(&app.db_url, &toml);
+    // Both must be up before the work starts, or the first one can finish it alone.
+    a.ready(&app.pool).await;
+    b.ready(&app.pool).await;
     // Which runners hold leases while the jobs run (leases go when a job ends).
     let watch = tokio::spawn({
         let pool = app.pool.clone();

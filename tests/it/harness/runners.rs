@@ -39,22 +39,47 @@ impl RunnerApp {
 pub struct RunnerProcess {
     pub child: tokio::process::Child,
     _config: tempfile_path::TempFile,
+    /// The `application_name` its database connections carry, to see when it is up.
+    name: String,
 }
 
 impl RunnerProcess {
     /// Starts the binary with `toml` (see `jobs_config`) on `db_url`.
     pub fn spawn(db_url: &str, toml: &str) -> RunnerProcess {
         let config = tempfile_path::TempFile::with(&with_runner_defaults(toml));
+        let name = format!("runner-{}", uuid::Uuid::new_v4().simple());
+        let separator = if db_url.contains('?') { '&' } else { '?' };
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rowcast"))
             .args(["serve", "--no-gateway", "--demo-jobs", "--config"])
             .arg(config.path())
-            .env("DATABASE_URL", db_url)
+            .env("DATABASE_URL", format!("{db_url}{separator}application_name={name}"))
             .env("JWT_SECRET", SECRET)
             .env("ROWCAST_LOG", std::env::var("ROWCAST_LOG").unwrap_or_else(|_| "warn".into()))
             .kill_on_drop(true)
             .spawn()
             .expect("starting the rowcast binary");
-        RunnerProcess { child, _config: config }
+        RunnerProcess { child, _config: config, name }
+    }
+
+    /// Waits until the process is connected to the database (it has built its app and runs).
+    pub async fn ready(&self, pool: &sqlx::PgPool) {
+        let name = self.name.clone();
+        crate::harness::eventually(|| {
+            let name = name.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("select count(*) from pg_stat_activity where application_name = $1")
+                    .bind(&name)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if n > 0 {
+                    Ok(())
+                } else {
+                    Err(format!("runner {name} is not connected yet"))
+                }
+            }
+        })
+        .await
     }
 
     /// Sends a signal (KILL, STOP, CONT, TERM).
