@@ -1,0 +1,205 @@
+//! Unit tests of the registry: routing by owner and claim, frames shared
+//! between sockets, selections, broadcasts.
+
+use super::*;
+use crate::realtime::outbox::{Bounds, Next};
+use chrono::Utc;
+use serde_json::{json, Value};
+
+fn meta(public: bool) -> TableMeta {
+    TableMeta {
+        schema: "public".into(),
+        table: "todos".into(),
+        owner_column: (!public).then(|| "user_id".into()),
+        owner_claim: Some(crate::auth::ClaimPath::sub()),
+        public,
+        full_identity: false,
+        columns: vec![Column { name: "id".into(), typ: "int8".into() }, Column { name: "user_id".into(), typ: "text".into() }],
+        primary_key: vec!["id".into()],
+    }
+}
+
+fn change(owner: &str) -> Change {
+    let record = json!({"id": 1, "user_id": owner}).as_object().cloned();
+    Change {
+        id: 1,
+        changed_at: Utc::now(),
+        schema: "public".into(),
+        table: "todos".into(),
+        op: Op::Insert,
+        owner: Some(owner.into()),
+        record,
+        old_record: None,
+    }
+}
+
+fn principal(role: &str, sub: Option<&str>) -> Principal {
+    Principal::new(role, sub, i64::MAX)
+}
+
+fn binding(id: u32) -> Binding {
+    Binding {
+        id,
+        event: EventFilter::All,
+        schema: "public".into(),
+        table: Some("todos".into()),
+        conditions: Vec::new(),
+        compiled: None,
+        per_table: PerTable::default(),
+        selection: None,
+    }
+}
+
+/// A socket's queue and a subscription of `topic` on it.
+fn subscribe(r: &Registry, topic: &str, who: Principal, vsn: Vsn) -> (Outbox, SubId) {
+    let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+    let route = Route { outbox: outbox.clone(), vsn };
+    let id = r.insert(Subscription::new(topic.into(), route, who, vec![binding(7)], false));
+    (outbox, id)
+}
+
+/// The frames queued on `outbox`, as JSON.
+fn drain(outbox: &Outbox) -> Vec<Value> {
+    let mut out = Vec::new();
+    while !outbox.is_empty() {
+        let next = futures_util::FutureExt::now_or_never(outbox.next()).expect("a queued frame is ready");
+        let Next::Frame(bytes) = next else { panic!("unexpected close") };
+        out.push(serde_json::from_slice(&bytes).unwrap());
+    }
+    out
+}
+
+#[test]
+fn an_owned_change_reaches_its_owner_and_the_service_role_only() {
+    let r = Registry::new(1 << 20);
+    let (alice, _) = subscribe(&r, "realtime:a", principal("authenticated", Some("alice")), Vsn::V2);
+    let (bob, _) = subscribe(&r, "realtime:b", principal("authenticated", Some("bob")), Vsn::V2);
+    let (service, _) = subscribe(&r, "realtime:s", principal("service_role", None), Vsn::V2);
+    let (anon, _) = subscribe(&r, "realtime:n", principal("anon", None), Vsn::V2);
+    r.deliver(&change("alice"), &meta(false));
+    let frames = drain(&alice);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0][2], "realtime:a");
+    assert_eq!(frames[0][4]["ids"], json!([7]));
+    assert_eq!(drain(&service).len(), 1);
+    assert!(drain(&bob).is_empty());
+    assert!(drain(&anon).is_empty());
+}
+
+#[test]
+fn a_public_change_reaches_everyone_in_each_ones_serializer() {
+    let r = Registry::new(1 << 20);
+    let (v1, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V1);
+    let (v2, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
+    r.deliver(&change("x"), &meta(true));
+    assert_eq!(drain(&v1)[0]["event"], "postgres_changes");
+    assert_eq!(drain(&v2)[0][3], "postgres_changes");
+}
+
+#[test]
+fn sockets_on_one_channel_share_one_encoded_frame() {
+    let r = Registry::new(1 << 20);
+    let (a, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
+    let (b, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
+    r.deliver(&change("x"), &meta(true));
+    let take = |o: &Outbox| match futures_util::FutureExt::now_or_never(o.next()) {
+        Some(Next::Frame(bytes)) => bytes,
+        other => panic!("expected a frame, got {other:?}"),
+    };
+    assert_eq!(take(&a).as_ptr(), take(&b).as_ptr(), "one buffer, not a copy per socket");
+}
+
+#[test]
+fn a_removed_subscription_gets_nothing_and_leaves_no_index_behind() {
+    let r = Registry::new(1 << 20);
+    let (alice, id) = subscribe(&r, "realtime:a", principal("authenticated", Some("alice")), Vsn::V2);
+    r.remove(id);
+    r.deliver(&change("alice"), &meta(false));
+    assert!(drain(&alice).is_empty());
+    assert!(r.is_empty());
+    assert!(r.inner.by_owner.is_empty());
+}
+
+#[test]
+fn a_new_principal_moves_the_subscription_to_the_new_owner() {
+    let r = Registry::new(1 << 20);
+    let (socket, id) = subscribe(&r, "realtime:a", principal("authenticated", Some("alice")), Vsn::V2);
+    r.set_principal(id, principal("authenticated", Some("bob")));
+    r.deliver(&change("alice"), &meta(false));
+    assert!(drain(&socket).is_empty(), "alice's rows are no longer this channel's");
+    r.deliver(&change("bob"), &meta(false));
+    assert_eq!(drain(&socket).len(), 1);
+    assert!(!r.inner.by_owner.contains_key(&(ClaimPath::sub(), "alice".to_owned())));
+}
+
+fn member_of(sub: &str, org: &str, teams: &[&str]) -> Principal {
+    let mut p = principal("authenticated", Some(sub));
+    Arc::make_mut(&mut p.claims).insert("app_metadata".into(), json!({"org_id": org, "team_ids": teams}));
+    p
+}
+
+fn owned_by_claim(claim: &str) -> TableMeta {
+    TableMeta { owner_claim: Some(ClaimPath::parse(claim).unwrap()), ..meta(false) }
+}
+
+#[test]
+fn a_change_owned_by_an_organisation_reaches_its_members_joined_before_the_claim_was_first_seen() {
+    let r = Registry::new(1 << 20);
+    let (ann, _) = subscribe(&r, "realtime:a", member_of("ann", "acme", &[]), Vsn::V2);
+    let (ben, _) = subscribe(&r, "realtime:b", member_of("ben", "acme", &[]), Vsn::V2);
+    let (eve, _) = subscribe(&r, "realtime:e", member_of("eve", "evil", &[]), Vsn::V2);
+    r.deliver(&change("acme"), &owned_by_claim("app_metadata.org_id"));
+    assert_eq!((drain(&ann).len(), drain(&ben).len()), (1, 1));
+    assert!(drain(&eve).is_empty());
+    // Joined after: indexed under the claim at insert.
+    let (cat, _) = subscribe(&r, "realtime:c", member_of("cat", "acme", &[]), Vsn::V2);
+    r.deliver(&change("acme"), &owned_by_claim("app_metadata.org_id"));
+    assert_eq!(drain(&cat).len(), 1);
+    // A user id equal to the org id sees nothing through `sub`-owned tables of that id.
+    r.deliver(&change("acme"), &meta(false));
+    assert!(drain(&cat).is_empty());
+}
+
+#[test]
+fn an_array_claim_means_membership_and_a_table_whose_claim_does_not_parse_shows_only_the_service_role() {
+    let r = Registry::new(1 << 20);
+    let (ann, _) = subscribe(&r, "realtime:a", member_of("ann", "acme", &["red", "blue"]), Vsn::V2);
+    let (service, _) = subscribe(&r, "realtime:s", principal("service_role", None), Vsn::V2);
+    r.deliver(&change("blue"), &owned_by_claim("app_metadata.team_ids"));
+    r.deliver(&change("green"), &owned_by_claim("app_metadata.team_ids"));
+    assert_eq!(drain(&ann).len(), 1);
+    assert_eq!(drain(&service).len(), 2);
+    let unparsed = TableMeta { owner_claim: None, ..meta(false) };
+    r.deliver(&change("ann"), &unparsed);
+    assert!(drain(&ann).is_empty());
+    assert_eq!(drain(&service).len(), 1);
+}
+
+#[test]
+fn bindings_with_different_selections_get_one_frame_each_with_their_own_columns() {
+    let r = Registry::new(1 << 20);
+    let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+    let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
+    let narrow = Binding { selection: Some(Selection::resolve(&[], &meta(false)).unwrap()), ..binding(8) };
+    r.insert(Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7), narrow], false));
+    r.deliver(&change("alice"), &meta(false));
+    let frames = drain(&outbox);
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0][4]["ids"], json!([7]));
+    assert_eq!(frames[0][4]["data"]["record"], json!({"id": 1, "user_id": "alice"}));
+    assert_eq!(frames[1][4]["ids"], json!([8]));
+    assert_eq!(frames[1][4]["data"]["record"], json!({"id": 1}));
+    assert_eq!(frames[1][4]["data"]["columns"], json!([{"name": "id", "type": "int8"}]));
+}
+
+#[test]
+fn a_broadcast_skips_its_sender_unless_it_asked_for_self() {
+    let r = Registry::new(1 << 20);
+    let (sender, from) = subscribe(&r, "realtime:room", principal("anon", None), Vsn::V2);
+    let (other, _) = subscribe(&r, "realtime:room", principal("anon", None), Vsn::V2);
+    let (elsewhere, _) = subscribe(&r, "realtime:hall", principal("anon", None), Vsn::V2);
+    r.broadcast(from, "realtime:room", false, r#"{"type":"broadcast","event":"e","payload":{}}"#);
+    assert!(drain(&sender).is_empty());
+    assert_eq!(drain(&other)[0][4]["event"], "e");
+    assert!(drain(&elsewhere).is_empty());
+}
