@@ -23,11 +23,13 @@ impl Registry {
     /// `sub` has presence on, and makes `sub` live before anything else can
     /// be queued behind them.
     pub fn join(&self, sub: Subscription, outbox: &Outbox, mut frames: Vec<Bytes>) -> SubId {
-        let rosters = self.inner.presence.lock().expect("presence lock poisoned");
-        if sub.presence_enabled.load(Ordering::Relaxed) {
-            let state = rosters.get(&sub.topic_key()).map_or_else(|| json!({}), Roster::state);
-            frames.push(state_frame(&sub, &state));
+        if !sub.presence_enabled.load(Ordering::Relaxed) {
+            // No state to read, no diffs to order against: joins without presence skip the lock.
+            return outbox.push_then(frames, || self.insert(sub));
         }
+        let rosters = self.inner.presence.lock().expect("presence lock poisoned");
+        let state = rosters.get(&sub.topic_key()).map_or_else(|| json!({}), Roster::state);
+        frames.push(state_frame(&sub, &state));
         outbox.push_then(frames, || self.insert(sub))
     }
 

@@ -191,16 +191,21 @@ impl Subscription {
             }
     }
 
-    /// The matching binding ids, one group per `select` shape (almost always one group).
-    fn matching(&self, change: &Change, meta: &TableMeta) -> Vec<Matched<'_>> {
+    /// Calls `each` with the matching binding ids, once per `select` shape
+    /// (almost always once). The common case, no `select`, builds no groups:
+    /// this runs for every candidate of every change.
+    fn matching(&self, change: &Change, meta: &TableMeta, mut each: impl FnMut(Option<&Selection>, &[u32])) {
         if !self.may_see(change, meta) {
-            return Vec::new();
+            return;
         }
         let matched = self.bindings.iter().filter(|b| b.matches(change, meta));
         if !self.selects {
             let mut ids: Vec<u32> = matched.map(|b| b.id).collect();
             ids.dedup();
-            return if ids.is_empty() { Vec::new() } else { vec![(None, ids)] };
+            if !ids.is_empty() {
+                each(None, &ids);
+            }
+            return;
         }
         let mut groups: Vec<Matched<'_>> = Vec::new();
         for b in matched {
@@ -210,7 +215,9 @@ impl Subscription {
                 None => groups.push((b.selection.as_ref(), vec![b.id])),
             }
         }
-        groups
+        for (selection, ids) in &groups {
+            each(*selection, ids);
+        }
     }
 }
 
@@ -430,26 +437,30 @@ impl ChangeSink for Registry {
         let all_columns: OnceLock<Arc<str>> = OnceLock::new();
         let mut shaped: Vec<(Selection, Arc<str>)> = Vec::new();
         let mut frames = FrameCache::default();
+        let render = |s: Option<&Selection>| render_data(change, meta, self.inner.max_record_bytes, s);
         for sub in self.candidates(change, meta) {
-            for (selection, ids) in sub.matching(change, meta) {
-                let render = |s| render_data(change, meta, self.inner.max_record_bytes, s);
-                let data = match selection {
-                    None => Arc::clone(all_columns.get_or_init(|| render(None))),
-                    Some(s) => match shaped.iter().find(|(seen, _)| seen == s) {
-                        Some((_, data)) => Arc::clone(data),
-                        None => {
-                            let data = render(Some(s));
-                            shaped.push((s.clone(), Arc::clone(&data)));
-                            data
-                        }
-                    },
+            sub.matching(change, meta, |selection, ids| {
+                let shaped_data: Arc<str>;
+                let data: &str = match selection {
+                    None => all_columns.get_or_init(|| render(None)),
+                    Some(s) => {
+                        shaped_data = match shaped.iter().find(|(seen, _)| seen == s) {
+                            Some((_, data)) => Arc::clone(data),
+                            None => {
+                                let data = render(Some(s));
+                                shaped.push((s.clone(), Arc::clone(&data)));
+                                data
+                            }
+                        };
+                        &shaped_data
+                    }
                 };
                 let vsn = sub.route.vsn;
-                let frame = frames.get(&sub.topic, &ids, vsn, || {
-                    protocol::encode(vsn, None, None, &sub.topic, "postgres_changes", &protocol::postgres_changes(&ids, &data))
+                let frame = frames.get(&sub.topic, ids, vsn, || {
+                    protocol::encode(vsn, None, None, &sub.topic, "postgres_changes", &protocol::postgres_changes(ids, data))
                 });
                 sub.route.outbox.push(frame);
-            }
+            });
         }
     }
 
