@@ -183,7 +183,7 @@ impl Verifier {
 
     /// The key that may verify a token with this header, and the one algorithm it allows.
     fn key_for(&self, alg: Algorithm, kid: Option<&str>) -> Result<(&DecodingKey, Algorithm), AuthError> {
-        let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        let hmac = is_hmac(alg);
         let from_set = kid.and_then(|k| self.keys.get(k)).filter(|key| is_hmac(key.alg) == hmac);
         match (from_set, hmac, kid) {
             (Some(key), _, _) => Ok((&key.decoding, key.alg)),

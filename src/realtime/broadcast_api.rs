@@ -125,7 +125,7 @@ async fn batch(State(api): State<BroadcastApi>, ConnectInfo(peer): ConnectInfo<S
         Ok(p) => p,
         Err(refused) => return refused,
     };
-    if batch.messages.iter().any(|m| Value::Object(m.payload.clone()).to_string().len() > api.max_payload_bytes) {
+    if batch.messages.iter().any(|m| serde_json::to_vec(&m.payload).map_or(0, |v| v.len()) > api.max_payload_bytes) {
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "Payload size exceeds tenant limit");
     }
     if batch.messages.iter().any(|m| m.topic.is_empty() || m.event.is_empty()) {

@@ -80,10 +80,10 @@ impl PolicyCheck {
         }
         let policies = match as_role(&mut tx, principal, topic).await {
             Ok(()) => Policies {
-                broadcast_read: may(&mut tx, READ, topic, "broadcast").await,
-                presence_read: may(&mut tx, READ, topic, "presence").await,
-                broadcast_write: may(&mut tx, WRITE, topic, "broadcast").await,
-                presence_write: may(&mut tx, WRITE, topic, "presence").await,
+                broadcast_read: may(&mut tx, Probe::Read, topic, "broadcast").await,
+                presence_read: may(&mut tx, Probe::Read, topic, "presence").await,
+                broadcast_write: may(&mut tx, Probe::Write, topic, "broadcast").await,
+                presence_write: may(&mut tx, Probe::Write, topic, "presence").await,
             },
             // No such role (a token whose role the database lacks): it may do nothing.
             Err(e) if is_refusal(&e) => Policies::default(),
@@ -92,6 +92,15 @@ impl PolicyCheck {
         tx.rollback().await?;
         Ok(policies)
     }
+}
+
+/// What one probe tries, as the token's role.
+#[derive(Clone, Copy)]
+enum Probe {
+    /// See the topic's probe row (the SELECT policies).
+    Read,
+    /// Write a row for the topic (the INSERT policies).
+    Write,
 }
 
 const READ: &str = "select exists (select 1 from realtime.messages where topic = $1 and extension = $2)";
@@ -115,12 +124,11 @@ async fn as_role(tx: &mut Transaction<'_, Postgres>, principal: &Principal, topi
 }
 
 /// Runs one probe inside a savepoint: true when it succeeds (and, for a read, sees a row).
-async fn may(tx: &mut Transaction<'_, Postgres>, probe: &str, topic: &str, extension: &str) -> bool {
+async fn may(tx: &mut Transaction<'_, Postgres>, probe: Probe, topic: &str, extension: &str) -> bool {
     let Ok(mut sp) = sqlx::Connection::begin(&mut **tx).await else { return false };
-    let allowed = if probe == READ {
-        sqlx::query_scalar::<_, bool>(probe).bind(topic).bind(extension).fetch_one(&mut *sp).await.unwrap_or(false)
-    } else {
-        sqlx::query(probe).bind(topic).bind(extension).execute(&mut *sp).await.is_ok()
+    let allowed = match probe {
+        Probe::Read => sqlx::query_scalar::<_, bool>(READ).bind(topic).bind(extension).fetch_one(&mut *sp).await.unwrap_or(false),
+        Probe::Write => sqlx::query(WRITE).bind(topic).bind(extension).execute(&mut *sp).await.is_ok(),
     };
     let _ = sp.rollback().await;
     allowed

@@ -75,7 +75,7 @@ impl Conn {
                     Some(Value::Object(fields)) => fields.clone(),
                     Some(_) => return self.reply(m, &protocol::reply_error("Presence track payload must be a map")),
                 };
-                if Value::Object(fields.clone()).to_string().len() > self.ctx.limits.max_payload_bytes() {
+                if serde_json::to_vec(&fields).map_or(0, |v| v.len()) > self.ctx.limits.max_payload_bytes() {
                     return self.shut_channel(&m.topic, "Track message size exceeded");
                 }
                 self.reply(m, &protocol::reply_ok(&json!({})));
