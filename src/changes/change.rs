@@ -84,6 +84,25 @@ pub struct TableMeta {
     pub primary_key: Vec<String>,
 }
 
+#[cfg(test)]
+impl TableMeta {
+    /// The unit tests' table: `public.<table>` with `columns` (name, typname),
+    /// keyed by the first, its rows owned by `user_id` through `sub`. Tests
+    /// change the rest with struct update syntax.
+    pub(crate) fn owned_for_tests(table: &str, columns: &[(&str, &str)]) -> TableMeta {
+        TableMeta {
+            schema: "public".into(),
+            table: table.into(),
+            owner_column: Some("user_id".into()),
+            owner_claim: Some(ClaimPath::sub()),
+            public: false,
+            full_identity: false,
+            columns: columns.iter().map(|(name, typ)| Column { name: (*name).into(), typ: (*typ).into() }).collect(),
+            primary_key: columns.iter().take(1).map(|(name, _)| (*name).into()).collect(),
+        }
+    }
+}
+
 impl TableMeta {
     /// (name, typname) pairs, as the filter compiler wants them.
     pub fn column_types(&self) -> Vec<(String, String)> {

@@ -278,16 +278,8 @@ mod tests {
     /// An enabled public table `public.t` with one text column `v`, its key.
     fn public_t() -> Tables {
         let mut tables = Tables::default();
-        tables.insert_for_tests(crate::changes::change::TableMeta {
-            schema: "public".into(),
-            table: "t".into(),
-            owner_column: None,
-            owner_claim: Some(crate::auth::ClaimPath::sub()),
-            public: true,
-            full_identity: false,
-            columns: vec![crate::changes::change::Column { name: "v".into(), typ: "text".into() }],
-            primary_key: vec!["v".into()],
-        });
+        let t = crate::changes::change::TableMeta::owned_for_tests("t", &[("v", "text")]);
+        tables.insert_for_tests(crate::changes::change::TableMeta { owner_column: None, public: true, ..t });
         tables
     }
 

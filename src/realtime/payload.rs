@@ -95,20 +95,7 @@ mod tests {
     use serde_json::json;
 
     fn meta(full: bool) -> TableMeta {
-        TableMeta {
-            schema: "public".into(),
-            table: "todos".into(),
-            owner_column: Some("user_id".into()),
-            owner_claim: Some(crate::auth::ClaimPath::sub()),
-            public: false,
-            full_identity: full,
-            columns: vec![
-                Column { name: "id".into(), typ: "int8".into() },
-                Column { name: "user_id".into(), typ: "text".into() },
-                Column { name: "title".into(), typ: "text".into() },
-            ],
-            primary_key: vec!["id".into()],
-        }
+        TableMeta { full_identity: full, ..TableMeta::owned_for_tests("todos", &[("id", "int8"), ("user_id", "text"), ("title", "text")]) }
     }
 
     fn change(op: Op, record: Option<Value>, old: Option<Value>) -> Change {

@@ -83,17 +83,7 @@ mod tests {
     use serde_json::json;
 
     fn meta() -> TableMeta {
-        let col = |n: &str, t: &str| Column { name: n.into(), typ: t.into() };
-        TableMeta {
-            schema: "public".into(),
-            table: "jobs".into(),
-            owner_column: Some("user_id".into()),
-            owner_claim: Some(crate::auth::ClaimPath::sub()),
-            public: false,
-            full_identity: false,
-            columns: vec![col("id", "int8"), col("user_id", "text"), col("progress", "int4"), col("body", "text")],
-            primary_key: vec!["id".into()],
-        }
+        TableMeta::owned_for_tests("jobs", &[("id", "int8"), ("user_id", "text"), ("progress", "int4"), ("body", "text")])
     }
 
     fn binding(select: Value) -> Map<String, Value> {

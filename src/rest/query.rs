@@ -313,20 +313,9 @@ fn condition(f: &Filter, meta: &TableMeta, sql: &mut Sql) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::changes::change::Column;
 
     fn meta() -> TableMeta {
-        let col = |n: &str, t: &str| Column { name: n.into(), typ: t.into() };
-        TableMeta {
-            schema: "public".into(),
-            table: "todos".into(),
-            owner_column: Some("user_id".into()),
-            owner_claim: Some(crate::auth::ClaimPath::sub()),
-            public: false,
-            full_identity: false,
-            columns: vec![col("id", "int8"), col("user_id", "text"), col("title", "text"), col("n", "int4")],
-            primary_key: vec!["id".into()],
-        }
+        TableMeta::owned_for_tests("todos", &[("id", "int8"), ("user_id", "text"), ("title", "text"), ("n", "int4")])
     }
 
     fn q(pairs: &[(&str, &str)]) -> Result<Query, RestError> {

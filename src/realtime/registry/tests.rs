@@ -7,16 +7,8 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 fn meta(public: bool) -> TableMeta {
-    TableMeta {
-        schema: "public".into(),
-        table: "todos".into(),
-        owner_column: (!public).then(|| "user_id".into()),
-        owner_claim: Some(crate::auth::ClaimPath::sub()),
-        public,
-        full_identity: false,
-        columns: vec![Column { name: "id".into(), typ: "int8".into() }, Column { name: "user_id".into(), typ: "text".into() }],
-        primary_key: vec!["id".into()],
-    }
+    let owned = TableMeta::owned_for_tests("todos", &[("id", "int8"), ("user_id", "text")]);
+    TableMeta { owner_column: (!public).then(|| "user_id".into()), public, ..owned }
 }
 
 fn change(owner: &str) -> Change {
