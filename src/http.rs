@@ -19,16 +19,18 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper::upgrade::OnUpgrade;
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::CorsLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tungstenite::handshake::derive_accept_key;
 
-use crate::auth::{AuthError, Minter};
+use crate::auth::{AuthError, Minter, Principal};
 use crate::jobs::handlers::{self as job_routes, JobsState};
 use crate::realtime::admission::Admission;
 use crate::realtime::broadcast_api::{self, BroadcastApi};
@@ -150,7 +152,7 @@ async fn websocket(
     let ctx = state.sockets.clone();
     tokio::spawn(state.socket_tasks.track_future(async move {
         match on_upgrade.await {
-            Ok(upgraded) => socket::serve(TokioIo::new(upgraded), vsn, principal, ctx).await,
+            Ok(upgraded) => serve_upgraded(upgraded, vsn, principal, ctx).await,
             Err(e) => tracing::debug!(error = %e, "the WebSocket upgrade did not complete"),
         }
         drop(ticket);
@@ -161,6 +163,22 @@ async fn websocket(
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     response
+}
+
+/// Runs the socket on the upgraded connection's two halves: the TCP
+/// stream's own halves when it is one (no lock between reader and writer),
+/// else a shared split.
+async fn serve_upgraded(upgraded: Upgraded, vsn: Vsn, principal: Principal, ctx: SocketContext) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (read, write) = parts.io.into_inner().into_split();
+            socket::serve(read, parts.read_buf, write, vsn, principal, ctx).await
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            socket::serve(read, Bytes::new(), write, vsn, principal, ctx).await
+        }
+    }
 }
 
 /// RFC 6455's handshake check: an HTTP/1.1 upgrade to `websocket`, version 13,

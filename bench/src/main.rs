@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     // for, and each client process is one more runnable thread.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if let Cmd::Clients = cli.command {
+        procfs::stand_aside();
         return runtime.block_on(clients::run());
     }
     let env = Env { rowcast_bin: gateway_binary(cli.rowcast_bin)?, procs: cli.procs.into() };

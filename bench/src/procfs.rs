@@ -144,6 +144,18 @@ pub fn raise_nofile() -> u64 {
     nofile_limit().0
 }
 
+/// Makes this process `SCHED_BATCH`: it still gets its share of the CPU,
+/// but waking it (a frame arrived on one of its sockets) no longer preempts
+/// the gateway mid-fan-out. Client processes stand in for browsers on other
+/// machines; without this, each of the gateway's sends on loopback could
+/// switch its core over to a client. Best effort: a refusal changes nothing
+/// but the figures.
+pub fn stand_aside() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads only the struct we pass; pid 0 is this process.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

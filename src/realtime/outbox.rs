@@ -42,11 +42,30 @@ impl Close {
 /// RFC 6455 1013 "try again later", used for slow consumers.
 pub const TRY_AGAIN_LATER: u16 = 1013;
 
+/// Most frames the writer takes at once (one vectored write).
+pub const MAX_BATCH: usize = 32;
+
+/// What a queued frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A message: binary when it starts with `protocol::USER_BROADCAST`, else JSON text.
+    Data,
+    /// The answer to a client's ping.
+    Pong,
+}
+
+/// One queued frame: its kind and its payload, shared with every other socket it went to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Out {
+    pub kind: Kind,
+    pub bytes: Bytes,
+}
+
 /// What the writer should do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Send this text frame.
-    Frame(Bytes),
+    /// Send these frames, in order (at most `MAX_BATCH`).
+    Frames(VecDeque<Out>),
     /// Send this close frame and stop.
     Close(Close),
 }
@@ -60,7 +79,7 @@ pub struct Bounds {
 
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Out>,
     bytes: usize,
     /// Set once; frames pushed after it are dropped.
     close: Option<Close>,
@@ -102,7 +121,13 @@ impl Outbox {
     /// Queues `frame`; on overflow drops the queue and marks the socket slow.
     pub fn push(&self, frame: Bytes) {
         let mut state = self.state();
-        self.push_locked(&mut state, frame);
+        self.push_locked(&mut state, Out { kind: Kind::Data, bytes: frame });
+    }
+
+    /// Queues the answer to a client's ping, carrying its payload.
+    pub fn pong(&self, payload: Bytes) {
+        let mut state = self.state();
+        self.push_locked(&mut state, Out { kind: Kind::Pong, bytes: payload });
     }
 
     /// Queues `frames` and then runs `then` before any other producer can queue
@@ -111,17 +136,17 @@ impl Outbox {
     pub fn push_then<R>(&self, frames: impl IntoIterator<Item = Bytes>, then: impl FnOnce() -> R) -> R {
         let mut state = self.state();
         for frame in frames {
-            self.push_locked(&mut state, frame);
+            self.push_locked(&mut state, Out { kind: Kind::Data, bytes: frame });
         }
         then()
     }
 
-    fn push_locked(&self, state: &mut State, frame: Bytes) {
+    fn push_locked(&self, state: &mut State, frame: Out) {
         if state.close.is_some() {
             return;
         }
         let over = state.frames.len() >= self.shared.bounds.frames
-            || (!state.frames.is_empty() && state.bytes + frame.len() > self.shared.bounds.bytes);
+            || (!state.frames.is_empty() && state.bytes + frame.bytes.len() > self.shared.bounds.bytes);
         if over {
             tracing::warn!(
                 queued = state.frames.len(),
@@ -130,7 +155,7 @@ impl Outbox {
             );
             state.abort(Close::slow("outgoing queue full"));
         } else {
-            state.bytes += frame.len();
+            state.bytes += frame.bytes.len();
             state.frames.push_back(frame);
         }
         self.shared.ready.notify_one();
@@ -161,13 +186,16 @@ impl Outbox {
         (state.frames.len(), state.bytes)
     }
 
-    /// True when nothing waits.
+    /// The queued payloads, taken (tests look at what a socket was sent).
     #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.state().frames.is_empty()
+    pub(crate) fn take_frames(&self) -> Vec<Bytes> {
+        let mut state = self.state();
+        state.bytes = 0;
+        std::mem::take(&mut state.frames).into_iter().map(|o| o.bytes).collect()
     }
 
-    /// Waits for the next thing to write: queued frames first, then the close.
+    /// Waits for the next thing to write: the queued frames first (up to
+    /// `MAX_BATCH`, in order), then the close.
     pub async fn next(&self) -> Next {
         loop {
             if let Some(next) = self.try_next() {
@@ -179,13 +207,16 @@ impl Outbox {
 
     fn try_next(&self) -> Option<Next> {
         let mut state = self.state();
-        if let Some(frame) = state.frames.pop_front() {
-            state.bytes -= frame.len();
-            if state.frames.is_empty() && state.frames.capacity() > 64 {
-                // A burst is over: give its memory back.
-                state.frames = VecDeque::new();
-            }
-            return Some(Next::Frame(frame));
+        if !state.frames.is_empty() {
+            // The usual case takes the whole queue, allocation and all: an idle
+            // socket keeps no buffer, and a burst's memory goes with its write.
+            let batch = if state.frames.len() <= MAX_BATCH {
+                std::mem::take(&mut state.frames)
+            } else {
+                state.frames.drain(..MAX_BATCH).collect()
+            };
+            state.bytes -= batch.iter().map(|o| o.bytes.len()).sum::<usize>();
+            return Some(Next::Frames(batch));
         }
         state.close.clone().map(Next::Close)
     }
@@ -203,6 +234,10 @@ mod tests {
         Bytes::from(vec![b'x'; n])
     }
 
+    fn data(bytes: &'static [u8]) -> Out {
+        Out { kind: Kind::Data, bytes: Bytes::from_static(bytes) }
+    }
+
     #[tokio::test]
     async fn frames_come_out_in_order_then_the_close() {
         let o = outbox(10, 1000);
@@ -210,8 +245,7 @@ mod tests {
         o.push(Bytes::from_static(b"b"));
         o.close(Close::new(1000, "bye"));
         o.push(Bytes::from_static(b"late"));
-        assert_eq!(o.next().await, Next::Frame(Bytes::from_static(b"a")));
-        assert_eq!(o.next().await, Next::Frame(Bytes::from_static(b"b")));
+        assert_eq!(o.next().await, Next::Frames([data(b"a"), data(b"b")].into()));
         assert_eq!(o.next().await, Next::Close(Close::new(1000, "bye")));
     }
 
@@ -264,7 +298,7 @@ mod tests {
         let o = outbox(10, 1000);
         let seen = o.push_then([Bytes::from_static(b"reply")], || o.shared.state.try_lock().is_err());
         assert!(seen, "the step runs while producers are held off");
-        assert_eq!(o.next().await, Next::Frame(Bytes::from_static(b"reply")));
+        assert_eq!(o.next().await, Next::Frames([data(b"reply")].into()));
     }
 
     #[tokio::test]
@@ -277,6 +311,30 @@ mod tests {
         tokio::task::yield_now().await;
         o.push(Bytes::from_static(b"hi"));
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await.unwrap().unwrap();
-        assert_eq!(got, Next::Frame(Bytes::from_static(b"hi")));
+        assert_eq!(got, Next::Frames([data(b"hi")].into()));
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_is_taken_in_batches_of_at_most_max_batch_in_order() {
+        let o = outbox(1000, 1 << 20);
+        for i in 0..MAX_BATCH + 3 {
+            o.push(Bytes::from(i.to_string()));
+        }
+        let Next::Frames(first) = o.next().await else { panic!("expected frames") };
+        let Next::Frames(rest) = o.next().await else { panic!("expected frames") };
+        assert_eq!(first.len(), MAX_BATCH);
+        assert_eq!(rest.len(), 3);
+        let order: Vec<String> = first.iter().chain(&rest).map(|o| String::from_utf8(o.bytes.to_vec()).unwrap()).collect();
+        assert_eq!(order, (0..MAX_BATCH + 3).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(o.len(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_pong_is_queued_in_order_with_the_messages() {
+        let o = outbox(10, 1000);
+        o.push(Bytes::from_static(b"a"));
+        o.pong(Bytes::from_static(b"p"));
+        let Next::Frames(frames) = o.next().await else { panic!("expected frames") };
+        assert_eq!(frames.iter().map(|f| f.kind).collect::<Vec<_>>(), [Kind::Data, Kind::Pong]);
     }
 }

@@ -102,6 +102,24 @@ async fn malformed_frames_are_dropped_and_the_socket_stays_healthy() {
 }
 
 #[tokio::test]
+async fn a_ping_is_answered_with_a_pong_carrying_its_payload_in_order_with_replies() {
+    let app = spawn_app().await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    c.send_raw(Message::Ping(b"are you there".to_vec().into())).await;
+    assert_eq!(c.pong().await, b"are you there");
+    c.heartbeat().await;
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let app = spawn_app().await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    c.heartbeat().await;
+    let answer = c.close_and_wait(1000).await;
+    assert_eq!(answer.map(|(code, _)| code), Some(1000));
+}
+
+#[tokio::test]
 async fn a_binary_broadcast_push_is_decoded_and_delivered_to_other_members() {
     let app = spawn_app().await;
     let mut sender = Client::v2(&app, &app.anon()).await;

@@ -51,7 +51,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let stack = Stack::start(&env.rowcast_bin, SETUP).await?;
     let mut fleet = Fleet::spawn(env.procs)?;
     let params = format!(
-        "subscribers {}, changes {}, interval {} ms, client processes {}, table public.bench (public), \
+        "subscribers {}, changes {}, interval {} ms, client processes {} (SCHED_BATCH), table public.bench (public), \
          one channel name for all (event *, no filter), own token per socket, single-row UPDATE per change",
         args.subscribers, args.changes, args.interval_ms, env.procs
     );

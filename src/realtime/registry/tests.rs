@@ -2,7 +2,7 @@
 //! between sockets, selections, broadcasts.
 
 use super::*;
-use crate::realtime::outbox::{Bounds, Next};
+use crate::realtime::outbox::Bounds;
 use chrono::Utc;
 use serde_json::{json, Value};
 
@@ -52,13 +52,7 @@ fn subscribe(r: &Registry, topic: &str, who: Principal, vsn: Vsn) -> (Outbox, Su
 
 /// The frames queued on `outbox`, as JSON.
 fn drain(outbox: &Outbox) -> Vec<Value> {
-    let mut out = Vec::new();
-    while !outbox.is_empty() {
-        let next = futures_util::FutureExt::now_or_never(outbox.next()).expect("a queued frame is ready");
-        let Next::Frame(bytes) = next else { panic!("unexpected close") };
-        out.push(serde_json::from_slice(&bytes).unwrap());
-    }
-    out
+    outbox.take_frames().iter().map(|bytes| serde_json::from_slice(bytes).unwrap()).collect()
 }
 
 #[test]
@@ -94,10 +88,7 @@ fn sockets_on_one_channel_share_one_encoded_frame() {
     let (a, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
     let (b, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
     r.deliver(&change("x"), &meta(true));
-    let take = |o: &Outbox| match futures_util::FutureExt::now_or_never(o.next()) {
-        Some(Next::Frame(bytes)) => bytes,
-        other => panic!("expected a frame, got {other:?}"),
-    };
+    let take = |o: &Outbox| o.take_frames().pop().expect("a frame");
     assert_eq!(take(&a).as_ptr(), take(&b).as_ptr(), "one buffer, not a copy per socket");
 }
 

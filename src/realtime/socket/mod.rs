@@ -14,37 +14,31 @@
 //! subscription goes live, so it always precedes the channel's first change.
 //! Bad frames are logged and dropped; the socket carries on, as Supabase's does.
 //!
-//! Memory per socket stays small and bounded: a 4 KiB read buffer, eager
-//! writes, and messages over `FRAGMENT_BYTES` sent as continuation frames of
-//! that size, because tungstenite copies each frame into a write buffer that
-//! never shrinks: one 1 MB row sent whole would stay 1 MB on every socket it
-//! reached, for the socket's life.
+//! Memory per socket stays small and bounded: a 4 KiB read buffer, and a
+//! writer (`wire`) that sends the shared payloads straight from the queue,
+//! so no socket keeps a write buffer the size of the largest row it got.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::Message;
 
 use super::channel::{self, JoinRefusal};
 use super::filter::MAX_PATTERNS_PER_SOCKET;
-use super::outbox::{Bounds, Close, Next, Outbox};
+use super::outbox::{Bounds, Close, Outbox};
 use super::policies::{Policies, PolicyCheck};
 use super::protocol::{self, Inbound, Vsn};
 use super::registry::{Registry, Route, SubId, Subscription};
@@ -56,6 +50,9 @@ use crate::keyring::Keyring;
 
 mod private;
 mod pushes;
+mod wire;
+
+use wire::ReadSide;
 
 /// Everything a socket task needs from the app; cheap to clone.
 #[derive(Clone)]
@@ -83,8 +80,6 @@ const LIVE_WAIT: Duration = Duration::from_secs(5);
 /// front) was most of an idle socket's cost; client frames are small, and a
 /// large one grows the buffer as it arrives.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Largest frame written in one piece; longer messages go as fragments.
-const FRAGMENT_BYTES: usize = 16 * 1024;
 
 struct Joined {
     join_ref: Option<String>,
@@ -138,21 +133,22 @@ struct Conn {
 /// client or the writer is gone already.
 type End = Option<Close>;
 
-/// Serves one upgraded connection (the HTTP handshake is done) until it closes.
-pub async fn serve<S>(io: S, vsn: Vsn, apikey: Principal, ctx: SocketContext)
+/// Serves one upgraded connection (the HTTP handshake is done) until it
+/// closes: `read` and `write` are its two halves, `ahead` what the HTTP
+/// layer read past the handshake.
+pub async fn serve<R, W>(read: R, ahead: Bytes, write: W, vsn: Vsn, apikey: Principal, ctx: SocketContext)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     let limits = Arc::clone(&ctx.limits);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        // Eager writes: nothing waits in tungstenite's buffer, which would keep its size.
         .write_buffer_size(0)
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let stream = WebSocketStream::from_raw_socket(ReadSide::new(ahead, read), Role::Server, Some(config)).await;
     let outbox = Outbox::new(Bounds { frames: limits.outgoing_queue, bytes: limits.outgoing_queue_bytes });
-    let (sink, stream) = ws.split();
     let writer_done = CancellationToken::new();
     let per_second = NonZeroU32::new(limits.max_joins_per_second.max(1)).expect("max(1) is non-zero");
     let mut conn = Conn {
@@ -177,104 +173,13 @@ where
     };
     // The writer is a task of its own: a wake for a queued frame polls only the
     // writer, not the control loop's reads and timers.
-    let writer = tokio::spawn(write(sink, outbox.clone(), limits.write_timeout(), writer_done.clone()));
+    let writer = tokio::spawn(wire::write(write, outbox.clone(), limits.write_timeout(), writer_done.clone()));
     control.await;
     let _ = writer.await;
 }
 
-/// The writer: drains the outbox onto the socket. A frame that cannot be
-/// written within `deadline` means the client stopped reading: the queue is
-/// dropped and the close frame gets the same deadline before the socket goes.
-async fn write<S>(mut sink: SplitSink<WebSocketStream<S>, Message>, outbox: Outbox, deadline: Duration, done: CancellationToken)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    loop {
-        match outbox.next().await {
-            Next::Frame(bytes) => match send_frame(&mut sink, bytes, deadline).await {
-                Ok(()) => {}
-                Err(Stalled::Gone) => break,
-                Err(Stalled::NoProgress) => {
-                    warn!(secs = deadline.as_secs(), "no write progress: closing the socket as a slow consumer");
-                    outbox.abort(Close::slow(&format!("no write progress for {} s", deadline.as_secs())));
-                }
-            },
-            Next::Close(close) => {
-                let frame = CloseFrame { code: close.code.into(), reason: close.reason.into() };
-                let _ = timeout(deadline, async {
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    sink.close().await
-                })
-                .await;
-                break;
-            }
-        }
-    }
-    done.cancel();
-}
-
-/// Why a write did not happen.
-enum Stalled {
-    /// The connection failed.
-    Gone,
-    /// One piece took longer than the deadline.
-    NoProgress,
-}
-
-/// Sends one message: whole when small, else as `FRAGMENT_BYTES` pieces
-/// (RFC 6455 fragmentation, reassembled by every client), each within
-/// `deadline`. A frame starting with `USER_BROADCAST` (kind 4) is binary;
-/// every other frame is JSON text.
-async fn send_frame<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, bytes: Bytes, deadline: Duration) -> Result<(), Stalled>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let binary = bytes.first() == Some(&protocol::USER_BROADCAST);
-    if bytes.len() <= FRAGMENT_BYTES {
-        if binary {
-            return send_within(sink, Message::Binary(bytes), deadline).await;
-        }
-        // SAFETY: every other frame is encoded from a Rust `String` (JSON text), so it is
-        // UTF-8; checking it again would cost a pass over each frame for every socket.
-        let text = unsafe { Utf8Bytes::from_bytes_unchecked(bytes) };
-        return send_within(sink, Message::Text(text), deadline).await;
-    }
-    for piece in fragments(bytes, if binary { Data::Binary } else { Data::Text }) {
-        send_within(sink, piece, deadline).await?;
-    }
-    Ok(())
-}
-
-/// Sends one frame, giving up after `deadline`. Most sends finish at once, so
-/// the timer is only armed when the first poll says the socket is full.
-async fn send_within<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, message: Message, deadline: Duration) -> Result<(), Stalled>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut send = std::pin::pin!(sink.send(message));
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
-    let result = match first {
-        std::task::Poll::Ready(result) => result,
-        std::task::Poll::Pending => timeout(deadline, send).await.map_err(|_| Stalled::NoProgress)?,
-    };
-    result.map_err(|e| {
-        debug!(error = %e, "socket write failed");
-        Stalled::Gone
-    })
-}
-
-/// A long message as a first frame of `kind` and continuation frames, sharing its bytes.
-fn fragments(bytes: Bytes, kind: Data) -> impl Iterator<Item = Message> {
-    let count = bytes.len().div_ceil(FRAGMENT_BYTES);
-    (0..count).map(move |i| {
-        let piece = bytes.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(bytes.len()));
-        let opcode = if i == 0 { OpCode::Data(kind) } else { OpCode::Data(Data::Continue) };
-        Message::Frame(Frame::message(piece, opcode, i + 1 == count))
-    })
-}
-
 impl Conn {
-    async fn run<S>(&mut self, mut stream: SplitStream<WebSocketStream<S>>, writer_done: &CancellationToken) -> End
+    async fn run<S>(&mut self, mut stream: WebSocketStream<S>, writer_done: &CancellationToken) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -335,6 +240,10 @@ impl Conn {
             Some(Err(e)) => return Err(read_error(&e, self.ctx.limits.max_frame_bytes)),
             Some(Ok(Message::Text(text))) => protocol::decode_text(self.vsn, text.as_str()),
             Some(Ok(Message::Binary(bytes))) => protocol::decode_binary(&bytes),
+            Some(Ok(Message::Ping(payload))) => {
+                self.outbox.pong(payload);
+                return Ok(());
+            }
             Some(Ok(_)) => return Ok(()),
         };
         match inbound {
@@ -542,27 +451,4 @@ fn read_error(e: &tungstenite::Error, max_frame_bytes: usize) -> End {
     }
     debug!(error = %e, "socket read failed");
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_long_message_goes_as_a_text_frame_and_continuations_of_the_fragment_size() {
-        let text: String = (0..40_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-        let frames: Vec<Frame> = fragments(Bytes::from(text.clone()), Data::Text)
-            .map(|m| match m {
-                Message::Frame(f) => f,
-                other => panic!("expected a raw frame, got {other:?}"),
-            })
-            .collect();
-        assert_eq!(frames.len(), 3);
-        assert_eq!(frames[0].header().opcode, OpCode::Data(Data::Text));
-        assert!(frames[1..].iter().all(|f| f.header().opcode == OpCode::Data(Data::Continue)));
-        assert_eq!(frames.iter().map(|f| f.header().is_final).collect::<Vec<_>>(), [false, false, true]);
-        assert!(frames.iter().all(|f| f.payload().len() <= FRAGMENT_BYTES));
-        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
-        assert_eq!(joined, text.as_bytes());
-    }
 }

@@ -87,6 +87,25 @@ impl Client {
         }
     }
 
+    /// Waits for the next pong, skipping other frames; returns its payload.
+    pub async fn pong(&mut self) -> Vec<u8> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("no pong within the wait");
+            match msg {
+                Some(Ok(Message::Pong(payload))) => return payload.to_vec(),
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended while a pong was expected: {other:?}"),
+            }
+        }
+    }
+
+    /// Sends our close frame and returns the server's answer to it.
+    pub async fn close_and_wait(&mut self, code: u16) -> Option<(u16, String)> {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame { code: code.into(), reason: "".into() };
+        self.send_raw(Message::Close(Some(frame))).await;
+        self.closed().await
+    }
+
     /// Waits for the close frame, skipping other frames.
     pub async fn closed(&mut self) -> Option<(u16, String)> {
         loop {

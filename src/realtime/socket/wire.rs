@@ -1,0 +1,324 @@
+//! The socket's write side, on the TCP write half itself rather than through tungstenite.
+//!
+//! Owns server frame headers, the writer task and the read half's adapter.
+//! A server's frames are unmasked (RFC 6455 5.1), so every socket that gets a
+//! change gets the same payload bytes: the writer sends a 2-10 byte header
+//! and the shared payload with one vectored write, without copying it into a
+//! per-socket buffer, and takes everything queued (up to `MAX_BATCH` frames)
+//! in that same write. Nothing is buffered between writes, so a large row
+//! costs no memory beyond its shared payload, whatever the socket's life.
+//!
+//! tungstenite still reads: it gets the read half and a write side that
+//! discards, because the answers it would write itself (pongs, the close
+//! echo) are queued on the outbox by the control loop and written here, in
+//! order with everything else.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::realtime::outbox::{Close, Kind, Next, Out, Outbox};
+use crate::realtime::protocol;
+
+/// RFC 6455 opcodes the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Pong = 0xA,
+}
+
+/// Longest close reason: a control frame's payload is at most 125 bytes, 2 of them the code.
+const MAX_REASON_BYTES: usize = 123;
+/// Most slices handed to one `writev`.
+const MAX_SLICES: usize = 64;
+
+/// A final, unmasked frame header for a payload of `len` bytes.
+#[derive(Clone, Copy)]
+struct Header {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl Header {
+    fn new(op: Op, len: usize) -> Header {
+        let mut bytes = [0u8; 10];
+        bytes[0] = 0x80 | op as u8;
+        let used = if len < 126 {
+            bytes[1] = len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(len) {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Header { bytes, len: used }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+fn op_of(out: &Out) -> Op {
+    match out.kind {
+        Kind::Pong => Op::Pong,
+        Kind::Data if out.bytes.first() == Some(&protocol::USER_BROADCAST) => Op::Binary,
+        Kind::Data => Op::Text,
+    }
+}
+
+/// Why a write did not happen.
+enum Stalled {
+    /// The connection failed.
+    Gone,
+    /// One write made no progress within the deadline.
+    NoProgress,
+}
+
+/// The writer: drains the outbox onto the socket. A write that makes no
+/// progress within `deadline` means the client stopped reading: the queue is
+/// dropped and the close frame gets the same deadline before the socket goes.
+pub(super) async fn write<W>(mut w: W, outbox: Outbox, deadline: Duration, done: CancellationToken)
+where
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        match outbox.next().await {
+            Next::Frames(frames) => match write_frames(&mut w, &frames, deadline).await {
+                Ok(()) => {}
+                Err(Stalled::Gone) => break,
+                Err(Stalled::NoProgress) => {
+                    warn!(secs = deadline.as_secs(), "no write progress: closing the socket as a slow consumer");
+                    outbox.abort(Close::slow(&format!("no write progress for {} s", deadline.as_secs())));
+                }
+            },
+            Next::Close(close) => {
+                let _ = timeout(deadline, async {
+                    let _ = w.write_all(&close_frame(&close)).await;
+                    w.shutdown().await
+                })
+                .await;
+                break;
+            }
+        }
+    }
+    done.cancel();
+}
+
+/// A whole close frame: code and reason, the reason cut to fit at a character boundary.
+fn close_frame(close: &Close) -> Vec<u8> {
+    let mut cut = close.reason.len().min(MAX_REASON_BYTES);
+    while !close.reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let reason = &close.reason.as_bytes()[..cut];
+    let mut frame = Header::new(Op::Close, 2 + reason.len()).as_slice().to_vec();
+    frame.extend_from_slice(&close.code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
+/// Writes `frames` in order: each header beside its shared payload, in as
+/// few `writev`s as the kernel takes. Piece `2k` is frame `k`'s header,
+/// piece `2k + 1` its payload.
+async fn write_frames<W>(w: &mut W, frames: &VecDeque<Out>, deadline: Duration) -> Result<(), Stalled>
+where
+    W: AsyncWrite + Unpin,
+{
+    let headers: Vec<Header> = frames.iter().map(|f| Header::new(op_of(f), f.bytes.len())).collect();
+    let piece = |i: usize| -> &[u8] {
+        if i % 2 == 0 {
+            headers[i / 2].as_slice()
+        } else {
+            &frames[i / 2].bytes
+        }
+    };
+    let total = frames.len() * 2;
+    let (mut at, mut offset) = (0, 0);
+    loop {
+        while at < total && piece(at).len() == offset {
+            at += 1;
+            offset = 0;
+        }
+        if at == total {
+            return Ok(());
+        }
+        let slices: Vec<IoSlice<'_>> = (at..total)
+            .take(MAX_SLICES)
+            .map(|i| IoSlice::new(if i == at { &piece(i)[offset..] } else { piece(i) }))
+            .collect();
+        let mut written = write_within(w, &slices, deadline).await?;
+        while written > 0 {
+            let left = piece(at).len() - offset;
+            if written < left {
+                offset += written;
+                break;
+            }
+            written -= left;
+            at += 1;
+            offset = 0;
+        }
+    }
+}
+
+/// One vectored write, giving up after `deadline` without progress. Most
+/// writes finish at once, so the timer is armed only when the first poll
+/// says the socket is full.
+async fn write_within<W>(w: &mut W, slices: &[IoSlice<'_>], deadline: Duration) -> Result<usize, Stalled>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut write = std::pin::pin!(w.write_vectored(slices));
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => timeout(deadline, write).await.map_err(|_| Stalled::NoProgress)?,
+    };
+    match result {
+        Ok(0) => Err(Stalled::Gone),
+        Ok(n) => Ok(n),
+        Err(e) => {
+            debug!(error = %e, "socket write failed");
+            Err(Stalled::Gone)
+        }
+    }
+}
+
+/// The read half as tungstenite sees it: bytes the HTTP layer read ahead of
+/// the upgrade come first; what tungstenite writes is dropped (see the module
+/// header).
+pub(super) struct ReadSide<R> {
+    ahead: Bytes,
+    read: R,
+}
+
+impl<R> ReadSide<R> {
+    pub(super) fn new(ahead: Bytes, read: R) -> Self {
+        ReadSide { ahead, read }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.ahead.is_empty() {
+            let n = this.ahead.len().min(buf.remaining());
+            buf.put_slice(&this.ahead[..n]);
+            this.ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+    use tungstenite::protocol::frame::FrameHeader;
+
+    fn parse(bytes: &[u8]) -> (FrameHeader, u64, usize) {
+        let mut cursor = Cursor::new(bytes);
+        let (header, len) = FrameHeader::parse(&mut cursor).unwrap().expect("a whole header");
+        (header, len, cursor.position() as usize)
+    }
+
+    #[test]
+    fn headers_parse_back_as_final_unmasked_frames_of_each_length_form() {
+        for len in [0usize, 1, 125, 126, 65_535, 65_536, 3_000_000] {
+            let h = Header::new(Op::Text, len);
+            let (header, parsed_len, used) = parse(h.as_slice());
+            assert!(header.is_final);
+            assert!(header.mask.is_none(), "server frames are unmasked");
+            assert_eq!(header.opcode, OpCode::Data(Data::Text));
+            assert_eq!((parsed_len, used), (len as u64, h.as_slice().len()), "length {len}");
+        }
+    }
+
+    #[test]
+    fn a_user_broadcast_goes_binary_a_pong_as_pong_and_json_as_text() {
+        let out = |kind, bytes: &'static [u8]| Out { kind, bytes: Bytes::from_static(bytes) };
+        assert_eq!(op_of(&out(Kind::Data, &[protocol::USER_BROADCAST, 1])), Op::Binary);
+        assert_eq!(op_of(&out(Kind::Data, b"[null]")), Op::Text);
+        assert_eq!(op_of(&out(Kind::Pong, b"hi")), Op::Pong);
+        let (header, ..) = parse(Header::new(Op::Pong, 2).as_slice());
+        assert_eq!(header.opcode, OpCode::Control(Control::Pong));
+    }
+
+    #[test]
+    fn a_close_frame_carries_the_code_and_a_reason_cut_at_a_character_boundary() {
+        let frame = close_frame(&Close::new(1013, "é".repeat(100)));
+        let (header, len, used) = parse(&frame);
+        assert_eq!(header.opcode, OpCode::Control(Control::Close));
+        assert_eq!(len as usize, frame.len() - used);
+        assert!(len <= 125);
+        assert_eq!(&frame[used..used + 2], &1013u16.to_be_bytes());
+        assert!(std::str::from_utf8(&frame[used + 2..]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn queued_frames_arrive_whole_and_in_order_through_a_small_pipe() {
+        // A 64-byte pipe forces many partial writes.
+        let (client, server) = tokio::io::duplex(64);
+        let outbox = Outbox::new(crate::realtime::outbox::Bounds { frames: 100, bytes: 1 << 20 });
+        let big: String = "x".repeat(70_000);
+        outbox.push(Bytes::from_static(b"[\"a\"]"));
+        outbox.push(Bytes::from(big.clone()));
+        outbox.pong(Bytes::from_static(b"p"));
+        outbox.close(Close::new(1000, "bye"));
+        let done = CancellationToken::new();
+        tokio::spawn(write(server, outbox, Duration::from_secs(5), done.clone()));
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(client, tungstenite::protocol::Role::Client, None).await;
+        use futures_util::StreamExt;
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = ws.next().await {
+            got.push(m);
+        }
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0], tungstenite::Message::text("[\"a\"]"));
+        assert_eq!(got[1], tungstenite::Message::text(big));
+        assert_eq!(got[2], tungstenite::Message::Pong(Bytes::from_static(b"p")));
+        let tungstenite::Message::Close(Some(close)) = &got[3] else { panic!("expected a close, got {:?}", got[3]) };
+        assert_eq!((u16::from(close.code), close.reason.as_str()), (1000, "bye"));
+        done.cancelled().await;
+    }
+
+    #[tokio::test]
+    async fn bytes_read_ahead_of_the_upgrade_come_before_the_socket() {
+        use tokio::io::AsyncReadExt;
+        let mut side = ReadSide::new(Bytes::from_static(b"ab"), &b"cd"[..]);
+        let mut all = Vec::new();
+        side.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"abcd");
+    }
+}
