@@ -210,11 +210,8 @@ impl Outbox {
         if !state.frames.is_empty() {
             // The usual case takes the whole queue, allocation and all: an idle
             // socket keeps no buffer, and a burst's memory goes with its write.
-            let batch = if state.frames.len() <= MAX_BATCH {
-                std::mem::take(&mut state.frames)
-            } else {
-                state.frames.drain(..MAX_BATCH).collect()
-            };
+            let batch =
+                if state.frames.len() <= MAX_BATCH { std::mem::take(&mut state.frames) } else { state.frames.drain(..MAX_BATCH).collect() };
             state.bytes -= batch.iter().map(|o| o.bytes.len()).sum::<usize>();
             return Some(Next::Frames(batch));
         }

@@ -158,10 +158,8 @@ where
         if at == total {
             return Ok(());
         }
-        let slices: Vec<IoSlice<'_>> = (at..total)
-            .take(MAX_SLICES)
-            .map(|i| IoSlice::new(if i == at { &piece(i)[offset..] } else { piece(i) }))
-            .collect();
+        let slices: Vec<IoSlice<'_>> =
+            (at..total).take(MAX_SLICES).map(|i| IoSlice::new(if i == at { &piece(i)[offset..] } else { piece(i) })).collect();
         let mut written = write_within(w, &slices, deadline).await?;
         while written > 0 {
             let left = piece(at).len() - offset;
