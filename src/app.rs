@@ -39,6 +39,8 @@ use crate::jobs::hooks::Hooks;
 use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
 use crate::keyring::{KeySource, Keyring};
+use crate::metrics::Metrics;
+use crate::ops::Ops;
 use crate::realtime::admission::Admission;
 use crate::realtime::broadcast_api::BroadcastApi;
 use crate::realtime::policies::PolicyCheck;
@@ -139,16 +141,18 @@ impl App {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder().connect_timeout(HTTP_CONNECT_TIMEOUT).build().context("building the HTTP client")?;
         let jobs = Arc::new(config.jobs.clone());
+        let metrics = Metrics::new();
         let runner = if config.runner {
             Runner::sync_types(&pool, &jobs.types.values().collect::<Vec<_>>()).await.context("saving job types")?;
             let hooks = Hooks::new(pool.clone(), Arc::new(jobs.types.clone()), jobs.signing_secret.clone(), client.clone());
-            let runner = Runner::new(pool.clone(), jobs.clone(), client.clone(), hooks.clone());
-            Some(JobRunner { runner, scheduler: Scheduler::new(pool.clone(), jobs.clone(), hooks.clone()), hooks })
+            let runner = Runner::new(pool.clone(), jobs.clone(), client.clone(), hooks.clone(), metrics.jobs.clone());
+            let scheduler = Scheduler::new(pool.clone(), jobs.clone(), hooks.clone(), metrics.jobs.clone());
+            Some(JobRunner { runner, scheduler, hooks })
         } else {
             None
         };
         let root = CancellationToken::new();
-        let gateway = if config.gateway { Some(build_gateway(&config, &pool, &jobs, &root, &client).await?) } else { None };
+        let gateway = if config.gateway { Some(build_gateway(&config, &pool, &jobs, &root, &client, metrics).await?) } else { None };
         Ok(App { pool, root, gateway, runner })
     }
 
@@ -183,14 +187,22 @@ impl App {
         }
         tracker.close();
         shutdown.await;
-        info!("shutting down: closing sockets");
-        http_stop.cancel();
         let mut change_listener = None;
         if let Some((server, state, listener)) = served {
+            // Draining: /ready fails and new sockets are refused, for the load balancer to notice.
+            state.ops.draining.cancel();
+            let delay = Duration::from_secs(state.sockets.limits.drain_delay_secs);
+            if !delay.is_zero() {
+                info!(secs = delay.as_secs(), "draining: /ready answers 503 before sockets are closed");
+                tokio::time::sleep(delay).await;
+            }
+            info!("shutting down: closing sockets");
             close_sockets(&state).await;
+            http_stop.cancel();
             let _ = tokio::time::timeout(HTTP_DRAIN, server).await;
             change_listener = Some(listener);
         }
+        http_stop.cancel();
         info!("shutting down: letting running job steps finish");
         runner_stop.cancel();
         for task in runner_tasks {
@@ -228,13 +240,14 @@ async fn build_gateway(
     jobs: &Arc<JobsConfig>,
     root: &CancellationToken,
     client: &reqwest::Client,
+    metrics: Metrics,
 ) -> anyhow::Result<Gateway> {
     raise_open_files_limit();
     return_large_blocks_to_the_os();
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let (live_tx, live_rx) = watch::channel(false);
     let tables = Tables::with_pool(pool.clone());
-    let registry = Registry::new(config.limits.max_record_bytes);
+    let registry = Registry::with_metrics(config.limits.max_record_bytes, metrics.realtime.clone());
     let listener_config = ListenerConfig {
         poll: Duration::from_millis(config.limits.poll_ms.max(1)),
         retention: Duration::from_secs(config.limits.change_retention_secs),
@@ -253,7 +266,8 @@ async fn build_gateway(
         live: live_rx,
         shutdown: root.child_token(),
     };
-    let jobs = JobsState { pool: pool.clone(), keyring: keyring.clone(), types: Arc::new(jobs.types.clone()) };
+    let jobs =
+        JobsState { pool: pool.clone(), keyring: keyring.clone(), types: Arc::new(jobs.types.clone()), metrics: metrics.jobs.clone() };
     let rest = RestState { pool: pool.clone(), keyring: keyring.clone(), tables: sockets.tables.clone() };
     let demo = config.jwt_secret.as_ref().filter(|_| config.demo).map(|s| Minter::new(s.expose()));
     let admission = Admission::new(config.limits.max_sockets, config.limits.max_sockets_per_ip);
@@ -264,8 +278,19 @@ async fn build_gateway(
         config.limits.max_payload_bytes(),
         config.limits.max_broadcasts_per_second,
     );
+    let ops = Ops {
+        pool: pool.clone(),
+        metrics,
+        registry: sockets.registry.clone(),
+        admission: admission.clone(),
+        live: sockets.live.clone(),
+        delivered_through: change_listener.delivered_through(),
+        draining: CancellationToken::new(),
+        max_lag: Duration::from_secs(config.limits.ready_max_lag_secs),
+    };
     let state = AppState {
         pool: pool.clone(),
+        ops,
         sockets,
         jobs,
         rest,

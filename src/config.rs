@@ -15,13 +15,23 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line) for collectors.
+    #[arg(long, global = true, env = "ROWCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (HTTP, realtime) and the job runner against DATABASE_URL.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the embedded migrations (idempotent).
     Migrate(DbArgs),
     /// Install change capture on a table.
@@ -164,6 +174,8 @@ mod defaults {
     pub const CHANGE_RETENTION_SECS: u64 = 300;
     /// Three days, as Supabase keeps its daily partitions of realtime.messages.
     pub const MESSAGE_RETENTION_SECS: u64 = 3 * 86_400;
+    pub const READY_MAX_LAG_SECS: u64 = 10;
+    pub const DRAIN_DELAY_SECS: u64 = 0;
     pub const JWKS_TIMEOUT_MS: u64 = 3_000;
     pub const JWKS_REFRESH_SECS: u64 = 600;
 }
@@ -220,6 +232,13 @@ pub struct Limits {
     /// Seconds a message sent from the database (realtime.messages) is kept, for replay.
     #[arg(long, env = "ROWCAST_MESSAGE_RETENTION_SECS", default_value_t = defaults::MESSAGE_RETENTION_SECS)]
     pub message_retention_secs: u64,
+    /// `/ready` answers 503 while the oldest change not yet delivered is older than this many seconds.
+    #[arg(long, env = "ROWCAST_READY_MAX_LAG_SECS", default_value_t = defaults::READY_MAX_LAG_SECS)]
+    pub ready_max_lag_secs: u64,
+    /// On SIGTERM, seconds during which `/ready` answers 503 and new sockets are refused
+    /// before open sockets are told to go (time for a load balancer to notice).
+    #[arg(long, env = "ROWCAST_DRAIN_DELAY_SECS", default_value_t = defaults::DRAIN_DELAY_SECS)]
+    pub drain_delay_secs: u64,
 }
 
 impl Limits {
@@ -258,6 +277,8 @@ impl Default for Limits {
             poll_ms: defaults::POLL_MS,
             change_retention_secs: defaults::CHANGE_RETENTION_SECS,
             message_retention_secs: defaults::MESSAGE_RETENTION_SECS,
+            ready_max_lag_secs: defaults::READY_MAX_LAG_SECS,
+            drain_delay_secs: defaults::DRAIN_DELAY_SECS,
         }
     }
 }

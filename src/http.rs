@@ -14,14 +14,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpStream;
@@ -32,6 +35,8 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::auth::{AuthError, Minter, Principal};
 use crate::jobs::handlers::{self as job_routes, JobsState};
+use crate::metrics;
+use crate::ops::{self, Ops};
 use crate::realtime::admission::Admission;
 use crate::realtime::broadcast_api::{self, BroadcastApi};
 use crate::realtime::protocol::Vsn;
@@ -54,12 +59,16 @@ pub struct AppState {
     /// Set only by `rowcast demo`: mints demo users' tokens.
     pub demo: Option<Minter>,
     pub web_dir: PathBuf,
+    /// `/metrics`, `/ready` and the draining flag.
+    pub ops: Ops,
 }
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(ops::metrics).with_state(state.ops.clone()))
+        .route("/ready", get(ops::ready).with_state(state.ops.clone()))
         .route("/realtime/v1/websocket", get(websocket))
         .route("/socket/websocket", get(websocket));
     if state.demo.is_some() {
@@ -76,7 +85,17 @@ pub fn router(state: AppState) -> Router {
         .route("/node_modules/{*rest}", get(|| async { StatusCode::NOT_FOUND }))
         .route_service("/vendor/supabase.js", ServeFile::new(supabase_umd))
         .fallback_service(files)
+        .layer(middleware::from_fn_with_state(state.ops.metrics.http.clone(), count_request))
         .layer(CorsLayer::permissive())
+}
+
+/// Counts each request by its route template (never its path: paths carry
+/// ids) and status; static files count as `static`.
+async fn count_request(State(counter): State<Family<metrics::Request, Counter>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "static".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    counter.get_or_create(&metrics::Request { route, status: response.status().as_u16() }).inc();
+    response
 }
 
 #[derive(serde::Deserialize)]
@@ -130,6 +149,9 @@ async fn websocket(
     let Some(accept) = websocket_accept(headers) else {
         return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)");
     };
+    if state.ops.draining.is_cancelled() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this node is draining: connect to another");
+    }
     let ticket = match state.admission.admit(peer.ip()) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),

@@ -23,6 +23,8 @@ pub mod grammar;
 pub mod http;
 pub mod jobs;
 pub mod keyring;
+pub mod metrics;
+pub mod ops;
 pub mod pg_local;
 pub mod realtime;
 pub mod refresh;

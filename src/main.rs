@@ -3,14 +3,20 @@
 use clap::Parser;
 use rowcast::app::{self, App, AppConfig};
 use rowcast::auth::Minter;
-use rowcast::config::{Cli, Command};
+use rowcast::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("ROWCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match Cli::parse().command {
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Fields flattened beside `message`, so collectors index `job.id` or `topic` directly.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
+    match cli.command {
         Command::Serve(a) => {
             let mut config = AppConfig::new(a.db.database_url.expose(), a.gateway.listen, a.gateway.jwt_secret);
             config.jwks = a.gateway.jwks;

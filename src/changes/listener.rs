@@ -8,6 +8,7 @@
 //! so clients still connected get every change committed meanwhile, once.
 //! Does not know about sockets or channels: the sink does.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,8 @@ pub struct Listener {
     config: ListenerConfig,
     id: Uuid,
     window: Option<Window>,
+    /// The highest change id delivered so far (for readiness and metrics).
+    delivered_through: Arc<AtomicI64>,
 }
 
 #[derive(Deserialize)]
@@ -147,7 +150,12 @@ struct Session {
 impl Listener {
     /// A reader publishing its liveness on `live`.
     pub fn new(pool: PgPool, tables: Tables, sink: Arc<dyn ChangeSink>, live: watch::Sender<bool>, config: ListenerConfig) -> Self {
-        Listener { pool, tables, sink, live, config, id: Uuid::new_v4(), window: None }
+        Listener { pool, tables, sink, live, config, id: Uuid::new_v4(), window: None, delivered_through: Arc::default() }
+    }
+
+    /// The highest change id this reader has delivered, updated after every read.
+    pub fn delivered_through(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.delivered_through)
     }
 
     /// Runs until `cancel`, reconnecting after every failure.
@@ -192,6 +200,7 @@ impl Listener {
             // are not visible yet: their transactions may still commit.
             let (max, missing): (i64, Vec<i64>) = sqlx::query_as(STARTING_POINT).fetch_one(&mut conn).await?;
             self.window = Some(Window::starting_with_gaps(max, &missing, Instant::now(), GAP_STALE, GAP_FORGET));
+            self.delivered_through.store(max, Ordering::Relaxed);
         }
         sqlx::query(
             "insert into rowcast.listeners (id, cursor) values ($1, $2) on conflict (id) do update set idle = false, seen_at = now()",
@@ -344,6 +353,8 @@ impl Listener {
             debug!(count = delivered, first = pass.deliver[0].id, "delivering changes");
         }
         self.deliver(s, pass.deliver).await?;
+        let through = self.window().high_water();
+        self.delivered_through.store(through, Ordering::Relaxed);
         Ok(PassResult { full, delivered })
     }
 

@@ -20,6 +20,7 @@ use super::config::JobType;
 use super::hooks;
 use super::model::{Job, COLUMNS};
 use super::steps::{backoff, random_unit, Outcome, StepHandler};
+use crate::metrics;
 
 /// What an attempt needs besides the job itself.
 #[derive(Clone)]
@@ -29,6 +30,7 @@ pub struct AttemptContext {
     pub handler: StepHandler,
     pub lease: Duration,
     pub hooks: hooks::Hooks,
+    pub metrics: metrics::Jobs,
 }
 
 /// Signals an attempt listens to.
@@ -44,9 +46,11 @@ pub struct Signals {
 
 /// Runs `job` (already claimed as `job.attempts`) until it ends or is handed back.
 pub async fn run(ctx: AttemptContext, job: Job, signals: Signals) {
+    let claimed = std::time::Instant::now();
     let heartbeat = tokio::spawn(heartbeat(ctx.pool.clone(), job.id, job.attempts, ctx.lease, signals.cancel.clone()));
     let result = steps_loop(&ctx, &job, &signals).await;
     heartbeat.abort();
+    ctx.metrics.run_seconds.get_or_create(&metrics::JobType::of(&job.job_type)).observe(claimed.elapsed().as_secs_f64());
     if let Err(e) = result {
         warn!(job.id = %job.id, error = %e, "job attempt ended on a database error; its lease will expire and another runner resumes it");
     }
@@ -176,19 +180,28 @@ async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sq
         }
         t => t,
     };
+    let m = &ctx.metrics;
+    let of_type = metrics::JobType::of(&job.job_type);
     match t {
-        Transition::Complete(output) => transition(&ctx.pool, job, &COMPLETE, output, 0.0).await.map(|_| ()),
+        Transition::Complete(output) => {
+            if transition(&ctx.pool, job, &COMPLETE, output, 0.0).await?.is_some() {
+                m.completed.get_or_create(&of_type).inc();
+            }
+        }
         Transition::Fail(message) => {
             if let Some(ended) = transition(&ctx.pool, job, &FAIL, Value::from(message), 0.0).await? {
+                m.failed.get_or_create(&of_type).inc();
                 ctx.hooks.failed(&ended);
             }
-            Ok(())
         }
         Transition::Retry(message, after) => {
             let delay = after.unwrap_or_else(|| backoff(job.attempts, ctx.job_type.backoff_base, ctx.job_type.backoff_max, random_unit()));
-            transition(&ctx.pool, job, &RETRY, Value::from(message), delay.as_secs_f64()).await.map(|_| ())
+            if transition(&ctx.pool, job, &RETRY, Value::from(message), delay.as_secs_f64()).await?.is_some() {
+                m.retried.get_or_create(&of_type).inc();
+            }
         }
     }
+    Ok(())
 }
 
 /// Runs one of the named end-of-attempt statements.

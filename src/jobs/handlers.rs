@@ -24,6 +24,7 @@ use super::api::{self, ApiError, Caller, ListQuery, NewJob};
 use super::config::{Enqueuer, JobType};
 use crate::auth::request_token;
 use crate::keyring::Keyring;
+use crate::metrics;
 
 /// What the job handlers need.
 #[derive(Clone)]
@@ -32,6 +33,8 @@ pub struct JobsState {
     pub keyring: Keyring,
     /// The types this gateway accepts.
     pub types: Arc<BTreeMap<String, JobType>>,
+    /// Jobs created and cancelled through these routes are counted here.
+    pub metrics: metrics::Jobs,
 }
 
 /// The `/api/jobs` routes.
@@ -110,6 +113,7 @@ async fn enqueue(State(s): State<JobsState>, headers: HeaderMap, parsed: Result<
     let job = body(parsed)?;
     check_type(&s, &caller, &job)?;
     let row = api::enqueue(&s.pool, &caller, &job).await?;
+    s.metrics.created.get_or_create(&metrics::JobType::of(&job.job_type)).inc();
     Ok((StatusCode::ACCEPTED, Json(row)).into_response())
 }
 
@@ -130,6 +134,9 @@ async fn enqueue_bulk(
         check_type(&s, &caller, job)?;
     }
     let parent = api::enqueue_bulk(&s.pool, &caller, &bulk.jobs).await?;
+    for job in &bulk.jobs {
+        s.metrics.created.get_or_create(&metrics::JobType::of(&job.job_type)).inc();
+    }
     Ok((StatusCode::ACCEPTED, Json(parent)).into_response())
 }
 
@@ -146,7 +153,9 @@ async fn list(State(s): State<JobsState>, headers: HeaderMap, q: Result<Query<Li
 
 async fn cancel(State(s): State<JobsState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response, Refusal> {
     let caller = caller(&s, &headers).await?;
-    Ok(Json(api::cancel(&s.pool, &caller, id).await?).into_response())
+    let job = api::cancel(&s.pool, &caller, id).await?;
+    s.metrics.cancelled.get_or_create(&metrics::JobType::of(&job.job_type)).inc();
+    Ok(Json(job).into_response())
 }
 
 async fn retry(State(s): State<JobsState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response, Refusal> {

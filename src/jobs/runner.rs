@@ -26,6 +26,7 @@ use super::config::{Handler, JobType, JobsConfig};
 use super::hooks::Hooks;
 use super::model::{Job, COLUMNS};
 use super::steps::StepHandler;
+use crate::metrics;
 
 /// A runner process's job executor.
 pub struct Runner {
@@ -40,7 +41,7 @@ pub struct Runner {
 
 impl Runner {
     /// A runner for the types of `config`, running `hooks` after final failures.
-    pub fn new(pool: PgPool, config: Arc<JobsConfig>, client: reqwest::Client, hooks: Hooks) -> Self {
+    pub fn new(pool: PgPool, config: Arc<JobsConfig>, client: reqwest::Client, hooks: Hooks, metrics: metrics::Jobs) -> Self {
         let contexts = config
             .types
             .values()
@@ -57,6 +58,7 @@ impl Runner {
                     handler,
                     lease: config.runner.lease,
                     hooks: hooks.clone(),
+                    metrics: metrics.clone(),
                 };
                 (t.name.clone(), ctx)
             })
@@ -143,6 +145,7 @@ impl Runner {
             match self.claim(name).await {
                 Ok(Some(job)) => {
                     idle_types = 0;
+                    self.contexts[name].metrics.started.get_or_create(&metrics::JobType::of(name)).inc();
                     let cancel = CancellationToken::new();
                     self.running.insert(job.id, cancel.clone());
                     let signals = Signals { cancel, draining: draining.clone(), abort: abort.clone() };

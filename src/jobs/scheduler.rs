@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use super::config::JobsConfig;
 use super::hooks::Hooks;
 use super::model::{Job, JobStatus, COLUMNS};
+use crate::metrics;
 
 /// Cron slots older than this are not fired late (no backfill after long outages).
 const CRON_CATCH_UP: Duration = Duration::from_secs(600);
@@ -26,12 +27,13 @@ pub struct Scheduler {
     pool: PgPool,
     config: Arc<JobsConfig>,
     hooks: Hooks,
+    metrics: metrics::Jobs,
 }
 
 impl Scheduler {
     /// Upkeep for `config`'s types.
-    pub fn new(pool: PgPool, config: Arc<JobsConfig>, hooks: Hooks) -> Self {
-        Scheduler { pool, config, hooks }
+    pub fn new(pool: PgPool, config: Arc<JobsConfig>, hooks: Hooks, metrics: metrics::Jobs) -> Self {
+        Scheduler { pool, config, hooks, metrics }
     }
 
     /// Ticks until `cancel`, at a third of the lease (at most every second).
@@ -60,9 +62,15 @@ impl Scheduler {
     }
 
     async fn tick(&self) -> Result<(), sqlx::Error> {
-        let mut failed = self.rescue().await?;
-        failed.extend(self.expire().await?);
-        for job in failed.iter().filter(|j| j.status == JobStatus::Failed) {
+        let rescued = self.rescue().await?;
+        let expired = self.expire().await?;
+        for (how, jobs) in [("rescued", &rescued), ("expired", &expired)] {
+            for job in jobs {
+                self.metrics.stuck.get_or_create(&metrics::Stuck { r#type: job.job_type.clone(), how }).inc();
+            }
+        }
+        for job in rescued.iter().chain(&expired).filter(|j| j.status == JobStatus::Failed) {
+            self.metrics.failed.get_or_create(&metrics::JobType::of(&job.job_type)).inc();
             self.hooks.failed(job);
         }
         self.fire_cron().await

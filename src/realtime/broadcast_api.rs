@@ -113,6 +113,7 @@ fn deliver(api: &BroadcastApi, topic: &str, event: &str, payload: Value, private
     if let Some(id) = id {
         body["meta"] = json!({ "id": id });
     }
+    api.registry.count_broadcast("rest");
     api.registry.broadcast(SERVER, &format!("realtime:{topic}"), private, &body.to_string());
 }
 
@@ -181,6 +182,7 @@ async fn single(
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "Payload size exceeds tenant limit");
     }
     if binary {
+        api.registry.count_broadcast("rest");
         api.registry.broadcast_binary(SERVER, &format!("realtime:{topic}"), private, &event, "", &body);
         return StatusCode::ACCEPTED.into_response();
     }

@@ -93,6 +93,25 @@ pub enum JoinRefusal {
     NotLive,
 }
 
+impl JoinRefusal {
+    /// A short, fixed name for metrics (`rowcast_joins_total{outcome=...}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JoinRefusal::JoinRate => "join_rate",
+            JoinRefusal::UnmatchedTopic => "unmatched_topic",
+            JoinRefusal::TopicNameRequired => "topic_name_required",
+            JoinRefusal::TooManyChannels => "too_many_channels",
+            JoinRefusal::TooManyBindings(_) => "too_many_bindings",
+            JoinRefusal::Token(_) => "token",
+            JoinRefusal::PrivateOnly => "private_only",
+            JoinRefusal::Unauthorized(_) => "unauthorized",
+            JoinRefusal::Replay(_) => "replay",
+            JoinRefusal::PolicySetup => "policy_setup",
+            JoinRefusal::NotLive => "not_live",
+        }
+    }
+}
+
 /// The sub-topic (after `realtime:`) of a join's topic, or why it is refused.
 pub fn sub_topic(topic: &str) -> Result<&str, JoinRefusal> {
     match topic.strip_prefix("realtime:") {

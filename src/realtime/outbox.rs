@@ -34,9 +34,42 @@ impl Close {
     }
 
     /// 1013: the client is not reading fast enough.
-    pub fn slow(reason: &str) -> Self {
-        Close::new(TRY_AGAIN_LATER, format!("slow consumer: {reason}"))
+    pub fn slow(why: Slow) -> Self {
+        Close::new(TRY_AGAIN_LATER, format!("slow consumer: {}", why.text()))
     }
+}
+
+/// Why a client counts as too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slow {
+    /// Its queue passed a bound.
+    QueueFull,
+    /// One write made no progress for this many seconds.
+    NoProgress(u64),
+}
+
+impl Slow {
+    fn text(self) -> String {
+        match self {
+            Slow::QueueFull => "outgoing queue full".into(),
+            Slow::NoProgress(secs) => format!("no write progress for {secs} s"),
+        }
+    }
+
+    /// A short, fixed name for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Slow::QueueFull => "queue_full",
+            Slow::NoProgress(_) => "no_write_progress",
+        }
+    }
+}
+
+/// How a queue ended: whether it was let go as slow, and how many frames that dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ended {
+    pub slow: Option<Slow>,
+    pub dropped: u64,
 }
 
 /// RFC 6455 1013 "try again later", used for slow consumers.
@@ -83,6 +116,8 @@ struct State {
     bytes: usize,
     /// Set once; frames pushed after it are dropped.
     close: Option<Close>,
+    /// Set when the socket was let go as slow (first reason only).
+    ended: Ended,
 }
 
 impl State {
@@ -92,6 +127,16 @@ impl State {
         self.frames = VecDeque::new();
         self.bytes = 0;
         self.close.get_or_insert(close);
+    }
+}
+
+impl State {
+    /// Lets a slow client go: counts what is dropped, then aborts with 1013.
+    fn let_go(&mut self, why: Slow) {
+        if self.close.is_none() {
+            self.ended = Ended { slow: Some(why), dropped: self.frames.len() as u64 };
+        }
+        self.abort(Close::slow(why));
     }
 }
 
@@ -153,7 +198,8 @@ impl Outbox {
                 bytes = state.bytes,
                 "a socket's outgoing queue is full: closing it as a slow consumer"
             );
-            state.abort(Close::slow("outgoing queue full"));
+            state.let_go(Slow::QueueFull);
+            state.ended.dropped += 1; // the frame that did not fit
         } else {
             state.bytes += frame.bytes.len();
             state.frames.push_back(frame);
@@ -171,6 +217,17 @@ impl Outbox {
     pub fn abort(&self, close: Close) {
         self.state().abort(close);
         self.shared.ready.notify_one();
+    }
+
+    /// Drops what is queued and closes with 1013 for `why` (unless a close was already decided).
+    pub fn let_go(&self, why: Slow) {
+        self.state().let_go(why);
+        self.shared.ready.notify_one();
+    }
+
+    /// Whether the socket was let go as slow, and the frames that dropped.
+    pub fn ended(&self) -> Ended {
+        self.state().ended
     }
 
     /// The close decided so far, if any.
@@ -254,6 +311,7 @@ mod tests {
         o.push(frame(1));
         assert_eq!(o.len(), (0, 0));
         assert_eq!(o.closing(), Some(Close::new(1013, "slow consumer: outgoing queue full")));
+        assert_eq!(o.ended(), Ended { slow: Some(Slow::QueueFull), dropped: 3 });
     }
 
     #[test]
@@ -278,16 +336,18 @@ mod tests {
     fn the_first_close_reason_wins() {
         let o = outbox(10, 1000);
         o.close(Close::new(1000, "idle"));
-        o.abort(Close::slow("no write progress"));
+        o.let_go(Slow::NoProgress(10));
         assert_eq!(o.closing(), Some(Close::new(1000, "idle")));
+        assert_eq!(o.ended(), Ended::default(), "a socket already closing is not counted as slow");
     }
 
     #[tokio::test]
-    async fn abort_drops_what_is_queued() {
+    async fn letting_a_slow_socket_go_drops_and_counts_what_is_queued() {
         let o = outbox(10, 1000);
         o.push(frame(10));
-        o.abort(Close::slow("no write progress"));
-        assert_eq!(o.next().await, Next::Close(Close::slow("no write progress")));
+        o.let_go(Slow::NoProgress(10));
+        assert_eq!(o.ended(), Ended { slow: Some(Slow::NoProgress(10)), dropped: 1 });
+        assert_eq!(o.next().await, Next::Close(Close::new(1013, "slow consumer: no write progress for 10 s")));
     }
 
     #[tokio::test]

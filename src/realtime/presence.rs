@@ -87,6 +87,11 @@ impl Roster {
         self.members.is_empty()
     }
 
+    /// Members tracked (one per tracking channel).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
     /// Whether `channel` is present.
     pub fn has(&self, channel: u64) -> bool {
         self.members.contains_key(&channel)

@@ -20,6 +20,7 @@ mod jobs_runners;
 mod jwks;
 mod limits;
 mod lockdown;
+mod ops;
 mod presence;
 mod protocol;
 mod rest;

@@ -19,6 +19,11 @@ use crate::realtime::presence::{Diff, Roster};
 use crate::realtime::protocol;
 
 impl Registry {
+    /// Presence members tracked on every topic.
+    pub fn presence_members(&self) -> usize {
+        self.inner.presence.lock().expect("presence lock poisoned").values().map(Roster::len).sum()
+    }
+
     /// Queues `frames` on `outbox`, then the topic's `presence_state` when
     /// `sub` has presence on, and makes `sub` live before anything else can
     /// be queued behind them.

@@ -28,6 +28,7 @@ use super::selection::Selection;
 use crate::auth::{ClaimPath, Principal};
 use crate::changes::change::{Change, Column, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
+use crate::metrics::{self, Metrics};
 
 mod members;
 
@@ -240,6 +241,8 @@ struct Inner {
     /// The claim paths every subscription is indexed under; grows as tables use new ones.
     paths: RwLock<Vec<ClaimPath>>,
     service: DashMap<SubId, ()>,
+    /// Deliveries, broadcasts and change latency are counted here.
+    metrics: metrics::Realtime,
     next_id: AtomicU64,
     max_record_bytes: usize,
 }
@@ -253,7 +256,13 @@ enum IndexOp {
 impl Registry {
     /// An empty registry; records over `max_record_bytes` are trimmed.
     pub fn new(max_record_bytes: usize) -> Self {
+        Registry::with_metrics(max_record_bytes, Metrics::new().realtime)
+    }
+
+    /// A registry that counts into `metrics`.
+    pub fn with_metrics(max_record_bytes: usize, metrics: metrics::Realtime) -> Self {
         let inner = Inner {
+            metrics,
             subs: DashMap::new(),
             by_topic: DashMap::new(),
             presence: Default::default(),
@@ -304,6 +313,11 @@ impl Registry {
     }
 
     /// Number of live subscriptions.
+    /// The realtime metrics this registry counts into.
+    pub fn metrics(&self) -> &metrics::Realtime {
+        &self.inner.metrics
+    }
+
     pub fn len(&self) -> usize {
         self.inner.subs.len()
     }
@@ -388,24 +402,41 @@ impl Registry {
     /// v1 channels cannot carry one and get nothing, as on Supabase.
     pub fn broadcast_binary(&self, from: SubId, topic: &str, private: bool, event: &str, meta: &str, payload: &[u8]) {
         let Some(frame) = protocol::encode_user_broadcast(topic, event, meta, payload, false) else { return };
+        let mut sent = 0;
         for (id, sub) in self.on_topic(topic, private) {
             if (id != from || sub.broadcast_self) && sub.route.vsn == Vsn::V2 {
                 sub.route.outbox.push(frame.clone());
+                sent += 1;
             }
         }
+        self.count_deliveries("broadcast", sent);
     }
 
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
     pub fn broadcast(&self, from: SubId, topic: &str, private: bool, payload: &str) {
         let targets = self.on_topic(topic, private);
         let mut frames = FrameCache::default();
+        let mut sent = 0;
         for (id, sub) in targets {
             if id != from || sub.broadcast_self {
                 let frame =
                     frames.get(&sub.topic, &[], sub.route.vsn, || protocol::encode(sub.route.vsn, None, None, topic, "broadcast", payload));
                 sub.route.outbox.push(frame);
+                sent += 1;
             }
         }
+        self.count_deliveries("broadcast", sent);
+    }
+
+    fn count_deliveries(&self, kind: &'static str, n: u64) {
+        if n > 0 {
+            self.inner.metrics.deliveries.get_or_create(&metrics::Kind { kind }).inc_by(n);
+        }
+    }
+
+    /// Counts one broadcast received from `source` (`socket`, `rest` or `sql`).
+    pub fn count_broadcast(&self, source: &'static str) {
+        self.inner.metrics.broadcasts.get_or_create(&metrics::Source { source }).inc();
     }
 }
 
@@ -438,6 +469,7 @@ impl ChangeSink for Registry {
         let mut shaped: Vec<(Selection, Arc<str>)> = Vec::new();
         let mut frames = FrameCache::default();
         let render = |s: Option<&Selection>| render_data(change, meta, self.inner.max_record_bytes, s);
+        let mut sent = 0;
         for sub in self.candidates(change, meta) {
             sub.matching(change, meta, |selection, ids| {
                 let shaped_data: Arc<str>;
@@ -460,8 +492,12 @@ impl ChangeSink for Registry {
                     protocol::encode(vsn, None, None, &sub.topic, "postgres_changes", &protocol::postgres_changes(ids, data))
                 });
                 sub.route.outbox.push(frame);
+                sent += 1;
             });
         }
+        self.count_deliveries("postgres_changes", sent);
+        let age = (chrono::Utc::now() - change.changed_at).num_microseconds().unwrap_or(i64::MAX);
+        self.inner.metrics.change_latency.observe(age.max(0) as f64 / 1e6);
     }
 
     fn deliver_message(&self, message: &Change) {
@@ -471,6 +507,7 @@ impl ChangeSink for Registry {
         if text("extension") != Some("broadcast") {
             return;
         }
+        self.count_broadcast("sql");
         let private = row.get("private").and_then(serde_json::Value::as_bool).unwrap_or(false);
         // send_binary(): to_jsonb writes bytea as "\x<hex>".
         if let Some(bytes) = text("binary_payload").and_then(hex_bytes) {

@@ -47,6 +47,7 @@ use crate::auth::{now_secs, AuthError, Principal};
 use crate::changes::tables::Tables;
 use crate::config::Limits;
 use crate::keyring::Keyring;
+use crate::metrics;
 
 mod private;
 mod pushes;
@@ -142,6 +143,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let limits = Arc::clone(&ctx.limits);
+    let metrics = ctx.registry.metrics().clone();
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
@@ -176,6 +178,18 @@ where
     let writer = tokio::spawn(wire::write(write, outbox.clone(), limits.write_timeout(), writer_done.clone()));
     control.await;
     let _ = writer.await;
+    count_end(&outbox, metrics);
+}
+
+/// Counts a slow consumer's close and the frames its queue dropped.
+fn count_end(outbox: &Outbox, metrics: metrics::Realtime) {
+    let ended = outbox.ended();
+    if ended.dropped > 0 {
+        metrics.dropped_frames.inc_by(ended.dropped);
+    }
+    if let Some(reason) = ended.slow {
+        metrics.slow_consumer_closes.get_or_create(&metrics::Reason { reason: reason.label() }).inc();
+    }
 }
 
 impl Conn {
@@ -285,15 +299,21 @@ impl Conn {
         let refusal = match authorized {
             Ok((sub_topic, grant)) => {
                 self.subscribe(&m, sub_topic, grant).await;
+                self.count_join("ok");
                 return Ok(());
             }
             Err(refusal) => refusal,
         };
+        self.count_join(refusal.kind());
         self.reply(&m, &protocol::reply_error(&refusal.to_string()));
         match refusal {
             JoinRefusal::JoinRate => Err(Some(Close::new(GOING_AWAY, "Too many joins per second"))),
             _ => Ok(()),
         }
+    }
+
+    fn count_join(&self, outcome: &'static str) {
+        self.ctx.registry.metrics().joins.get_or_create(&metrics::Outcome { outcome }).inc();
     }
 
     /// The checks that need no token: join rate, topic, a duplicate join (the

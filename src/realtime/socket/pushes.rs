@@ -32,6 +32,7 @@ impl Conn {
             }
             return;
         }
+        self.ctx.registry.count_broadcast("socket");
         self.ctx.registry.broadcast(sub, &m.topic, private, &text);
         if ack {
             self.reply(m, &protocol::reply_ok(&json!({})));
@@ -50,6 +51,7 @@ impl Conn {
         }
         let event = m.payload.get("event").and_then(Value::as_str).unwrap_or_default();
         let meta = m.payload.get("meta").map(Value::to_string).unwrap_or_default();
+        self.ctx.registry.count_broadcast("socket");
         self.ctx.registry.broadcast_binary(sub, &m.topic, private, event, &meta, bytes);
         if ack {
             self.reply(m, &protocol::reply_ok(&json!({})));

@@ -26,7 +26,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::realtime::outbox::{Close, Kind, Next, Out, Outbox};
+use crate::realtime::outbox::{Close, Kind, Next, Out, Outbox, Slow};
 use crate::realtime::protocol;
 
 /// RFC 6455 opcodes the server sends.
@@ -104,7 +104,7 @@ where
                 Err(Stalled::Gone) => break,
                 Err(Stalled::NoProgress) => {
                     warn!(secs = deadline.as_secs(), "no write progress: closing the socket as a slow consumer");
-                    outbox.abort(Close::slow(&format!("no write progress for {} s", deadline.as_secs())));
+                    outbox.let_go(Slow::NoProgress(deadline.as_secs()));
                 }
             },
             Next::Close(close) => {

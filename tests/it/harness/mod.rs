@@ -173,7 +173,8 @@ impl TestApp {
         http_get(self.addr, path).await
     }
 
-    async fn wait_healthy(&self) {
+    /// Waits until `/health` answers 200 (the app is up, migrated and its listener live).
+    pub async fn wait_healthy(&self) {
         eventually(|| async {
             match self.get("/health").await {
                 (200, _) => Ok(()),
