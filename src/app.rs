@@ -3,9 +3,10 @@
 //! `App::build` connects, migrates, binds (port 0 works, see `local_addr`)
 //! and wires the gateway (HTTP, realtime, change listener) and the job
 //! runner, either of which may be switched off. `App::run` serves until the
-//! shutdown future resolves, then stops in order: stop accepting, close
-//! sockets with `phx_close` and a close frame (waiting for them, bounded by
-//! the write timeout), let running job steps finish within the grace period,
+//! shutdown future resolves, then stops in order: drain (`/ready` fails and
+//! new sockets are refused, for `drain_delay_secs`), close sockets with
+//! `phx_close` and a close frame (waiting for them, bounded by the write
+//! timeout), stop HTTP, let running job steps finish within the grace period,
 //! let `on_failure` hooks in flight finish, stop the change listener, close
 //! the pool. Every task hangs off one root `CancellationToken`. `main` and
 //! every test use this same path. Also home of the small admin commands.
@@ -202,7 +203,6 @@ impl App {
             let _ = tokio::time::timeout(HTTP_DRAIN, server).await;
             change_listener = Some(listener);
         }
-        http_stop.cancel();
         info!("shutting down: letting running job steps finish");
         runner_stop.cancel();
         for task in runner_tasks {

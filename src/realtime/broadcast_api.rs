@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::policies::PolicyCheck;
-use super::registry::{Registry, SERVER};
+use super::registry::{Origin, Registry};
 use crate::auth::{request_token, Principal};
 use crate::keyring::Keyring;
 
@@ -113,8 +113,7 @@ fn deliver(api: &BroadcastApi, topic: &str, event: &str, payload: Value, private
     if let Some(id) = id {
         body["meta"] = json!({ "id": id });
     }
-    api.registry.count_broadcast("rest");
-    api.registry.broadcast(SERVER, &format!("realtime:{topic}"), private, &body.to_string());
+    api.registry.broadcast(Origin::Rest, &format!("realtime:{topic}"), private, &body.to_string());
 }
 
 async fn batch(State(api): State<BroadcastApi>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Response {
@@ -182,8 +181,7 @@ async fn single(
         return answer(StatusCode::UNPROCESSABLE_ENTITY, "Payload size exceeds tenant limit");
     }
     if binary {
-        api.registry.count_broadcast("rest");
-        api.registry.broadcast_binary(SERVER, &format!("realtime:{topic}"), private, &event, "", &body);
+        api.registry.broadcast_binary(Origin::Rest, &format!("realtime:{topic}"), private, &event, "", &body);
         return StatusCode::ACCEPTED.into_response();
     }
     let Ok(payload) = serde_json::from_slice::<Value>(&body) else {

@@ -128,9 +128,7 @@ impl State {
         self.bytes = 0;
         self.close.get_or_insert(close);
     }
-}
 
-impl State {
     /// Lets a slow client go: counts what is dropped, then aborts with 1013.
     fn let_go(&mut self, why: Slow) {
         if self.close.is_none() {

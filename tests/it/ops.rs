@@ -207,7 +207,7 @@ async fn json_logs_are_one_object_per_line_and_carry_no_secret_token_or_row_data
     assert!(lines.len() > 10, "expected a run's worth of debug logs, got:\n{logs}");
     for line in &lines {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
-        assert!(v["level"].is_string() && v["message"].is_string() || v["message"].is_null(), "{line}");
+        assert!(v["level"].is_string() && (v["message"].is_string() || v["message"].is_null()), "{line}");
     }
     assert!(lines.iter().any(|l| l.contains("\"message\":\"channel joined\"")), "structured fields are kept:\n{logs}");
     let token_signature = token.rsplit('.').next().unwrap();

@@ -35,9 +35,29 @@ mod members;
 /// Identifies one subscription (one joined channel).
 pub type SubId = u64;
 
-/// The sender of a broadcast that comes from no channel (the REST API): no
-/// subscription has this id, so every channel on the topic receives it.
-pub const SERVER: SubId = 0;
+/// Where a broadcast comes from: a channel (which hears its own only if it
+/// asked for `self`), the REST API or SQL (every channel on the topic hears those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Socket(SubId),
+    Rest,
+    Sql,
+}
+
+impl Origin {
+    fn is(self, id: SubId) -> bool {
+        self == Origin::Socket(id)
+    }
+
+    /// The `source` label of `rowcast_broadcasts_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Origin::Socket(_) => "socket",
+            Origin::Rest => "rest",
+            Origin::Sql => "sql",
+        }
+    }
+}
 
 /// Which change types a binding wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,13 +418,14 @@ impl Registry {
     }
 
     /// Sends a broadcast with a binary payload: as a kind-4 frame to the v2
-    /// channels on `topic` (other than `from`, unless it asked for `self`);
+    /// channels on `topic` (other than the sender's, unless it asked for `self`);
     /// v1 channels cannot carry one and get nothing, as on Supabase.
-    pub fn broadcast_binary(&self, from: SubId, topic: &str, private: bool, event: &str, meta: &str, payload: &[u8]) {
+    pub fn broadcast_binary(&self, from: Origin, topic: &str, private: bool, event: &str, meta: &str, payload: &[u8]) {
+        self.count_broadcast(from);
         let Some(frame) = protocol::encode_user_broadcast(topic, event, meta, payload, false) else { return };
         let mut sent = 0;
         for (id, sub) in self.on_topic(topic, private) {
-            if (id != from || sub.broadcast_self) && sub.route.vsn == Vsn::V2 {
+            if (!from.is(id) || sub.broadcast_self) && sub.route.vsn == Vsn::V2 {
                 sub.route.outbox.push(frame.clone());
                 sent += 1;
             }
@@ -413,12 +434,13 @@ impl Registry {
     }
 
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
-    pub fn broadcast(&self, from: SubId, topic: &str, private: bool, payload: &str) {
+    pub fn broadcast(&self, from: Origin, topic: &str, private: bool, payload: &str) {
+        self.count_broadcast(from);
         let targets = self.on_topic(topic, private);
         let mut frames = FrameCache::default();
         let mut sent = 0;
         for (id, sub) in targets {
-            if id != from || sub.broadcast_self {
+            if !from.is(id) || sub.broadcast_self {
                 let frame =
                     frames.get(&sub.topic, &[], sub.route.vsn, || protocol::encode(sub.route.vsn, None, None, topic, "broadcast", payload));
                 sub.route.outbox.push(frame);
@@ -434,9 +456,8 @@ impl Registry {
         }
     }
 
-    /// Counts one broadcast received from `source` (`socket`, `rest` or `sql`).
-    pub fn count_broadcast(&self, source: &'static str) {
-        self.inner.metrics.broadcasts.get_or_create(&metrics::Source { source }).inc();
+    fn count_broadcast(&self, from: Origin) {
+        self.inner.metrics.broadcasts.get_or_create(&metrics::Source { source: from.label() }).inc();
     }
 }
 
@@ -507,15 +528,14 @@ impl ChangeSink for Registry {
         if text("extension") != Some("broadcast") {
             return;
         }
-        self.count_broadcast("sql");
         let private = row.get("private").and_then(serde_json::Value::as_bool).unwrap_or(false);
         // send_binary(): to_jsonb writes bytea as "\x<hex>".
         if let Some(bytes) = text("binary_payload").and_then(hex_bytes) {
-            return self.broadcast_binary(SERVER, &format!("realtime:{topic}"), private, event, "", &bytes);
+            return self.broadcast_binary(Origin::Sql, &format!("realtime:{topic}"), private, event, "", &bytes);
         }
         let payload = row.get("payload").cloned().unwrap_or(serde_json::Value::Null);
         let body = serde_json::json!({ "type": "broadcast", "event": event, "payload": payload });
-        self.broadcast(SERVER, &format!("realtime:{topic}"), private, &body.to_string());
+        self.broadcast(Origin::Sql, &format!("realtime:{topic}"), private, &body.to_string());
     }
 }
 

@@ -181,7 +181,7 @@ fn a_broadcast_skips_its_sender_unless_it_asked_for_self() {
     let (sender, from) = subscribe(&r, "realtime:room", principal("anon", None), Vsn::V2);
     let (other, _) = subscribe(&r, "realtime:room", principal("anon", None), Vsn::V2);
     let (elsewhere, _) = subscribe(&r, "realtime:hall", principal("anon", None), Vsn::V2);
-    r.broadcast(from, "realtime:room", false, r#"{"type":"broadcast","event":"e","payload":{}}"#);
+    r.broadcast(Origin::Socket(from), "realtime:room", false, r#"{"type":"broadcast","event":"e","payload":{}}"#);
     assert!(drain(&sender).is_empty());
     assert_eq!(drain(&other)[0][4]["event"], "e");
     assert!(drain(&elsewhere).is_empty());

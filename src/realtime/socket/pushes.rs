@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::Conn;
 use crate::realtime::protocol::{self, Inbound};
+use crate::realtime::registry::Origin;
 
 impl Conn {
     /// Relays a broadcast to the topic's other channels (and its own with `self`).
@@ -32,8 +33,7 @@ impl Conn {
             }
             return;
         }
-        self.ctx.registry.count_broadcast("socket");
-        self.ctx.registry.broadcast(sub, &m.topic, private, &text);
+        self.ctx.registry.broadcast(Origin::Socket(sub), &m.topic, private, &text);
         if ack {
             self.reply(m, &protocol::reply_ok(&json!({})));
         }
@@ -51,8 +51,7 @@ impl Conn {
         }
         let event = m.payload.get("event").and_then(Value::as_str).unwrap_or_default();
         let meta = m.payload.get("meta").map(Value::to_string).unwrap_or_default();
-        self.ctx.registry.count_broadcast("socket");
-        self.ctx.registry.broadcast_binary(sub, &m.topic, private, event, &meta, bytes);
+        self.ctx.registry.broadcast_binary(Origin::Socket(sub), &m.topic, private, event, &meta, bytes);
         if ack {
             self.reply(m, &protocol::reply_ok(&json!({})));
         }
