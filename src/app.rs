@@ -13,14 +13,13 @@
 
 pub mod demo;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -49,6 +48,7 @@ use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
 use crate::realtime::topic_rules::TopicRules;
 use crate::rest::snapshot::RestState;
+use crate::server;
 
 /// Connections in the app's pool: the listener's two, the runner's slots and
 /// housekeeping, REST reads.
@@ -171,14 +171,8 @@ impl App {
         if let Some(g) = gateway {
             let change_listener = tracker.spawn(g.change_listener.run(listener_stop.clone()));
             tracker.spawn(g.keyring.refresh_every(g.jwks_refresh, http_stop.clone()));
-            let stop = http_stop.clone();
-            let service = http::router(g.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-            // Realtime frames are small and must not wait for an ACK (Nagle with delayed ACKs adds up to 40 ms).
-            let listener = g.listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let serve = axum::serve(listener, service).with_graceful_shutdown(async move { stop.cancelled().await });
-            served = Some((tracker.spawn(serve.into_future()), g.state, change_listener));
+            let serve = server::serve(g.listener, http::router(g.state.clone()), http_stop.clone());
+            served = Some((tracker.spawn(serve), g.state, change_listener));
         }
         let mut runner_tasks = Vec::new();
         let hooks = runner.as_ref().map(|r| r.hooks.clone());

@@ -4,6 +4,7 @@
 //! Crate map (imports point downward only):
 //! - `app`: composition root; builds and runs everything, ordered shutdown.
 //! - `http`: the axum router; the only place routes are wired.
+//! - `server`: the HTTP/1.1 accept loop the router runs on (upgrades keep their `TcpStream`).
 //! - `realtime`: the Supabase Realtime protocol: framing, filters, channels, sockets, fan-out.
 //! - `jobs`: the job runner and its REST API.
 //! - `rest`: read-only PostgREST-compatible snapshots of captured tables.
@@ -29,3 +30,4 @@ pub mod pg_local;
 pub mod realtime;
 pub mod refresh;
 pub mod rest;
+pub mod server;
