@@ -5,6 +5,7 @@
 //! - `scenario`: the four measurements (connections, fanout, stall, hostile-filter).
 //! - `stack`: a private Postgres and the gateway binary under test.
 //! - `fleet`: the tool's side of its client processes.
+//! - `gatewaylog`: when the gateway read each change, from its JSON log (pure).
 //! - `clients`: the client process (hidden `clients` subcommand), `socket`: one client socket.
 //! - `tally`: a client process's count of deliveries.
 //! - `wire`: the line protocol between the tool and its client processes.
@@ -18,6 +19,7 @@
 
 mod clients;
 mod fleet;
+mod gatewaylog;
 mod phoenix;
 mod procfs;
 mod report;

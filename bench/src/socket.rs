@@ -102,6 +102,16 @@ pub async fn follow(mut ws: Ws, index: usize, mode: Mode, tally: Arc<Tally>, mut
     let mut next_ref = 1u64;
     loop {
         tokio::select! {
+            // Frames first: while one is ready, the timer and the watch are not polled.
+            biased;
+            // The server's next frame.
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => on_text(&text, now_us(), index, mode, &tally),
+                Some(Ok(Message::Close(frame))) => return tally.closed(describe_close(frame)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return tally.closed(format!("error: {e}")),
+                None => return tally.closed("end of stream".into()),
+            },
             // The tool asked every socket to close, or the process is ending.
             _ = closing.changed() => return close_politely(ws).await,
             // The gateway's idle timer sees this, as it would supabase-js's.
@@ -110,14 +120,6 @@ pub async fn follow(mut ws: Ws, index: usize, mode: Mode, tally: Arc<Tally>, mut
                 if let Err(e) = ws.send(Message::Text(phoenix::heartbeat(next_ref).into())).await {
                     return tally.closed(format!("heartbeat send failed: {e}"));
                 }
-            }
-            // The server's next frame.
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => on_text(&text, now_us(), index, mode, &tally),
-                Some(Ok(Message::Close(frame))) => return tally.closed(describe_close(frame)),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return tally.closed(format!("error: {e}")),
-                None => return tally.closed("end of stream".into()),
             }
         }
     }

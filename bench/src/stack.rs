@@ -29,12 +29,16 @@ pub const SECRET: &str = "rowcast-bench-secret-0123456789";
 
 /// Settings the tool gives the gateway besides the database and the secret;
 /// every other setting is the binary's default.
-pub const GATEWAY_ENV: [(&str, &str); 2] = [
+pub const GATEWAY_ENV: [(&str, &str); 4] = [
     // Every client shares 127.0.0.1, so the per-address cap (1,000) must go.
     ("ROWCAST_MAX_SOCKETS_PER_IP", "0"),
     // Clients heartbeat every 25 s like supabase-js; a stalled client does
     // not, and must be closed for being slow, not for being idle.
     ("ROWCAST_IDLE_TIMEOUT_SECS", "3600"),
+    // JSON lines with the listener's per-batch line, so the tool knows when
+    // the gateway read each change (`gatewaylog`).
+    ("ROWCAST_LOG_FORMAT", "json"),
+    ("ROWCAST_LOG", crate::gatewaylog::LOG_FILTER),
 ];
 
 /// Longest the gateway may take to answer `/health` after it starts.
@@ -101,6 +105,12 @@ impl Stack {
             self.gateway.pid,
             env.join(" ")
         )
+    }
+
+    /// Change-log id -> Unix µs when the gateway's listener read it.
+    pub fn read_times(&self) -> anyhow::Result<std::collections::BTreeMap<i64, i64>> {
+        let log = std::fs::read_to_string(&self.gateway.log).with_context(|| format!("reading {}", self.gateway.log.display()))?;
+        Ok(crate::gatewaylog::read_times(&log))
     }
 
     /// Stops the gateway (SIGTERM, then SIGKILL), then Postgres.

@@ -5,9 +5,12 @@
 //! `--interval-ms` apart (the only deliberate sleep), each setting `n` to
 //! its sequence number. Every client process stamps each delivery with the
 //! wall clock (one clock on one machine); the tool stamps the moment its
-//! commit returned. Per change: latency to the first and to the last of the
-//! N deliveries; over the changes: p50/p99/max of the last, and lost
-//! deliveries (expected N x changes).
+//! commit returned, and the gateway's JSON log says when its listener read
+//! the change and started the fan-out (`gatewaylog`). Per change: latency to
+//! the first and to the last of the N deliveries, from the commit and from
+//! the gateway's read; over the changes: p50/p99/max of the last, and lost
+//! deliveries (expected N x changes). The target is on read -> last, the
+//! fan-out itself; commit -> read is the change log's own delay.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,22 +68,42 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let complete = wait_delivered(&mut fleet, args.changes).await?;
     let cpu = meter.rows(&stack, &fleet, "from first UPDATE to last delivery");
     let counts = fleet.counts().await?;
-    print!("{}", per_change(&commits, &counts).render());
-    print!("{}", summary(args, opened.subscribed, complete, &commits, &counts, &cpu).render());
+    let reads = read_stamps(&stack, &commits)?;
+    print!("{}", per_change(&commits, &reads, &counts).render());
+    print!("{}", summary(args, opened.subscribed, complete, &commits, &reads, &counts, &cpu).render());
     fleet.shutdown().await;
     stack.stop().await
 }
 
-/// Commits the UPDATEs at the pace asked; returns each commit's return time (µs).
-async fn write_changes(stack: &Stack, args: &Args) -> anyhow::Result<BTreeMap<i64, i64>> {
+/// One committed UPDATE.
+struct Commit {
+    /// When the commit returned (Unix µs).
+    at_us: i64,
+    /// Its change-log id.
+    change_id: i64,
+}
+
+/// Commits the UPDATEs at the pace asked; returns each commit's return time
+/// and change-log id (the tool is the only writer, so the id is the
+/// sequence's latest value, asked after the commit stamp).
+async fn write_changes(stack: &Stack, args: &Args) -> anyhow::Result<BTreeMap<i64, Commit>> {
     let start = Instant::now();
     let mut commits = BTreeMap::new();
     for seq in 1..=args.changes {
         tokio::time::sleep_until(start + Duration::from_millis(args.interval_ms) * (seq - 1) as u32).await;
         sqlx::query("update public.bench set n = $1 where id = 1").bind(seq as i32).execute(&stack.pool).await?;
-        commits.insert(seq, now_us());
+        let at_us = now_us();
+        let (change_id,): (i64,) = sqlx::query_as("select last_value from rowcast.changes_id_seq").fetch_one(&stack.pool).await?;
+        commits.insert(seq, Commit { at_us, change_id });
     }
     Ok(commits)
+}
+
+/// Sequence -> when the gateway read that change (Unix µs), for the changes
+/// its log names.
+fn read_stamps(stack: &Stack, commits: &BTreeMap<i64, Commit>) -> anyhow::Result<BTreeMap<i64, i64>> {
+    let times = stack.read_times()?;
+    Ok(commits.iter().filter_map(|(seq, c)| times.get(&c.change_id).map(|t| (*seq, *t))).collect())
 }
 
 /// Waits until every client process has every change on every socket;
@@ -98,31 +121,55 @@ async fn wait_delivered(fleet: &mut Fleet, changes: i64) -> anyhow::Result<bool>
     Ok(true)
 }
 
-fn per_change(commits: &BTreeMap<i64, i64>, counts: &Counts) -> Table {
-    let mut t = Table::new(&["change", "deliveries", "commit -> first", "commit -> last"]);
+fn per_change(commits: &BTreeMap<i64, Commit>, reads: &BTreeMap<i64, i64>, counts: &Counts) -> Table {
+    let mut t = Table::new(&["change", "deliveries", "commit -> read", "commit -> first", "commit -> last", "read -> last"]);
     for (seq, commit) in commits {
+        let read = reads.get(seq);
+        let commit_read = read.map_or("-".into(), |r| report::ms(r - commit.at_us));
         match counts.seqs.get(seq) {
-            Some(s) => t.row([seq.to_string(), s.count.to_string(), report::ms(s.first_us - commit), report::ms(s.last_us - commit)]),
-            None => t.row([seq.to_string(), "0".into(), "-".into(), "-".into()]),
+            Some(s) => t.row([
+                seq.to_string(),
+                s.count.to_string(),
+                commit_read,
+                report::ms(s.first_us - commit.at_us),
+                report::ms(s.last_us - commit.at_us),
+                read.map_or("-".into(), |r| report::ms(s.last_us - r)),
+            ]),
+            None => t.row([seq.to_string(), "0".into(), commit_read, "-".into(), "-".into(), "-".into()]),
         }
     }
     t
 }
 
-fn summary(args: &Args, subscribed: usize, complete: bool, commits: &BTreeMap<i64, i64>, counts: &Counts, cpu: &[[String; 2]]) -> Table {
-    let last: Vec<f64> = commits.iter().filter_map(|(seq, c)| counts.seqs.get(seq).map(|s| (s.last_us - c) as f64 / 1000.0)).collect();
+fn summary(
+    args: &Args,
+    subscribed: usize,
+    complete: bool,
+    commits: &BTreeMap<i64, Commit>,
+    reads: &BTreeMap<i64, i64>,
+    counts: &Counts,
+    cpu: &[[String; 2]],
+) -> Table {
+    let ms = |from: i64, to: i64| (to - from) as f64 / 1000.0;
+    let last: Vec<f64> = commits.iter().filter_map(|(seq, c)| counts.seqs.get(seq).map(|s| ms(c.at_us, s.last_us))).collect();
+    let fan: Vec<f64> = reads.iter().filter_map(|(seq, r)| counts.seqs.get(seq).map(|s| ms(*r, s.last_us))).collect();
+    let lag: Vec<f64> = reads.iter().filter_map(|(seq, r)| commits.get(seq).map(|c| ms(c.at_us, *r))).collect();
     let delivered: usize = commits.keys().filter_map(|seq| counts.seqs.get(seq)).map(|s| s.count).sum();
     let expected = subscribed * args.changes as usize;
-    let max = percentile(&last, 1.0);
+    let verdict = |v: f64| format!("<= {TARGET_MS} ms: {}", if v <= TARGET_MS { "met" } else { "NOT met" });
     let mut t = Table::new(&["measure", "value", "target"]);
     t.row(["subscribers subscribed".into(), format!("{subscribed} of {}", args.subscribers), String::new()]);
-    t.row(["last delivery p50".into(), format!("{:.1} ms", percentile(&last, 0.5)), String::new()]);
-    t.row(["last delivery p99".into(), format!("{:.1} ms", percentile(&last, 0.99)), String::new()]);
-    t.row([
-        "last delivery max".into(),
-        format!("{max:.1} ms"),
-        format!("<= {TARGET_MS} ms: {}", if max <= TARGET_MS { "met" } else { "NOT met" }),
-    ]);
+    t.row(["commit -> gateway read p50".into(), format!("{:.1} ms", percentile(&lag, 0.5)), String::new()]);
+    t.row(["commit -> gateway read p99".into(), format!("{:.1} ms", percentile(&lag, 0.99)), String::new()]);
+    t.row(["commit -> last delivery p50".into(), format!("{:.1} ms", percentile(&last, 0.5)), String::new()]);
+    t.row(["commit -> last delivery p99".into(), format!("{:.1} ms", percentile(&last, 0.99)), String::new()]);
+    t.row(["commit -> last delivery max".into(), format!("{:.1} ms", percentile(&last, 1.0)), String::new()]);
+    t.row(["read -> last delivery p50".into(), format!("{:.1} ms", percentile(&fan, 0.5)), String::new()]);
+    t.row(["read -> last delivery p99".into(), format!("{:.1} ms", percentile(&fan, 0.99)), verdict(percentile(&fan, 0.99))]);
+    t.row(["read -> last delivery max".into(), format!("{:.1} ms", percentile(&fan, 1.0)), String::new()]);
+    if reads.len() < commits.len() {
+        t.row(["changes without a read stamp in the gateway log".into(), (commits.len() - reads.len()).to_string(), String::new()]);
+    }
     t.row(["deliveries".into(), format!("{delivered} of {expected}"), String::new()]);
     t.row([
         "lost deliveries".into(),
