@@ -2,7 +2,7 @@
 //! the way it runs in production, with clients in other processes.
 //!
 //! Crate map:
-//! - `scenario`: the four measurements (connections, fanout, stall, hostile-filter).
+//! - `scenario`: the measurements (connections, fanout, stall, hostile-filter, jobs).
 //! - `stack`: a private Postgres and the gateway binary under test.
 //! - `fleet`: the tool's side of its client processes.
 //! - `gatewaylog`: when the gateway read each change, from its JSON log (pure).
@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use scenario::{connections, fanout, hostile, stall, Env};
+use scenario::{connections, fanout, hostile, jobs, stall, Env};
 
 /// No scenario may run longer than this.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -62,6 +62,8 @@ enum Cmd {
     Stall(stall::Args),
     /// A pathological `like` filter next to an ordinary client.
     HostileFilter(hostile::Args),
+    /// The job runner's drain rate and pickup, beside graphile-worker.
+    Jobs(jobs::Args),
     /// Every scenario in order, with its defaults.
     All,
     /// A client process (started by the tool itself).
@@ -102,11 +104,13 @@ async fn run(env: Env, command: Cmd) -> anyhow::Result<()> {
         Cmd::Fanout(a) => bounded("fanout", fanout::run(&env, &a)).await,
         Cmd::Stall(a) => bounded("stall", stall::run(&env, &a)).await,
         Cmd::HostileFilter(a) => bounded("hostile-filter", hostile::run(&env, &a)).await,
+        Cmd::Jobs(a) => bounded("jobs", jobs::run(&env, &a)).await,
         Cmd::All => {
             bounded("connections", connections::run(&env, &connections::Args::parse_from(["connections"]))).await?;
             bounded("fanout", fanout::run(&env, &fanout::Args::parse_from(["fanout"]))).await?;
             bounded("stall", stall::run(&env, &stall::Args::parse_from(["stall"]))).await?;
-            bounded("hostile-filter", hostile::run(&env, &hostile::Args::parse_from(["hostile-filter"]))).await
+            bounded("hostile-filter", hostile::run(&env, &hostile::Args::parse_from(["hostile-filter"]))).await?;
+            bounded("jobs", jobs::run(&env, &jobs::Args::parse_from(["jobs"]))).await
         }
         Cmd::Clients => unreachable!("handled in main"),
     }

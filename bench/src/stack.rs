@@ -67,8 +67,14 @@ struct Gateway {
 }
 
 impl Stack {
-    /// Starts Postgres, migrates with `bin`, runs `setup_sql`, starts the gateway.
+    /// Starts Postgres, migrates with `bin`, runs `setup_sql`, starts the
+    /// gateway without a job runner.
     pub async fn start(bin: &Path, setup_sql: &str) -> anyhow::Result<Stack> {
+        Stack::start_with(bin, setup_sql, &["--no-runner".to_owned()]).await
+    }
+
+    /// The same, with `serve_args` after `serve --listen <addr>`.
+    pub async fn start_with(bin: &Path, setup_sql: &str, serve_args: &[String]) -> anyhow::Result<Stack> {
         eprintln!("starting a private Postgres and {}", bin.display());
         let pg = LocalPostgres::start(Durability::Fast).await.context("starting the private Postgres")?;
         let url = pg.url("postgres");
@@ -76,9 +82,14 @@ impl Stack {
         let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.context("connecting to the private Postgres")?;
         sqlx::raw_sql(setup_sql).execute(&pool).await.context("creating the benchmark tables")?;
         let (pg_version,): (String,) = sqlx::query_as("select current_setting('server_version')").fetch_one(&pool).await?;
-        let gateway = Gateway::spawn(bin, &url).await?;
+        let gateway = Gateway::spawn(bin, &url, serve_args).await?;
         let port = gateway.port;
         Ok(Stack { gateway, pool, pg, port, pg_version })
+    }
+
+    /// The private Postgres's URL, for peers measured beside the gateway.
+    pub fn database_url(&self) -> String {
+        self.pg.url("postgres")
     }
 
     /// The gateway's process id.
@@ -153,13 +164,13 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
 }
 
 impl Gateway {
-    async fn spawn(bin: &Path, url: &str) -> anyhow::Result<Gateway> {
+    async fn spawn(bin: &Path, url: &str, serve_args: &[String]) -> anyhow::Result<Gateway> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let listen = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("rowcast-bench-{}-gateway-{port}.log", std::process::id()));
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = tokio::process::Command::new(bin);
-        cmd.args(["serve", "--no-runner", "--listen", &listen]);
+        cmd.args(["serve", "--listen", &listen]).args(serve_args);
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("ROWCAST_")) {
             cmd.env_remove(key);
         }
@@ -168,7 +179,7 @@ impl Gateway {
         die_with_parent(&mut cmd);
         let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id().context("a just-started gateway has a pid")?;
-        let command_line = format!("{} serve --no-runner --listen {listen}", bin.display());
+        let command_line = format!("{} serve --listen {listen} {}", bin.display(), serve_args.join(" "));
         let mut gateway = Gateway { child, pid, port, log, command_line };
         gateway.wait_ready().await?;
         Ok(gateway)

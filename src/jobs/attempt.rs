@@ -6,6 +6,7 @@
 //! write matches no row and the attempt stops without touching it. Finished
 //! steps are memoized in `rowcast.job_steps`, so a retry resumes after them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -44,11 +45,12 @@ pub struct Signals {
     pub abort: CancellationToken,
 }
 
-/// Runs `job` (already claimed as `job.attempts`) until it ends or is handed back.
-pub async fn run(ctx: AttemptContext, job: Job, signals: Signals) {
+/// Runs `job` (already claimed as `job.attempts`, its finished `steps`
+/// loaded) until it ends or is handed back.
+pub async fn run(ctx: AttemptContext, job: Job, steps: Map<String, Value>, signals: Signals) {
     let claimed = std::time::Instant::now();
     let heartbeat = tokio::spawn(heartbeat(ctx.pool.clone(), job.id, job.attempts, ctx.lease, signals.cancel.clone()));
-    let result = steps_loop(&ctx, &job, &signals).await;
+    let result = steps_loop(&ctx, &job, steps, &signals).await;
     heartbeat.abort();
     ctx.metrics.run_seconds.get_or_create(&metrics::JobType::of(&job.job_type)).observe(claimed.elapsed().as_secs_f64());
     if let Err(e) = result {
@@ -56,8 +58,7 @@ pub async fn run(ctx: AttemptContext, job: Job, signals: Signals) {
     }
 }
 
-async fn steps_loop(ctx: &AttemptContext, job: &Job, signals: &Signals) -> Result<(), sqlx::Error> {
-    let mut steps = load_steps(&ctx.pool, job.id).await?;
+async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Map<String, Value>, signals: &Signals) -> Result<(), sqlx::Error> {
     let work = signals.abort.child_token();
     loop {
         if signals.draining.is_cancelled() {
@@ -94,10 +95,19 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, signals: &Signals) -> Resul
     }
 }
 
-async fn load_steps(pool: &PgPool, id: Uuid) -> Result<Map<String, Value>, sqlx::Error> {
-    let rows: Vec<(String, Option<Value>)> =
-        sqlx::query_as("select step_id, output from rowcast.job_steps where job_id = $1 order by seq").bind(id).fetch_all(pool).await?;
-    Ok(rows.into_iter().map(|(id, out)| (id, out.unwrap_or(Value::Null))).collect())
+/// The finished steps of each of `jobs`, in order, in one query.
+pub async fn load_steps(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Map<String, Value>>, sqlx::Error> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let rows: Vec<(Uuid, String, Option<Value>)> =
+        sqlx::query_as("select job_id, step_id, output from rowcast.job_steps where job_id = any($1) order by job_id, seq")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?;
+    let mut steps: HashMap<Uuid, Map<String, Value>> = HashMap::new();
+    for (job, id, output) in rows {
+        steps.entry(job).or_default().insert(id, output.unwrap_or(Value::Null));
+    }
+    Ok(steps)
 }
 
 /// A finished step, as the handler answered it.

@@ -5,17 +5,19 @@
 //! `rowcast_job_cancel` for cancellations) with a polling fallback, the
 //! per-process slots, and shutdown: stop claiming, let running steps finish
 //! within the grace period, then hand every remaining job back. Claims go
-//! through `rowcast.claim`, which takes rows with SKIP LOCKED and enforces
-//! the type's limits, so any number of runners can share a database.
+//! through `rowcast.claim_batch`, which takes as many rows as there are free
+//! slots with SKIP LOCKED and enforces the type's limits, so any number of
+//! runners can share a database.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use serde_json::{Map, Value};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -134,31 +136,37 @@ impl Runner {
         }
     }
 
+    /// Fills free slots, one claim statement per type while jobs keep coming.
     async fn claim_while_free(&self, tasks: &TaskTracker, draining: &CancellationToken, abort: &CancellationToken, turn: usize) {
         let names: Vec<&String> = self.contexts.keys().collect();
         let mut idle_types = 0;
         let mut i = turn;
         while idle_types < names.len() {
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else { return };
+            let free = self.slots.available_permits();
+            if free == 0 {
+                return;
+            }
             let name = names[i % names.len()];
             i += 1;
-            match self.claim(name).await {
-                Ok(Some(job)) => {
+            match self.claim(name, free).await {
+                Ok(jobs) if jobs.is_empty() => idle_types += 1,
+                Ok(jobs) => {
                     idle_types = 0;
-                    self.contexts[name].metrics.started.get_or_create(&metrics::JobType::of(name)).inc();
-                    let cancel = CancellationToken::new();
-                    self.running.insert(job.id, cancel.clone());
-                    let signals = Signals { cancel, draining: draining.clone(), abort: abort.clone() };
-                    let (ctx, running, freed) = (self.contexts[name].clone(), self.running.clone(), self.freed.clone());
-                    tasks.spawn(async move {
-                        let id = job.id;
-                        attempt::run(ctx, job, signals).await;
-                        running.remove(&id);
-                        drop(permit);
-                        freed.notify_one();
-                    });
+                    let mut steps = match attempt::load_steps(&self.pool, &jobs).await {
+                        Ok(steps) => steps,
+                        // Claimed but not started: their leases expire and the rescue hands them back.
+                        Err(e) => {
+                            warn!(error = %e, "loading claimed jobs' steps failed; their leases will expire");
+                            return;
+                        }
+                    };
+                    for job in jobs {
+                        // Only this loop takes permits, so the ones counted free are still there.
+                        let permit = self.slots.clone().try_acquire_owned().expect("a slot counted free is free");
+                        let done = steps.remove(&job.id).unwrap_or_default();
+                        self.start(tasks, name, job, done, permit, draining, abort);
+                    }
                 }
-                Ok(None) => idle_types += 1,
                 Err(e) => {
                     warn!(error = %e, "claiming jobs failed; retrying at the next poll");
                     return;
@@ -167,12 +175,40 @@ impl Runner {
         }
     }
 
-    async fn claim(&self, job_type: &str) -> Result<Option<Job>, sqlx::Error> {
-        sqlx::query_as(&format!("select {COLUMNS} from rowcast.claim($1, $2, $3) where id is not null"))
+    /// Runs one claimed attempt in its own task, holding `permit` until it ends.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        tasks: &TaskTracker,
+        name: &str,
+        job: Job,
+        steps: Map<String, Value>,
+        permit: OwnedSemaphorePermit,
+        draining: &CancellationToken,
+        abort: &CancellationToken,
+    ) {
+        self.contexts[name].metrics.started.get_or_create(&metrics::JobType::of(name)).inc();
+        let cancel = CancellationToken::new();
+        self.running.insert(job.id, cancel.clone());
+        let signals = Signals { cancel, draining: draining.clone(), abort: abort.clone() };
+        let (ctx, running, freed) = (self.contexts[name].clone(), self.running.clone(), self.freed.clone());
+        tasks.spawn(async move {
+            let id = job.id;
+            attempt::run(ctx, job, steps, signals).await;
+            running.remove(&id);
+            drop(permit);
+            freed.notify_one();
+        });
+    }
+
+    /// Up to `max` runnable jobs of `job_type`, claimed in one statement.
+    async fn claim(&self, job_type: &str, max: usize) -> Result<Vec<Job>, sqlx::Error> {
+        sqlx::query_as(&format!("select {COLUMNS} from rowcast.claim_batch($1, $2, $3, $4)"))
             .bind(job_type)
             .bind(&self.worker)
             .bind(self.config.runner.lease.as_secs_f64())
-            .fetch_optional(&self.pool)
+            .bind(max as i32)
+            .fetch_all(&self.pool)
             .await
     }
 

@@ -1,4 +1,4 @@
-//! The four measurements, one module each, and what they share: where the
+//! The measurements, one module each, and what they share: where the
 //! gateway binary is, how many client processes to use, the common lines of
 //! every report, and a meter of CPU time and wall time.
 //!
@@ -8,6 +8,7 @@
 pub mod connections;
 pub mod fanout;
 pub mod hostile;
+pub mod jobs;
 pub mod stall;
 
 use std::path::PathBuf;
