@@ -183,3 +183,31 @@ async fn a_change_in_flight_when_the_gateway_starts_is_still_delivered() {
     sqlx::query("commit").execute(&mut slow).await.unwrap();
     assert_eq!(c.change("s").await["data"]["record"]["title"], "in flight at start");
 }
+
+/// Rows a plan node and its children read (kept or filtered out).
+fn rows_touched(node: &serde_json::Value) -> f64 {
+    let own = ["Actual Rows", "Rows Removed by Filter"].iter().filter_map(|k| node[k].as_f64()).sum::<f64>();
+    own + node["Plans"].as_array().map_or(0.0, |children| children.iter().map(rows_touched).sum())
+}
+
+#[tokio::test]
+async fn a_read_pass_touches_only_the_rows_it_returns_however_long_the_log() {
+    let app = spawn_app().await;
+    app.owned_table("todos").await;
+    app.sql("insert into todos (user_id) select 'u' from generate_series(1, 20000)").await;
+    let top: i64 = scalar(&app.pool, "select max(id) from rowcast.changes").await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    // The plan a prepared statement settles on after five runs: the one the listener uses.
+    sqlx::raw_sql(&format!(
+        "set plan_cache_mode = force_generic_plan; prepare read_pass(bigint, bigint, bigint[], bigint) as {}",
+        rowcast::changes::listener::READ
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let explain = format!("explain (analyze, format json) execute read_pass({}, {top}, '{{{}}}', 1000)", top - 10, top - 15_000);
+    let (plan,): (serde_json::Value,) = sqlx::query_as(&explain).fetch_one(&mut *conn).await.unwrap();
+    let touched = rows_touched(&plan[0]["Plan"]);
+    // 10 rows above the mark and one gap id, each counted once per node on its way up.
+    assert!(touched < 200.0, "a read pass of 11 rows touched {touched} rows of a 20,000-row log: {plan}");
+}
