@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::batch::{CompleteWrite, StepWrite, WriteError, Writes};
 use super::config::JobType;
 use super::hooks;
 use super::model::{Job, COLUMNS};
@@ -32,6 +33,17 @@ pub struct AttemptContext {
     pub lease: Duration,
     pub hooks: hooks::Hooks,
     pub metrics: metrics::Jobs,
+    /// Step stores and completions, group-committed with other attempts'.
+    pub writes: Writes,
+}
+
+/// Why an attempt stopped without its last write.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// Signals an attempt listens to.
@@ -58,11 +70,11 @@ pub async fn run(ctx: AttemptContext, job: Job, steps: Map<String, Value>, signa
     }
 }
 
-async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Map<String, Value>, signals: &Signals) -> Result<(), sqlx::Error> {
+async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Map<String, Value>, signals: &Signals) -> Result<(), AttemptError> {
     let work = signals.abort.child_token();
     loop {
         if signals.draining.is_cancelled() {
-            return release(&ctx.pool, job).await;
+            return Ok(release(&ctx.pool, job).await?);
         }
         let timeout = ctx.job_type.timeout;
         let outcome = tokio::select! {
@@ -73,7 +85,7 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Map<String, Valu
                 return Ok(());
             }
             // Shutdown grace period over: hand the job back.
-            _ = signals.abort.cancelled() => return release(&ctx.pool, job).await,
+            _ = signals.abort.cancelled() => return Ok(release(&ctx.pool, job).await?),
             // The step itself, bounded by the type's timeout.
             result = tokio::time::timeout(timeout, ctx.handler.call(job, &steps, &work)) => result.unwrap_or_else(|_| Outcome::Retry {
                 message: format!("step timed out after {} s", timeout.as_secs_f64()),
@@ -82,8 +94,17 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Map<String, Valu
         };
         match outcome {
             Outcome::Step { id, output, progress, message, broadcasts } => {
-                let stored = StoredStep { step: &id, seq: steps.len(), output: &output, progress, message: message.as_deref(), broadcasts };
-                if !store_step(&ctx.pool, job, stored).await? {
+                let write = StepWrite {
+                    job: job.id,
+                    attempt: job.attempts,
+                    step: id.clone(),
+                    seq: steps.len() as i32,
+                    output: output.clone(),
+                    progress,
+                    message,
+                    broadcasts: Value::Array(broadcasts),
+                };
+                if !ctx.writes.store_step(write).await? {
                     return Ok(());
                 }
                 steps.insert(id, output);
@@ -110,48 +131,12 @@ pub async fn load_steps(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Map
     Ok(steps)
 }
 
-/// A finished step, as the handler answered it.
-struct StoredStep<'a> {
-    step: &'a str,
-    seq: usize,
-    output: &'a Value,
-    progress: Option<i32>,
-    message: Option<&'a str>,
-    broadcasts: Vec<Value>,
-}
-
-/// Stores a finished step, its progress and its broadcasts in one statement;
-/// false if the job is no longer this attempt's. The broadcasts are sent only
-/// when the step row is new, so a step stored by an earlier attempt (or a
-/// late duplicate) sends nothing twice; they leave after commit through the
-/// change log like every SQL broadcast (migration 0005).
-async fn store_step(pool: &PgPool, job: &Job, s: StoredStep<'_>) -> Result<bool, sqlx::Error> {
-    let (live,): (i64,) = sqlx::query_as(
-        "with live as (
-            update rowcast.jobs set progress = coalesce($4, progress), message = coalesce($5, message)
-            where id = $1 and status = 'running' and attempts = $2 returning id),
-         stored as (
-            insert into rowcast.job_steps (job_id, step_id, seq, output)
-            select id, $3, $6, $7 from live on conflict (job_id, step_id) do nothing returning 1),
-         sent as (
-            insert into realtime.messages (topic, event, payload, private, extension)
-            select b->>'topic', b->>'event', b->'payload', (b->>'private')::boolean, 'broadcast'
-            from stored, jsonb_array_elements($8::jsonb) b returning 1)
-         select count(*) from live",
-    )
-    .bind(job.id)
-    .bind(job.attempts)
-    .bind(s.step)
-    .bind(s.progress)
-    .bind(s.message)
-    .bind(s.seq as i32)
-    .bind(s.output)
-    .bind(Value::Array(s.broadcasts))
-    .fetch_one(pool)
-    .await?;
-    Ok(live == 1)
-}
-
+/// The steps a job stores are written by `batch::store_steps`: the step
+/// row, the job's progress and message, and the step's broadcasts in one
+/// statement, the broadcasts only when the step row is new, so a step stored
+/// by an earlier attempt (or a late duplicate) sends nothing twice; they
+/// leave after commit through the change log like every SQL broadcast
+/// (migration 0005).
 enum Transition {
     Complete(Value),
     Fail(String),
@@ -170,9 +155,6 @@ fn ended_attempt(set: &str) -> String {
     )
 }
 
-/// running -> completed, storing the output.
-static COMPLETE: LazyLock<String> =
-    LazyLock::new(|| ended_attempt("status = 'completed', progress = 100, output = $3, error = null, completed_at = now()"));
 /// running -> failed, storing the error.
 static FAIL: LazyLock<String> = LazyLock::new(|| ended_attempt("status = 'failed', error = $3 #>> '{}', completed_at = now()"));
 /// running -> pending after a delay, storing the error and saying when it retries.
@@ -183,7 +165,7 @@ static RETRY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sqlx::Error> {
+async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), AttemptError> {
     let t = match t {
         Transition::Retry(message, _) if job.attempts >= job.max_attempts => {
             Transition::Fail(format!("{message} (gave up after {} attempts)", job.attempts))
@@ -194,7 +176,8 @@ async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sq
     let of_type = metrics::JobType::of(&job.job_type);
     match t {
         Transition::Complete(output) => {
-            if transition(&ctx.pool, job, &COMPLETE, output, 0.0).await?.is_some() {
+            let ended = ctx.writes.complete(CompleteWrite { job: job.id, attempt: job.attempts, output }).await?;
+            if ended_as(job, ended).is_some() {
                 m.completed.get_or_create(&of_type).inc();
             }
         }
@@ -217,11 +200,16 @@ async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), sq
 /// Runs one of the named end-of-attempt statements.
 async fn transition(pool: &PgPool, job: &Job, statement: &str, value: Value, secs: f64) -> Result<Option<Job>, sqlx::Error> {
     let row: Option<Job> = sqlx::query_as(statement).bind(job.id).bind(job.attempts).bind(value).bind(secs).fetch_optional(pool).await?;
+    Ok(ended_as(job, row))
+}
+
+/// Logs how an attempt's last write went; passes the row on.
+fn ended_as(job: &Job, row: Option<Job>) -> Option<Job> {
     match &row {
         Some(j) => info!(job.id = %j.id, job.type = %j.job_type, status = %j.status, "job attempt ended"),
         None => info!(job.id = %job.id, "job changed hands before this attempt ended; left as is"),
     }
-    Ok(row)
+    row
 }
 
 /// Hands a job back at shutdown without spending an attempt.

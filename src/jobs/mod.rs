@@ -8,11 +8,13 @@
 //! - `model`: the job row.
 //! - `steps`: the HTTP step protocol, the demo handler, backoff (no database).
 //! - `api`: enqueue/get/list/cancel/retry SQL; `handlers`: its REST routes.
-//! - `attempt`: running one claimed attempt; `runner`: claiming.
+//! - `attempt`: running one claimed attempt; `runner`: claiming;
+//!   `batch`: group commits of step stores and completions.
 //! - `scheduler`: rescue, expiry, cron, retention; `hooks`: on_failure.
 
 pub mod api;
 pub mod attempt;
+pub mod batch;
 pub mod config;
 pub mod handlers;
 pub mod hooks;

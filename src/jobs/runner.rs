@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::attempt::{self, AttemptContext, Signals};
+use super::batch::Writes;
 use super::config::{Handler, JobType, JobsConfig};
 use super::hooks::Hooks;
 use super::model::{Job, COLUMNS};
@@ -44,6 +45,7 @@ pub struct Runner {
 impl Runner {
     /// A runner for the types of `config`, running `hooks` after final failures.
     pub fn new(pool: PgPool, config: Arc<JobsConfig>, client: reqwest::Client, hooks: Hooks, metrics: metrics::Jobs) -> Self {
+        let writes = Writes::start(pool.clone());
         let contexts = config
             .types
             .values()
@@ -61,6 +63,7 @@ impl Runner {
                     lease: config.runner.lease,
                     hooks: hooks.clone(),
                     metrics: metrics.clone(),
+                    writes: writes.clone(),
                 };
                 (t.name.clone(), ctx)
             })

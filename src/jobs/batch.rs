@@ -1,0 +1,172 @@
+//! Group commits for the runner's hottest writes: storing a finished step
+//! and completing a job.
+//!
+//! Every attempt that reaches one of these writes hands it to a writer task
+//! and waits for its own answer. The writer takes everything queued at that
+//! moment (at most `MAX_BATCH`) into one statement, the same compare-and-set
+//! as the single write (`status = 'running' and attempts = <this attempt>`,
+//! row by row), so a batch changes nothing a lone write would not. There is
+//! no timer: while one statement runs, the next batch gathers, so a quiet
+//! runner writes at once and a busy one writes less often. Each attempt gets
+//! its answer only after the commit, so no step is reported stored, and no
+//! next step called, before it is durable; subscribers see every row
+//! change as before (one change-log row per job row, in commit order).
+//!
+//! The writer tasks end when every sender is gone (the runner and its
+//! attempts): they hold no state worth cancelling mid-statement.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+use uuid::Uuid;
+
+use super::model::{Job, COLUMNS};
+
+/// Most writes in one statement.
+const MAX_BATCH: usize = 64;
+
+/// A finished step to store with the job's progress, message and broadcasts.
+pub struct StepWrite {
+    pub job: Uuid,
+    pub attempt: i32,
+    pub step: String,
+    pub seq: i32,
+    pub output: Value,
+    pub progress: Option<i32>,
+    pub message: Option<String>,
+    pub broadcasts: Value,
+}
+
+/// A completion: running -> completed with `output`.
+pub struct CompleteWrite {
+    pub job: Uuid,
+    pub attempt: i32,
+    pub output: Value,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+/// The handle attempts write through; cheap to clone.
+#[derive(Clone)]
+pub struct Writes {
+    steps: mpsc::UnboundedSender<(StepWrite, Reply<bool>)>,
+    completions: mpsc::UnboundedSender<(CompleteWrite, Reply<Option<Job>>)>,
+}
+
+/// Why a batched write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the job writer stopped")]
+    Stopped,
+    #[error("{0}")]
+    Db(String),
+}
+
+impl Writes {
+    /// Starts the two writer tasks on `pool`.
+    pub fn start(pool: PgPool) -> Writes {
+        let (steps, step_rx) = mpsc::unbounded_channel();
+        let (completions, complete_rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(pool.clone(), step_rx, store_steps));
+        tokio::spawn(writer(pool, complete_rx, complete));
+        Writes { steps, completions }
+    }
+
+    /// Stores a step; false if the job is no longer this attempt's.
+    pub async fn store_step(&self, write: StepWrite) -> Result<bool, WriteError> {
+        ask(&self.steps, write).await
+    }
+
+    /// Completes a job; the row as it now is, or `None` if it was no longer this attempt's.
+    pub async fn complete(&self, write: CompleteWrite) -> Result<Option<Job>, WriteError> {
+        ask(&self.completions, write).await
+    }
+}
+
+async fn ask<W, T>(queue: &mpsc::UnboundedSender<(W, Reply<T>)>, write: W) -> Result<T, WriteError> {
+    let (reply, answer) = oneshot::channel();
+    queue.send((write, reply)).map_err(|_| WriteError::Stopped)?;
+    answer.await.map_err(|_| WriteError::Stopped)?.map_err(WriteError::Db)
+}
+
+/// Takes what is queued, writes it with `flush`, answers each sender.
+async fn writer<W, T, F, Fut>(pool: PgPool, mut queue: mpsc::UnboundedReceiver<(W, Reply<T>)>, flush: F)
+where
+    F: Fn(PgPool, Vec<W>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, sqlx::Error>>,
+{
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (writes, replies): (Vec<W>, Vec<Reply<T>>) = batch.drain(..).unzip();
+        match flush(pool.clone(), writes).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, writes = replies.len(), "a batched job write failed");
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Stores the steps of one batch, as `attempt::store_step` describes for one:
+/// broadcasts are sent only with a step row that is new.
+async fn store_steps(pool: PgPool, writes: Vec<StepWrite>) -> Result<Vec<bool>, sqlx::Error> {
+    let live: Vec<(Uuid,)> = sqlx::query_as(
+        "with input as (
+            select * from unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[])
+                as i(id, attempt, step, progress, message, seq, output, broadcasts)),
+         live as (
+            update rowcast.jobs j set progress = coalesce(i.progress, j.progress), message = coalesce(i.message, j.message)
+            from input i where j.id = i.id and j.status = 'running' and j.attempts = i.attempt returning j.id),
+         stored as (
+            insert into rowcast.job_steps (job_id, step_id, seq, output)
+            select i.id, i.step, i.seq, i.output from input i join live l on l.id = i.id
+            on conflict (job_id, step_id) do nothing returning job_id),
+         sent as (
+            insert into realtime.messages (topic, event, payload, private, extension)
+            select b->>'topic', b->>'event', b->'payload', (b->>'private')::boolean, 'broadcast'
+            from input i join stored s on s.job_id = i.id, jsonb_array_elements(i.broadcasts) b returning 1)
+         select id from live",
+    )
+    .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.step.as_str()).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.progress).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.message.as_deref()).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.seq).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| &w.broadcasts).collect::<Vec<_>>())
+    .fetch_all(&pool)
+    .await?;
+    let live: std::collections::HashSet<Uuid> = live.into_iter().map(|(id,)| id).collect();
+    Ok(writes.iter().map(|w| live.contains(&w.job)).collect())
+}
+
+/// Completes the jobs of one batch and drops their leases.
+async fn complete(pool: PgPool, writes: Vec<CompleteWrite>) -> Result<Vec<Option<Job>>, sqlx::Error> {
+    let rows: Vec<Job> = sqlx::query_as(&format!(
+        "with input as (select * from unnest($1::uuid[], $2::int[], $3::jsonb[]) as i(id, attempt, output)),
+         moved as (
+            update rowcast.jobs j set status = 'completed', progress = 100, output = i.output, error = null, completed_at = now()
+            from input i where j.id = i.id and j.status = 'running' and j.attempts = i.attempt returning j.*),
+         freed as (delete from rowcast.job_leases l using moved m where l.job_id = m.id and l.attempt = m.attempts)
+         select {COLUMNS} from moved"
+    ))
+    .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
+    .fetch_all(&pool)
+    .await?;
+    let mut by_id: HashMap<Uuid, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
+    Ok(writes.iter().map(|w| by_id.remove(&w.job)).collect())
+}
