@@ -131,12 +131,8 @@ pub async fn load_steps(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Map
     Ok(steps)
 }
 
-/// The steps a job stores are written by `batch::store_steps`: the step
-/// row, the job's progress and message, and the step's broadcasts in one
-/// statement, the broadcasts only when the step row is new, so a step stored
-/// by an earlier attempt (or a late duplicate) sends nothing twice; they
-/// leave after commit through the change log like every SQL broadcast
-/// (migration 0005).
+/// How an attempt ends: completions go through `batch`, the rarer two
+/// through the statements below.
 enum Transition {
     Complete(Value),
     Fail(String),

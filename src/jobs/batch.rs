@@ -118,8 +118,12 @@ where
     }
 }
 
-/// Stores the steps of one batch, as `attempt::store_step` describes for one:
-/// broadcasts are sent only with a step row that is new.
+/// Stores the steps of one batch: for each job still this attempt's, the
+/// step row, the job's progress and message, and the step's broadcasts, in
+/// one statement. The broadcasts are sent only when the step row is new, so
+/// a step stored by an earlier attempt (or a late duplicate) sends nothing
+/// twice; they leave after commit through the change log like every SQL
+/// broadcast (migration 0005).
 async fn store_steps(pool: PgPool, writes: Vec<StepWrite>) -> Result<Vec<bool>, sqlx::Error> {
     let live: Vec<(Uuid,)> = sqlx::query_as(
         "with input as (

@@ -311,15 +311,15 @@ fn table(rows: &[Drain], args: &Args) -> Table {
         "pickup p99",
     ]);
     let secs = |v: Option<f64>| v.map_or("-".into(), report::secs);
-    let ms = |v: Option<(f64, f64)>, i: usize| v.map_or("-".into(), |p| format!("{:.1} ms", if i == 0 { p.0 } else { p.1 }));
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
     for r in rows {
         t.row([
             r.runner.clone(),
             format!("{:.0}", r.jobs_per_sec),
             secs(r.enqueue_one_statement),
             secs(r.enqueue_per_row),
-            ms(r.pickup_ms, 0),
-            ms(r.pickup_ms, 1),
+            ms(r.pickup_ms.map(|p| p.0)),
+            ms(r.pickup_ms.map(|p| p.1)),
         ]);
     }
     t
