@@ -112,6 +112,7 @@ impl Process {
             }
             Command::Drain { timeout_ms } => self.drain(Duration::from_millis(timeout_ms)).await,
             Command::Report => self.tally.emit(self.tally.report()),
+            Command::Take => self.tally.emit(self.tally.take()),
         }
     }
 
@@ -123,7 +124,7 @@ impl Process {
         let (plan, gate) = (Arc::new(plan), Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT)));
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         for index in first..first + count {
-            let token = verifier.mint(Some(&format!("u{index}")), "authenticated", TOKEN_TTL);
+            let token = verifier.mint(Some(&format!("u{}", plan.user_of(index))), "authenticated", TOKEN_TTL);
             let job = Job {
                 index,
                 port,
@@ -212,7 +213,7 @@ async fn collect(
 async fn run_socket(job: Job, done: mpsc::UnboundedSender<Result<JoinOutcome, String>>) {
     let filter = match &job.plan.filter {
         Filter::None => None,
-        Filter::OwnUser => Some(format!("user_id=eq.u{}", job.index)),
+        Filter::OwnUser | Filter::OwnUserTabs { .. } => Some(format!("user_id=eq.u{}", job.plan.user_of(job.index))),
         Filter::Fixed { text } => Some(text.clone()),
     };
     let id = Identity {

@@ -192,8 +192,17 @@ impl Fleet {
 
     /// Every process's counts, merged.
     pub async fn counts(&mut self) -> anyhow::Result<Counts> {
+        self.gather(Command::Report).await
+    }
+
+    /// Every process's counts, merged; the processes forget the changes.
+    pub async fn take(&mut self) -> anyhow::Result<Counts> {
+        self.gather(Command::Take).await
+    }
+
+    async fn gather(&mut self, command: Command) -> anyhow::Result<Counts> {
         for i in 0..self.len() {
-            self.send(i, &Command::Report).await?;
+            self.send(i, &command).await?;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut merged = Counts::default();

@@ -20,6 +20,15 @@ impl Table {
         self.rows.push(cells.into());
     }
 
+    /// The table as JSON: one object per row, keyed by the column headers.
+    pub fn to_json(&self) -> serde_json::Value {
+        let rows = self.rows.iter().map(|r| {
+            let cells = self.headers.iter().enumerate().map(|(c, h)| (h.clone(), serde_json::json!(r.get(c).cloned().unwrap_or_default())));
+            serde_json::Value::Object(cells.collect())
+        });
+        serde_json::Value::Array(rows.collect())
+    }
+
     /// The table as text, one line per row, ending with a newline.
     pub fn render(&self) -> String {
         let widths: Vec<usize> = (0..self.headers.len())
@@ -112,6 +121,13 @@ mod tests {
         assert_eq!(t.render(), "  measure      value\n  ------------------\n  sockets      10000\n  RSS after   1.5 MB\n");
         t.row(["joined".into(), "reply ok".into()]);
         assert!(t.render().ends_with("  joined      reply ok\n"), "text aligns left:\n{}", t.render());
+    }
+
+    #[test]
+    fn a_table_as_json_keys_each_row_by_its_headers() {
+        let mut t = Table::new(&["measure", "value"]);
+        t.row(["sockets".into(), "10000".into()]);
+        assert_eq!(t.to_json(), serde_json::json!([{"measure": "sockets", "value": "10000"}]));
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub struct Stack {
     pub port: u16,
     /// `server_version` of the cluster.
     pub pg_version: String,
+    durability: Durability,
 }
 
 struct Gateway {
@@ -75,8 +76,13 @@ impl Stack {
 
     /// The same, with `serve_args` after `serve --listen <addr>`.
     pub async fn start_with(bin: &Path, setup_sql: &str, serve_args: &[String]) -> anyhow::Result<Stack> {
+        Stack::start_durable(bin, setup_sql, serve_args, Durability::Fast).await
+    }
+
+    /// The same on a cluster with the given durability (fsync on for writer costs).
+    pub async fn start_durable(bin: &Path, setup_sql: &str, serve_args: &[String], durability: Durability) -> anyhow::Result<Stack> {
         eprintln!("starting a private Postgres and {}", bin.display());
-        let pg = LocalPostgres::start(Durability::Fast).await.context("starting the private Postgres")?;
+        let pg = LocalPostgres::start(durability).await.context("starting the private Postgres")?;
         let url = pg.url("postgres");
         migrate(bin, &url).await?;
         let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.context("connecting to the private Postgres")?;
@@ -84,12 +90,20 @@ impl Stack {
         let (pg_version,): (String,) = sqlx::query_as("select current_setting('server_version')").fetch_one(&pool).await?;
         let gateway = Gateway::spawn(bin, &url, serve_args).await?;
         let port = gateway.port;
-        Ok(Stack { gateway, pool, pg, port, pg_version })
+        Ok(Stack { gateway, pool, pg, port, pg_version, durability })
     }
 
     /// The private Postgres's URL, for peers measured beside the gateway.
     pub fn database_url(&self) -> String {
         self.pg.url("postgres")
+    }
+
+    /// How the cluster treats fsync, for the report's header.
+    pub fn durability(&self) -> &'static str {
+        match self.durability {
+            Durability::Safe => "fsync on",
+            Durability::Fast => "fsync off",
+        }
     }
 
     /// The gateway's process id.

@@ -64,6 +64,13 @@ impl Tally {
         *self.inner.lock().expect("tally lock").closed.entry(how).or_default() += 1;
     }
 
+    /// Everything counted so far, then forgets the changes.
+    pub fn take(&self) -> Event {
+        let report = self.report();
+        self.inner.lock().expect("tally lock").seqs.clear();
+        report
+    }
+
     /// Everything counted so far.
     pub fn report(&self) -> Event {
         let inner = self.inner.lock().expect("tally lock");
@@ -91,6 +98,20 @@ mod tests {
         let Event::Report { expected, seqs, .. } = tally.report() else { panic!("a report") };
         assert_eq!(expected, 2);
         assert_eq!((seqs[0].count, seqs[0].first_us, seqs[0].last_us), (2, 90, 100));
+    }
+
+    #[test]
+    fn taking_the_counts_forgets_the_changes_but_not_the_closures() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let tally = Tally::new(tx);
+        tally.expect_more(1);
+        tally.delivered(7, 100);
+        tally.closed("end of stream".into());
+        let Event::Report { seqs, .. } = tally.take() else { panic!("a report") };
+        assert_eq!(seqs.len(), 1);
+        let Event::Report { seqs, closed, .. } = tally.report() else { panic!("a report") };
+        assert!(seqs.is_empty());
+        assert_eq!(closed.len(), 1);
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum Command {
     Drain { timeout_ms: u64 },
     /// Send what was counted so far; answered by `Event::Report`.
     Report,
+    /// Send what was counted so far and forget the changes (not the
+    /// closures); answered by `Event::Report`. For runs in steps.
+    Take,
 }
 
 /// How a group of sockets joins and behaves.
@@ -46,6 +49,19 @@ pub enum Filter {
     OwnUser,
     /// The same filter text for every socket.
     Fixed { text: String },
+    /// Like `OwnUser`, with `tabs` sockets per user: socket `i` is user
+    /// `u<i / tabs>` (a user with several tabs or devices open).
+    OwnUserTabs { tabs: usize },
+}
+
+impl Plan {
+    /// The user number of socket `index` (its token's `sub` is `u<n>`).
+    pub fn user_of(&self, index: usize) -> usize {
+        match self.filter {
+            Filter::OwnUserTabs { tabs } => index / tabs.max(1),
+            _ => index,
+        }
+    }
 }
 
 /// What a socket does once subscribed.

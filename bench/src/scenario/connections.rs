@@ -11,8 +11,9 @@
 use std::time::Duration;
 
 use crate::fleet::{Fleet, Opened};
+use crate::plot::{Chart, Series};
 use crate::report::{self, Table};
-use crate::scenario::{header, Env, Meter};
+use crate::scenario::{record, Env, Meter};
 use crate::stack::{Stack, SECRET};
 use crate::wire::{Filter, Mode, Plan};
 
@@ -48,15 +49,23 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
          (event *, filter user_id=eq.u<i>), own token per socket (sub u<i>, role authenticated), heartbeat 25 s",
         args.sockets, env.procs
     );
-    print!("{}", header("connections: memory per idle subscribed socket", &stack, params));
+    let mut rec = record("connections", "connections: memory per idle subscribed socket", &stack, params);
     let meter = Meter::start(&stack, &fleet);
     let before = baseline(&stack, &mut fleet).await?;
     eprintln!("opening {} sockets", args.sockets);
     let opened = fleet.open(stack.port, SECRET, args.sockets, &plan()).await?;
     tokio::time::sleep(SETTLE).await;
     let after = stack.rss_kib()?;
-    print!("{}", table(args.sockets, &opened, before, after, &meter.rows(&stack, &fleet, "whole scenario")).render());
+    rec.table("summary", &table(args.sockets, &opened, before, after, &meter.rows(&stack, &fleet, "whole scenario")));
     print_errors(&opened);
+    let slope = (after as f64 - before as f64) / opened.subscribed.max(1) as f64;
+    rec.figure("sockets_subscribed", opened.subscribed as f64);
+    rec.figure("rss_before_mb", after_mb(before));
+    rec.figure("rss_after_mb", after_mb(after));
+    rec.figure("kib_per_socket", slope);
+    rec.figure("projected_rss_50k_mb", after_mb(before) + slope * PROJECTED as f64 * 1024.0 / 1e6);
+    rec.chart(chart(opened.subscribed, before, slope));
+    rec.write(&env.out)?;
     fleet.shutdown().await;
     stack.stop().await
 }
@@ -89,6 +98,27 @@ fn table(sockets: usize, opened: &Opened, before: u64, after: u64, cpu: &[[Strin
         t.row([k.clone(), v.clone(), String::new()]);
     }
     t
+}
+
+/// KiB as MB (10^6 bytes).
+fn after_mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
+}
+
+/// Gateway RSS against sockets: the two readings and the projection from their slope.
+fn chart(subscribed: usize, before: u64, slope_kib: f64) -> Chart {
+    let mb_at = |n: f64| (before as f64 + slope_kib * n) * 1024.0 / 1e6;
+    let mut c = Chart::new("Gateway RSS against idle subscribed sockets", "sockets", "RSS (MB)");
+    c.series.push(Series::new("measured", vec![(0.0, mb_at(0.0)), (subscribed as f64, mb_at(subscribed as f64))]));
+    c.series.push(Series::new(
+        "projected from the slope",
+        vec![(subscribed as f64, mb_at(subscribed as f64)), (PROJECTED as f64, mb_at(PROJECTED as f64))],
+    ));
+    c.series.push(Series::new(
+        format!("target {TARGET_KIB} KiB per socket"),
+        vec![(0.0, mb_at(0.0)), (PROJECTED as f64, mb_at(0.0) + TARGET_KIB * PROJECTED as f64 * 1024.0 / 1e6)],
+    ));
+    c
 }
 
 /// The first distinct failure texts, if any socket failed.

@@ -18,9 +18,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::fleet::{Counts, Fleet};
+use crate::plot::{Chart, Series};
+use crate::record::Record;
 use crate::report::{self, percentile, Table};
 use crate::scenario::connections::print_errors;
-use crate::scenario::{header, Env, Meter};
+use crate::scenario::{record, Env, Meter};
 use crate::socket::now_us;
 use crate::stack::{Stack, SECRET};
 use crate::wire::{Event, Filter, Mode, Plan};
@@ -58,7 +60,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
          one channel name for all (event *, no filter), own token per socket, single-row UPDATE per change",
         args.subscribers, args.changes, args.interval_ms, env.procs
     );
-    print!("{}", header("fanout: one change to every subscriber", &stack, params));
+    let mut rec = record("fanout", "fanout: one change to every subscriber", &stack, params);
     eprintln!("opening {} sockets", args.subscribers);
     let plan = Plan { channel: "bench".into(), table: "bench".into(), filter: Filter::None, mode: Mode::Count };
     let opened = fleet.open(stack.port, SECRET, args.subscribers, &plan).await?;
@@ -69,8 +71,10 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let cpu = meter.rows(&stack, &fleet, "from first UPDATE to last delivery");
     let counts = fleet.counts().await?;
     let reads = read_stamps(&stack, &commits)?;
-    print!("{}", per_change(&commits, &reads, &counts).render());
-    print!("{}", summary(args, opened.subscribed, complete, &commits, &reads, &counts, &cpu).render());
+    rec.table("per change", &per_change(&commits, &reads, &counts));
+    rec.table("summary", &summary(args, opened.subscribed, complete, &commits, &reads, &counts, &cpu));
+    figures(&mut rec, &commits, &reads, &counts, opened.subscribed);
+    rec.write(&env.out)?;
     fleet.shutdown().await;
     stack.stop().await
 }
@@ -119,6 +123,27 @@ async fn wait_delivered(fleet: &mut Fleet, changes: i64) -> anyhow::Result<bool>
         }
     }
     Ok(true)
+}
+
+/// Key figures and the chart: per change, commit -> last and read -> last.
+fn figures(rec: &mut Record, commits: &BTreeMap<i64, Commit>, reads: &BTreeMap<i64, i64>, counts: &Counts, subscribed: usize) {
+    let ms = |from: i64, to: i64| (to - from) as f64 / 1000.0;
+    let last: Vec<(f64, f64)> =
+        commits.iter().filter_map(|(seq, c)| counts.seqs.get(seq).map(|s| (*seq as f64, ms(c.at_us, s.last_us)))).collect();
+    let fan: Vec<(f64, f64)> = reads.iter().filter_map(|(seq, r)| counts.seqs.get(seq).map(|s| (*seq as f64, ms(*r, s.last_us)))).collect();
+    let ys = |v: &[(f64, f64)]| v.iter().map(|p| p.1).collect::<Vec<f64>>();
+    rec.figure("subscribers", subscribed as f64);
+    rec.figure("read_to_last_p50_ms", percentile(&ys(&fan), 0.5));
+    rec.figure("read_to_last_p99_ms", percentile(&ys(&fan), 0.99));
+    rec.figure("commit_to_last_p50_ms", percentile(&ys(&last), 0.5));
+    rec.figure("commit_to_last_p99_ms", percentile(&ys(&last), 0.99));
+    let delivered: usize = commits.keys().filter_map(|seq| counts.seqs.get(seq)).map(|s| s.count).sum();
+    rec.figure("lost_deliveries", (subscribed * commits.len()).saturating_sub(delivered) as f64);
+    let mut c = Chart::new(format!("One change to {subscribed} subscribers: time to the last delivery"), "change", "ms");
+    c.series.push(Series::new("gateway read -> last delivery", fan));
+    c.series.push(Series::new("commit -> last delivery", last));
+    c.target = Some((format!("target {TARGET_MS} ms"), TARGET_MS));
+    rec.chart(c);
 }
 
 fn per_change(commits: &BTreeMap<i64, Commit>, reads: &BTreeMap<i64, i64>, counts: &Counts) -> Table {

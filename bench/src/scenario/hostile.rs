@@ -14,8 +14,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::fleet::Fleet;
+use crate::plot::{Chart, Series};
 use crate::report::{self, Table};
-use crate::scenario::{header, Env, Meter};
+use crate::scenario::{record, Env, Meter};
 use crate::socket::{self, now_us};
 use crate::stack::{Stack, SECRET};
 use crate::wire::{Event, Filter, JoinOutcome, Mode, Plan};
@@ -61,7 +62,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
         "A filter {filter:?} ({} characters), B no filter, update v = {} 'a's, timeout {} s, one client process, table public.bench_text (public)",
         filter.len(), args.text_len, args.timeout_secs
     );
-    print!("{}", header("hostile-filter: a pathological pattern next to an ordinary client", &stack, params));
+    let mut rec = record("hostile-filter", "hostile-filter: a pathological pattern next to an ordinary client", &stack, params);
     let plan = |channel: &str, filter| Plan { channel: channel.into(), table: "bench_text".into(), filter, mode: Mode::Trace };
     let a = fleet.open_on(0, stack.port, SECRET, A, 1, &plan("hostile", Filter::Fixed { text: filter.clone() })).await?;
     let b = fleet.open_on(0, stack.port, SECRET, B, 1, &plan("plain", Filter::None)).await?;
@@ -74,6 +75,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let a_live = a_join.as_ref().is_some_and(socket::is_subscribed);
     let second = if a_live { Some(update(&stack, 2, &format!("{}b", "a".repeat(args.text_len.saturating_sub(1)))).await?) } else { None };
     let a_got = if a_live { wait_for(&mut fleet, &mut seen, A, 2, wait).await? } else { None };
+    let sweep = sweep(&stack, &mut fleet, &mut seen, wait).await?;
     let cpu = meter.rows(&stack, &fleet, "from first UPDATE to the last event");
     let mut t = Table::new(&["measure", "value"]);
     t.row(["A join".into(), describe_join(a_join.as_ref())]);
@@ -83,9 +85,38 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     for [k, v] in cpu {
         t.row([k, v]);
     }
-    print!("{}", t.render());
+    for (len, ms) in &sweep {
+        t.row([format!("B received a change of {len} 'a's (commit -> frame)"), format!("{ms:.1} ms")]);
+    }
+    rec.table("summary", &t);
+    rec.figure("ordinary_client_ms", b_got.map_or(f64::NAN, |at| (at - first) as f64 / 1000.0));
+    rec.figure("hostile_client_joined", f64::from(u8::from(a_live)));
+    let mut c = Chart::new(
+        "An ordinary client's delivery next to a hostile like filter",
+        "length of the non-matching text ('a's)",
+        "commit -> frame (ms)",
+    );
+    c.x_log = true;
+    c.series.push(Series::new("ordinary client (no filter)", sweep.iter().map(|&(len, ms)| (len as f64, ms)).collect()));
+    rec.chart(c);
+    rec.write(&env.out)?;
     fleet.shutdown().await;
     stack.stop().await
+}
+
+/// Texts of growing length that A's pattern does not match (exponential
+/// work for a backtracking matcher): B's delivery time for each, in ms.
+async fn sweep(stack: &Stack, fleet: &mut Fleet, seen: &mut Vec<Seen>, wait: Duration) -> anyhow::Result<Vec<(usize, f64)>> {
+    let mut points = Vec::new();
+    for (i, len) in [8usize, 16, 32, 64, 128, 256, 512].into_iter().enumerate() {
+        let seq = 3 + i as i32;
+        let commit = update(stack, seq, &"a".repeat(len)).await?;
+        match wait_for(fleet, seen, B, seq.into(), wait).await? {
+            Some(at) => points.push((len, (at - commit) as f64 / 1000.0)),
+            None => break,
+        }
+    }
+    Ok(points)
 }
 
 /// Commits `v = text, n = seq`; returns when the commit returned (µs).

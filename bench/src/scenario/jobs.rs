@@ -24,8 +24,9 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
+use crate::plot::{Chart, Series};
 use crate::report::{self, percentile, Table};
-use crate::scenario::{header, Env};
+use crate::scenario::{record, Env};
 use crate::stack::Stack;
 
 /// Parameters of `jobs`.
@@ -100,10 +101,16 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
         args.backlog,
         if args.no_peer { "skipped".to_owned() } else { format!("0.17.3, concurrency {}, no-op task", args.slots) }
     );
-    print!("{}", header("jobs: drain rate and pickup, rowcast against graphile-worker", &stack, params));
+    let mut rec = record("jobs", "jobs: drain rate and pickup, rowcast against graphile-worker", &stack, params);
+    let mut chart = Chart::new(
+        format!("Draining {} no-op jobs at {} slots", args.jobs, args.slots),
+        "seconds since the enqueue committed",
+        "jobs finished",
+    );
     let per_row = enqueue_per_row(&stack.pool, args).await?;
     let mut rows = Vec::new();
-    let unlimited = drain(&stack.pool, "noop", args).await?;
+    let (unlimited, curve) = drain(&stack.pool, "noop", args).await?;
+    chart.series.push(Series::new("rowcast, no limits", curve));
     let pickup = pickup(&stack.pool, "noop", args.samples, "sample").await?;
     rows.push(Drain {
         runner: "rowcast, no limits".into(),
@@ -112,7 +119,8 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
         jobs_per_sec: unlimited.1,
         pickup_ms: Some(pickup),
     });
-    let limited = drain(&stack.pool, "peruser", args).await?;
+    let (limited, curve) = drain(&stack.pool, "peruser", args).await?;
+    chart.series.push(Series::new("rowcast, concurrency_per_user = 2", curve));
     rows.push(Drain {
         runner: "rowcast, concurrency_per_user = 2".into(),
         enqueue_one_statement: Some(limited.0),
@@ -133,8 +141,24 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
             pickup_ms: Some((batch.pickup_p50_ms, batch.pickup_p99_ms)),
         });
     }
-    print!("{}", table(&rows, args).render());
-    print!("{}", verdicts(&rows, backlog, args).render());
+    if let Some(peer) = rows.get(2) {
+        let secs = args.jobs as f64 / peer.jobs_per_sec;
+        chart.series.push(Series::new(format!("{} (start and end only)", peer.runner), vec![(0.0, 0.0), (secs, args.jobs as f64)]));
+    }
+    rec.table("runners", &table(&rows, args));
+    rec.table("verdicts", &verdicts(&rows, backlog, args));
+    rec.figure("rowcast_jobs_per_sec", rows[0].jobs_per_sec);
+    rec.figure("rowcast_limited_jobs_per_sec", rows[1].jobs_per_sec);
+    if let Some(peer) = rows.get(2) {
+        rec.figure("graphile_jobs_per_sec", peer.jobs_per_sec);
+    }
+    if let Some((p50, p99)) = rows[0].pickup_ms {
+        rec.figure("rowcast_pickup_p50_ms", p50);
+        rec.figure("rowcast_pickup_p99_ms", p99);
+    }
+    rec.figure("backlog_pickup_p50_ms", backlog.0);
+    rec.chart(chart);
+    rec.write(&env.out)?;
     let _ = std::fs::remove_dir_all(&dir);
     stack.stop().await
 }
@@ -159,8 +183,8 @@ async fn enqueue_per_row(pool: &PgPool, args: &Args) -> anyhow::Result<f64> {
 
 /// Enqueues `args.jobs` jobs of `job_type` in one statement, waits for all
 /// to complete; returns (enqueue seconds, jobs per second from the commit to
-/// the last completion).
-async fn drain(pool: &PgPool, job_type: &str, args: &Args) -> anyhow::Result<(f64, f64)> {
+/// the last completion) and the drain's progress (seconds, jobs finished).
+async fn drain(pool: &PgPool, job_type: &str, args: &Args) -> anyhow::Result<((f64, f64), Vec<(f64, f64)>)> {
     eprintln!("draining {} {job_type} jobs", args.jobs);
     let start = Instant::now();
     sqlx::query("select rowcast.enqueue($1, $2::jsonb, 'u' || (g % $3)) from generate_series(1, $4) g")
@@ -173,11 +197,14 @@ async fn drain(pool: &PgPool, job_type: &str, args: &Args) -> anyhow::Result<(f6
     let enqueue = start.elapsed().as_secs_f64();
     let (committed,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as("select clock_timestamp()").fetch_one(pool).await?;
     let deadline = Instant::now() + DRAIN_WAIT;
+    let watched = Instant::now();
+    let mut curve = vec![(0.0, 0.0)];
     loop {
         let (left,): (i64,) = sqlx::query_as("select count(*) from rowcast.jobs where type = $1 and status in ('pending', 'running')")
             .bind(job_type)
             .fetch_one(pool)
             .await?;
+        curve.push((watched.elapsed().as_secs_f64(), (args.jobs - left) as f64));
         if left == 0 {
             break;
         }
@@ -194,7 +221,7 @@ async fn drain(pool: &PgPool, job_type: &str, args: &Args) -> anyhow::Result<(f6
     anyhow::ensure!(done == args.jobs, "{done} of {} {job_type} jobs completed", args.jobs);
     sqlx::query("delete from rowcast.jobs where type = $1").bind(job_type).execute(pool).await?;
     let secs = (last - committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
-    Ok((enqueue, args.jobs as f64 / secs.max(1e-6)))
+    Ok(((enqueue, args.jobs as f64 / secs.max(1e-6)), curve))
 }
 
 /// `samples` single jobs of `job_type` for `user`, each on an idle queue:

@@ -9,12 +9,18 @@ pub mod connections;
 pub mod fanout;
 pub mod hostile;
 pub mod jobs;
+pub mod latency;
+pub mod owned;
+pub mod polling;
 pub mod stall;
+pub mod throughput;
+pub mod writers;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::fleet::Fleet;
+use crate::record::Record;
 use crate::report;
 use crate::stack::Stack;
 
@@ -24,16 +30,20 @@ pub struct Env {
     pub rowcast_bin: PathBuf,
     /// Client processes for the scenarios with many sockets.
     pub procs: usize,
+    /// Where each scenario writes its JSON and SVG.
+    pub out: PathBuf,
 }
 
-/// The header of a scenario: machine, gateway, Postgres, then `params`.
-pub fn header(title: &str, stack: &Stack, params: String) -> String {
-    report::header(
+/// Starts a scenario's record and prints its header: machine, gateway,
+/// Postgres, then `params`.
+pub fn record(scenario: &'static str, title: &str, stack: &Stack, params: String) -> Record {
+    Record::new(
+        scenario,
         title,
-        &[
+        vec![
             ("machine", crate::procfs::machine()),
             ("gateway", stack.describe()),
-            ("postgres", format!("PostgreSQL {}, private cluster on loopback, fsync off", stack.pg_version)),
+            ("postgres", format!("PostgreSQL {}, private cluster on loopback, {}", stack.pg_version, stack.durability())),
             ("parameters", params),
         ],
     )

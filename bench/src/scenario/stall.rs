@@ -18,9 +18,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::fleet::{Counts, Fleet};
+use crate::plot::{Chart, Series};
 use crate::procfs::{self, TcpEntry, TCP_ESTABLISHED};
 use crate::report::{self, Table};
-use crate::scenario::{header, Env, Meter};
+use crate::scenario::{record, Env, Meter};
 use crate::stack::{Stack, SECRET};
 use crate::wire::{Event, Filter, Mode, Plan};
 
@@ -81,7 +82,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
          table public.bench_blob (public), event *, no filter; each UPDATE its own commit from one connection",
         args.rows, args.row_kb, args.after_secs
     );
-    print!("{}", header("stall: a client that stops reading", &stack, params));
+    let mut rec = record("stall", "stall: a client that stops reading", &stack, params);
     let plan = |mode| Plan { channel: "blob".into(), table: "bench_blob".into(), filter: Filter::None, mode };
     let stalled = fleet.open_on(0, stack.port, SECRET, 0, 1, &plan(Mode::Stall)).await?;
     let ordinary = fleet.open_on(0, stack.port, SECRET, 1, 1, &plan(Mode::Count)).await?;
@@ -110,7 +111,12 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     for [k, v] in cpu {
         t.row([k, v]);
     }
-    print!("{}", t.render());
+    rec.table("summary", &t);
+    rec.figure("rss_before_mb", before as f64 * 1024.0 / 1e6);
+    rec.figure("rss_peak_mb", samples.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 * 1024.0 / 1e6);
+    rec.figure("rss_end_mb", samples.last().map_or(0, |s| s.rss_kib) as f64 * 1024.0 / 1e6);
+    rec.chart(chart(&load, &samples));
+    rec.write(&env.out)?;
     fleet.shutdown().await;
     stack.stop().await
 }
@@ -167,6 +173,19 @@ fn spawn_sampler(pid: u32, gateway_port: u16, client_port: u16) -> (watch::Sende
         samples
     });
     (stop, task)
+}
+
+/// Gateway RSS and the stalled connection's unsent bytes over time.
+fn chart(load: &Load, samples: &[Sample]) -> Chart {
+    let t = |s: &Sample| s.at.saturating_duration_since(load.start).as_secs_f64();
+    let mb = |b: u64| b as f64 / 1e6;
+    let mut c = Chart::new("A client that stops reading: gateway memory", "seconds since the first UPDATE", "MB");
+    c.series.push(Series::new("gateway RSS", samples.iter().map(|s| (t(s), mb(s.rss_kib * 1024))).collect()));
+    c.series.push(Series::new(
+        "stalled socket: gateway's unsent kernel bytes",
+        samples.iter().map(|s| (t(s), mb(s.server.map_or(0, |e| e.tx_queue)))).collect(),
+    ));
+    c
 }
 
 fn load_rows(t: &mut Table, args: &Args, load: &Load, counts: &Counts) {
