@@ -6,8 +6,11 @@
 //! against its owner and goes to that user's tabs only. Each step offers a
 //! rate of deliveries (`--rates`, per second): the writer commits
 //! rate / tabs changes/s for `--step-secs`, `--batch-ms` worth per UPDATE.
-//! A step is sustained when nothing is lost and p99 commit -> receive stays
+//! A step is sustained when nothing is lost, the clients receive at least
+//! `SUSTAINED_SHARE` of the offered rate and p99 commit -> receive stays
 //! under `SUSTAINED_P99_MS`; the run stops after the first step that is not.
+//! The received rate is deliveries over the time from the step's first
+//! commit to its last delivery, so a backlog left at the end counts against it.
 
 use std::time::Duration;
 
@@ -42,8 +45,10 @@ pub struct Args {
 }
 
 const TARGET_PER_SEC: f64 = 100_000.0;
-/// A step is sustained when p99 stays under this (and nothing is lost).
+/// A step is sustained when p99 stays under this, nothing is lost and the
+/// clients receive at least this share of the offered rate.
 const SUSTAINED_P99_MS: f64 = 1000.0;
+const SUSTAINED_SHARE: f64 = 0.95;
 /// Pause between steps, so queues left by one do not count against the next.
 const BETWEEN_STEPS: Duration = Duration::from_secs(1);
 
@@ -60,7 +65,7 @@ struct Step {
 
 impl Step {
     fn sustained(&self) -> bool {
-        self.lost == 0 && self.p99 <= SUSTAINED_P99_MS
+        self.lost == 0 && self.p99 <= SUSTAINED_P99_MS && self.received_per_sec >= SUSTAINED_SHARE * self.offered
     }
 }
 
@@ -114,13 +119,19 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let mut v = Table::new(&["measure", "value", "target"]);
     v.row(["sockets subscribed".into(), format!("{} of {sockets}", opened.subscribed), String::new()]);
     v.row([
-        "most authorised deliveries/s sustained".into(),
+        format!("most authorised deliveries/s sustained (>= {:.0} % of offered, p99 <= {SUSTAINED_P99_MS} ms)", SUSTAINED_SHARE * 100.0),
         format!("{best:.0}"),
         format!(">= {TARGET_PER_SEC:.0}: {}", if best >= TARGET_PER_SEC { "met" } else { "NOT met" }),
     ]);
+    let most = steps.iter().map(|s| s.received_per_sec).fold(0.0, f64::max);
+    v.row(["most deliveries/s received in any step (saturated)".into(), format!("{most:.0}"), String::new()]);
+    let fast = steps.iter().filter(|s| s.sustained() && s.p99 <= 100.0).map(|s| s.received_per_sec).fold(0.0, f64::max);
+    v.row(["most deliveries/s with p99 <= 100 ms".into(), format!("{fast:.0}"), String::new()]);
     v.row(["gateway RSS at the end".into(), report::mb(stack.rss_kib()?), String::new()]);
     rec.table("verdict", &v);
     rec.figure("best_deliveries_per_sec", best);
+    rec.figure("saturated_deliveries_per_sec", most);
+    rec.figure("p99_under_100ms_deliveries_per_sec", fast);
     let mut c = Chart::new(
         format!("Authorised deliveries: {} users x {} tabs, each change to its owner's tabs", args.users, args.tabs),
         "offered deliveries/s",

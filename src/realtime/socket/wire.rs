@@ -206,8 +206,10 @@ pub(super) struct ReadSide<R> {
 }
 
 impl<R> ReadSide<R> {
+    /// `ahead` is copied out: it is a view of the HTTP layer's whole read
+    /// buffer (8 KiB), which an idle socket would otherwise keep for life.
     pub(super) fn new(ahead: Bytes, read: R) -> Self {
-        ReadSide { ahead, read }
+        ReadSide { ahead: Bytes::copy_from_slice(&ahead), read }
     }
 }
 
@@ -249,6 +251,20 @@ mod tests {
         let mut cursor = Cursor::new(bytes);
         let (header, len) = FrameHeader::parse(&mut cursor).unwrap().expect("a whole header");
         (header, len, cursor.position() as usize)
+    }
+
+    #[test]
+    fn a_socket_keeps_no_share_of_the_http_layers_read_buffer() {
+        let mut buf = bytes::BytesMut::with_capacity(8192);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\nabc");
+        let mut whole = buf.freeze();
+        let ahead = whole.split_off(18);
+        let side = ReadSide::new(ahead, tokio::io::empty());
+        assert!(whole.is_unique(), "the socket still holds the 8 KiB read buffer");
+        assert_eq!(&side.ahead[..], b"abc");
+        let empty = ReadSide::new(whole.slice(0..0), tokio::io::empty());
+        assert!(whole.is_unique(), "an empty read-ahead still holds the read buffer");
+        drop(empty);
     }
 
     #[test]
