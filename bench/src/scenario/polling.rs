@@ -96,8 +96,8 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
         format!(">= {TARGET_FACTOR}x: {}", if factor >= TARGET_FACTOR { "met" } else { "NOT met" }),
     ]);
     v.row([
-        "polling transactions / push transactions".into(),
-        format!("{:.1}x", poll.tx_per_sec / push.tx_per_sec.max(1e-9)),
+        "polls/s against push transactions/s".into(),
+        format!("{:.2}x", poll.requests_per_sec / push.tx_per_sec.max(1e-9)),
         String::new(),
     ]);
     rec.table("verdicts", &v);
