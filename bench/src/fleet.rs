@@ -152,10 +152,13 @@ impl Fleet {
         }
         let deadline = Instant::now() + OPEN_WAIT;
         let mut merged = Opened::default();
-        for i in 0..n {
+        let bar = crate::progress::bar(total as u64, "sockets subscribed");
+        for (i, &(_, count)) in shares.iter().enumerate() {
             let part = self.expect(i, deadline, "open outcome", pick_opened).await?;
+            bar.inc(count as u64);
             merge_opened(&mut merged, part);
         }
+        bar.finish_and_clear();
         Ok(merged)
     }
 

@@ -93,13 +93,16 @@ struct Commit {
 async fn write_changes(stack: &Stack, args: &Args) -> anyhow::Result<BTreeMap<i64, Commit>> {
     let start = Instant::now();
     let mut commits = BTreeMap::new();
+    let bar = crate::progress::bar(args.changes as u64, "changes committed");
     for seq in 1..=args.changes {
+        bar.set_position(seq as u64 - 1);
         tokio::time::sleep_until(start + Duration::from_millis(args.interval_ms) * (seq - 1) as u32).await;
         sqlx::query("update public.bench set n = $1 where id = 1").bind(seq as i32).execute(&stack.pool).await?;
         let at_us = now_us();
         let (change_id,): (i64,) = sqlx::query_as("select last_value from rowcast.changes_id_seq").fetch_one(&stack.pool).await?;
         commits.insert(seq, Commit { at_us, change_id });
     }
+    bar.finish_and_clear();
     Ok(commits)
 }
 

@@ -199,12 +199,14 @@ async fn drain(pool: &PgPool, job_type: &str, args: &Args) -> anyhow::Result<((f
     let deadline = Instant::now() + DRAIN_WAIT;
     let watched = Instant::now();
     let mut curve = vec![(0.0, 0.0)];
+    let bar = crate::progress::bar(args.jobs as u64, &format!("{job_type} jobs finished"));
     loop {
         let (left,): (i64,) = sqlx::query_as("select count(*) from rowcast.jobs where type = $1 and status in ('pending', 'running')")
             .bind(job_type)
             .fetch_one(pool)
             .await?;
         curve.push((watched.elapsed().as_secs_f64(), (args.jobs - left) as f64));
+        bar.set_position((args.jobs - left) as u64);
         if left == 0 {
             break;
         }
@@ -213,6 +215,7 @@ async fn drain(pool: &PgPool, job_type: &str, args: &Args) -> anyhow::Result<((f
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    bar.finish_and_clear();
     let (last, done): (chrono::DateTime<chrono::Utc>, i64) =
         sqlx::query_as("select max(completed_at), count(*) filter (where status = 'completed') from rowcast.jobs where type = $1")
             .bind(job_type)

@@ -125,9 +125,12 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
 async fn load(stack: &Stack, fleet: &mut Fleet, args: &Args) -> anyhow::Result<Load> {
     eprintln!("updating the {} KiB row {} times", args.row_kb, args.rows);
     let start = Instant::now();
+    let bar = crate::progress::bar(args.rows as u64, "rows updated");
     for seq in 1..=args.rows {
         sqlx::query("update public.bench_blob set n = $1 where id = 1").bind(seq as i32).execute(&stack.pool).await?;
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let end = Instant::now();
     let after = end + Duration::from_secs(args.after_secs);
     let ordinary_done = wait_ordinary(fleet, args.rows, after).await?;
