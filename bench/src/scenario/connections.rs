@@ -20,8 +20,9 @@ use crate::wire::{Filter, Mode, Plan};
 /// Parameters of `connections`.
 #[derive(clap::Parser, Debug, Clone)]
 pub struct Args {
-    /// Sockets to open, each subscribed to one channel.
-    #[arg(long, default_value_t = 10_000)]
+    /// Sockets to open, each subscribed to one channel (15,000: about the
+    /// most one gateway process holds under a 20,000 open-files limit).
+    #[arg(long, default_value_t = 15_000)]
     pub sockets: usize,
 }
 
