@@ -18,7 +18,7 @@ use crate::fleet::{Counts, Fleet};
 use crate::plot::{Chart, Series};
 use crate::report::{percentile, Table};
 use crate::scenario::connections::print_errors;
-use crate::scenario::owned::{self, Pace, Written};
+use crate::scenario::owned::{self, Pace, Workload, Written};
 use crate::scenario::{record, Env, Meter};
 use crate::stack::{Stack, SECRET};
 use crate::wire::{Filter, Mode, Plan};
@@ -26,12 +26,8 @@ use crate::wire::{Filter, Mode, Plan};
 /// Parameters of `latency`.
 #[derive(clap::Parser, Debug, Clone)]
 pub struct Args {
-    /// Users, one subscribed socket each.
-    #[arg(long, default_value_t = 1000)]
-    pub users: usize,
-    /// Row updates per second, spread over the users.
-    #[arg(long, default_value_t = 500.0)]
-    pub rate: f64,
+    #[command(flatten)]
+    pub load: Workload,
     /// Seconds of writing.
     #[arg(long, default_value_t = 60.0)]
     pub secs: f64,
@@ -49,24 +45,25 @@ pub fn plan(filter: Filter) -> Plan {
 
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
-    let stack = Stack::start(&env.rowcast_bin, &owned::setup(args.users)).await?;
+    let stack = Stack::start(&env.rowcast_bin, &owned::setup(args.load.users)).await?;
     let mut fleet = Fleet::spawn(env.procs)?;
     let params = format!(
         "users {} (one socket each, own token, filter user_id=eq.u<i>), {} single-row UPDATEs/s for {} s spread over the users, \
          client processes {}, table public.bench_owned (owner_column user_id)",
-        args.users, args.rate, args.secs, env.procs
+        args.load.users, args.load.rate, args.secs, env.procs
     );
     let mut rec = record("latency", "latency: commit -> client under a steady write rate", &stack, params);
-    eprintln!("opening {} sockets", args.users);
-    let opened = fleet.open(stack.port, SECRET, args.users, &plan(Filter::OwnUser)).await?;
+    eprintln!("opening {} sockets", args.load.users);
+    let opened = fleet.open(stack.port, SECRET, args.load.users, &plan(Filter::OwnUser)).await?;
     print_errors(&opened);
     let meter = Meter::start(&stack, &fleet);
-    let written = owned::write(&stack.pool, Pace { rate: args.rate, batch: 1, secs: args.secs, users: args.users, first_seq: 1 }).await?;
+    let written =
+        owned::write(&stack.pool, Pace { rate: args.load.rate, batch: 1, secs: args.secs, users: args.load.users, first_seq: 1 }).await?;
     let counts = wait_delivered(&mut fleet, &written, 1).await?;
     let cpu = meter.rows(&stack, &fleet, "writing and delivering");
     let d = Deliveries::of(&written, &counts, 1);
     let mut t = Table::new(&["measure", "value", "target"]);
-    t.row(["sockets subscribed".into(), format!("{} of {}", opened.subscribed, args.users), String::new()]);
+    t.row(["sockets subscribed".into(), format!("{} of {}", opened.subscribed, args.load.users), String::new()]);
     t.row(["changes committed".into(), format!("{} ({:.0}/s)", written.changes(), written.rate()), String::new()]);
     d.rows(&mut t, Some((TARGET_P50_MS, TARGET_P99_MS)));
     for (how, n) in &counts.closed {
@@ -79,7 +76,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     rec.table("summary", &t);
     d.figures(&mut rec, "");
     let mut c = Chart::new(
-        format!("commit -> client, {} users, {} changes/s", args.users, args.rate),
+        format!("commit -> client, {} users, {} changes/s", args.load.users, args.load.rate),
         "seconds since the first commit",
         "ms (per 1 s window)",
     );

@@ -28,6 +28,17 @@ pub fn setup(users: usize) -> String {
     )
 }
 
+/// The per-user workload's size, as `latency` and `polling` take it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Workload {
+    /// Users: one row each, watched by one socket (or one poller) each.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Row updates per second, spread over the users.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+}
+
 /// What to write.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {

@@ -25,7 +25,7 @@ use crate::plot::{Chart, Series};
 use crate::poller::{self, Polled};
 use crate::report::{self, percentile, Table};
 use crate::scenario::latency::{self, Deliveries};
-use crate::scenario::owned::{self, Pace, Written};
+use crate::scenario::owned::{self, Pace, Workload, Written};
 use crate::scenario::{record, Env};
 use crate::stack::{Stack, SECRET};
 use crate::wire::Filter;
@@ -33,12 +33,8 @@ use crate::wire::Filter;
 /// Parameters of `polling`.
 #[derive(clap::Parser, Debug, Clone)]
 pub struct Args {
-    /// Users: one socket or one poller each.
-    #[arg(long, default_value_t = 1000)]
-    pub users: usize,
-    /// Row updates per second, spread over the users.
-    #[arg(long, default_value_t = 500.0)]
-    pub rate: f64,
+    #[command(flatten)]
+    pub load: Workload,
     /// Seconds of writing per phase.
     #[arg(long, default_value_t = 20.0)]
     pub secs: f64,
@@ -67,12 +63,12 @@ struct Phase {
 
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
-    let stack = Stack::start(&env.rowcast_bin, &owned::setup(args.users)).await?;
+    let stack = Stack::start(&env.rowcast_bin, &owned::setup(args.load.users)).await?;
     let params = format!(
         "users {}, {} single-row UPDATEs/s for {} s per phase spread over the users; push: one socket per user (filter \
          user_id=eq.u<i>, {} client processes); polling: GET /rest/v1/bench_owned?select=n&user_id=eq.u<i> every {} s per user, \
          keep-alive, from the tool's process",
-        args.users, args.rate, args.secs, env.procs, args.interval_secs
+        args.load.users, args.load.rate, args.secs, env.procs, args.interval_secs
     );
     let mut rec = record("polling", "polling: rowcast push beside REST polling, same workload", &stack, params);
     let push = push_phase(env, &stack, args).await?;
@@ -111,7 +107,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let mut c = Chart::new(
         format!(
             "Time to notice a change: push against polling every {} s ({} users, {} changes/s)",
-            args.interval_secs, args.users, args.rate
+            args.interval_secs, args.load.users, args.load.rate
         ),
         "ms from commit (log scale)",
         "share of changes noticed",
@@ -126,12 +122,12 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
 
 async fn push_phase(env: &Env, stack: &Stack, args: &Args) -> anyhow::Result<Phase> {
     let mut fleet = Fleet::spawn(env.procs)?;
-    eprintln!("push: opening {} sockets", args.users);
-    let opened = fleet.open(stack.port, SECRET, args.users, &latency::plan(Filter::OwnUser)).await?;
+    eprintln!("push: opening {} sockets", args.load.users);
+    let opened = fleet.open(stack.port, SECRET, args.load.users, &latency::plan(Filter::OwnUser)).await?;
     anyhow::ensure!(opened.failed == 0, "{} sockets did not subscribe: {:?}", opened.failed, opened.errors);
     let (tx0, cpu0) = (transactions(&stack.pool).await?, stack.cpu_secs());
     let started = Instant::now();
-    let pace = Pace { rate: args.rate, batch: 1, secs: args.secs, users: args.users, first_seq: 1 };
+    let pace = Pace { rate: args.load.rate, batch: 1, secs: args.secs, users: args.load.users, first_seq: 1 };
     let written = owned::write(&stack.pool, pace).await?;
     let counts = latency::wait_delivered(&mut fleet, &written, 1).await?;
     let phase_secs = started.elapsed().as_secs_f64();
@@ -152,20 +148,21 @@ async fn push_phase(env: &Env, stack: &Stack, args: &Args) -> anyhow::Result<Pha
 }
 
 async fn poll_phase(stack: &Stack, args: &Args, first_seq: i64) -> anyhow::Result<Phase> {
-    eprintln!("polling: {} pollers every {} s", args.users, args.interval_secs);
+    eprintln!("polling: {} pollers every {} s", args.load.users, args.interval_secs);
     let interval = Duration::from_secs_f64(args.interval_secs);
     let (tx0, cpu0) = (transactions(&stack.pool).await?, stack.cpu_secs());
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.secs) + interval + Duration::from_millis(500);
-    let pace = Pace { rate: args.rate, batch: 1, secs: args.secs, users: args.users, first_seq };
-    let (polled, written) = tokio::join!(poller::run(stack.port, SECRET, args.users, interval, until), owned::write(&stack.pool, pace));
+    let pace = Pace { rate: args.load.rate, batch: 1, secs: args.secs, users: args.load.users, first_seq };
+    let (polled, written) =
+        tokio::join!(poller::run(stack.port, SECRET, args.load.users, interval, until), owned::write(&stack.pool, pace));
     let (polled, written) = (polled?, written?);
     let phase_secs = started.elapsed().as_secs_f64();
     let gateway_cpu = stack.cpu_secs() - cpu0;
     tokio::time::sleep(STATS_SETTLE).await;
     let tx = transactions(&stack.pool).await? - tx0 - written.batches.len() as i64 - 1;
     anyhow::ensure!(polled.failed == 0, "{} polls failed", polled.failed);
-    let detect_ms = detections(&written, &polled, args.users);
+    let detect_ms = detections(&written, &polled, args.load.users);
     let polls: usize = polled.by_user.iter().map(Vec::len).sum();
     let mut sorted = detect_ms.clone();
     sorted.sort_by(f64::total_cmp);
