@@ -6,6 +6,7 @@
 //! while the oldest committed change it has not delivered is older than
 //! `max_lag`. `/health` (in `http`) stays liveness: it says nothing about lag.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,16 +54,20 @@ const LOG_SIZE: &str = "select greatest(c.reltuples, 0)::bigint, pg_total_relati
 const QUEUE: &str = "select type, count(*), coalesce(extract(epoch from now() - min(run_at) filter (where run_at <= now()))::float8, 0)
      from rowcast.jobs where status = 'pending' group by type";
 
+/// `query`'s answer within `QUERY_TIMEOUT`, or why not (`what` names the read).
+async fn within<T>(what: &str, query: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(format!("{what} failed: {e}")),
+        Err(_) => Err(format!("{what} took over {} s", QUERY_TIMEOUT.as_secs())),
+    }
+}
+
 impl Ops {
     /// Committed changes not yet delivered, and the age in seconds of the oldest.
     async fn lag(&self) -> Result<(i64, f64), String> {
         let through = self.delivered_through.load(Ordering::Relaxed);
-        let query = sqlx::query_as::<_, (i64, f64)>(LAG).bind(through).fetch_one(&self.pool);
-        match tokio::time::timeout(QUERY_TIMEOUT, query).await {
-            Ok(Ok(lag)) => Ok(lag),
-            Ok(Err(e)) => Err(format!("reading the change log failed: {e}")),
-            Err(_) => Err(format!("reading the change log took over {} s", QUERY_TIMEOUT.as_secs())),
-        }
+        within("reading the change log", sqlx::query_as::<_, (i64, f64)>(LAG).bind(through).fetch_one(&self.pool)).await
     }
 
     /// Why this process should get no new clients, if it should not.
@@ -93,13 +98,11 @@ impl Ops {
             rt.log_lag_ids.set(ids);
             rt.log_lag_seconds.set(secs);
         }
-        let size = sqlx::query_as::<_, (i64, i64)>(LOG_SIZE).fetch_one(&self.pool);
-        if let Ok(Ok((rows, bytes))) = tokio::time::timeout(QUERY_TIMEOUT, size).await {
+        if let Ok((rows, bytes)) = within("sizing the change log", sqlx::query_as::<_, (i64, i64)>(LOG_SIZE).fetch_one(&self.pool)).await {
             rt.log_rows.set(rows);
             rt.log_bytes.set(bytes);
         }
-        let queue = sqlx::query_as::<_, (String, i64, f64)>(QUEUE).fetch_all(&self.pool);
-        if let Ok(Ok(rows)) = tokio::time::timeout(QUERY_TIMEOUT, queue).await {
+        if let Ok(rows) = within("reading the job queue", sqlx::query_as::<_, (String, i64, f64)>(QUEUE).fetch_all(&self.pool)).await {
             let jobs = &self.metrics.jobs;
             // A type with nothing pending is absent from the rows: reset every known type first.
             jobs.pending.clear();

@@ -332,12 +332,12 @@ impl Registry {
         self.index(id, &principal, IndexOp::Add);
     }
 
-    /// Number of live subscriptions.
     /// The realtime metrics this registry counts into.
     pub fn metrics(&self) -> &metrics::Realtime {
         &self.inner.metrics
     }
 
+    /// Number of live subscriptions.
     pub fn len(&self) -> usize {
         self.inner.subs.len()
     }
