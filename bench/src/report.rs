@@ -74,9 +74,28 @@ pub fn percentile(values: &[f64], q: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// The share of `total` at or under each value of `values`, as (value,
+/// share) points for a CDF chart: about 200 points, the largest value last.
+pub fn cdf(values: &[f64], total: usize) -> Vec<(f64, f64)> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = total.max(1) as f64;
+    let step = (sorted.len() / 200).max(1);
+    let mut points: Vec<(f64, f64)> = sorted.iter().enumerate().step_by(step).map(|(i, v)| (*v, (i + 1) as f64 / n)).collect();
+    if let Some(last) = sorted.last() {
+        points.push((*last, sorted.len() as f64 / n));
+    }
+    points
+}
+
+/// KiB as MB (10^6 bytes).
+pub fn kib_to_mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
+}
+
 /// KiB as MB (10^6 bytes), one decimal.
 pub fn mb(kib: u64) -> String {
-    format!("{:.1} MB", kib as f64 * 1024.0 / 1e6)
+    format!("{:.1} MB", kib_to_mb(kib))
 }
 
 /// Microseconds as milliseconds, one decimal.
@@ -121,6 +140,12 @@ mod tests {
         assert_eq!(t.render(), "  measure      value\n  ------------------\n  sockets      10000\n  RSS after   1.5 MB\n");
         t.row(["joined".into(), "reply ok".into()]);
         assert!(t.render().ends_with("  joined      reply ok\n"), "text aligns left:\n{}", t.render());
+    }
+
+    #[test]
+    fn a_cdf_counts_shares_of_the_total_and_ends_at_the_largest_value() {
+        assert_eq!(cdf(&[3.0, 1.0, 2.0], 4), vec![(1.0, 0.25), (2.0, 0.5), (3.0, 0.75), (3.0, 0.75)]);
+        assert!(cdf(&[], 5).is_empty());
     }
 
     #[test]

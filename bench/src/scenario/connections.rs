@@ -61,10 +61,10 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     print_errors(&opened);
     let slope = (after as f64 - before as f64) / opened.subscribed.max(1) as f64;
     rec.figure("sockets_subscribed", opened.subscribed as f64);
-    rec.figure("rss_before_mb", after_mb(before));
-    rec.figure("rss_after_mb", after_mb(after));
+    rec.figure("rss_before_mb", report::kib_to_mb(before));
+    rec.figure("rss_after_mb", report::kib_to_mb(after));
     rec.figure("kib_per_socket", slope);
-    rec.figure("projected_rss_50k_mb", after_mb(before) + slope * PROJECTED as f64 * 1024.0 / 1e6);
+    rec.figure("projected_rss_50k_mb", report::kib_to_mb(before) + slope * PROJECTED as f64 * 1024.0 / 1e6);
     rec.chart(chart(opened.subscribed, before, slope));
     rec.write(&env.out)?;
     fleet.shutdown().await;
@@ -99,11 +99,6 @@ fn table(sockets: usize, opened: &Opened, before: u64, after: u64, cpu: &[[Strin
         t.row([k.clone(), v.clone(), String::new()]);
     }
     t
-}
-
-/// KiB as MB (10^6 bytes).
-fn after_mb(kib: u64) -> f64 {
-    kib as f64 * 1024.0 / 1e6
 }
 
 /// Gateway RSS against sockets: the two readings and the projection from their slope.

@@ -72,8 +72,9 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let counts = fleet.counts().await?;
     let reads = read_stamps(&stack, &commits)?;
     rec.table("per change", &per_change(&commits, &reads, &counts));
-    rec.table("summary", &summary(args, opened.subscribed, complete, &commits, &reads, &counts, &cpu));
-    figures(&mut rec, &commits, &reads, &counts, opened.subscribed);
+    let spans = Spans::of(&commits, &reads, &counts);
+    rec.table("summary", &summary(args, opened.subscribed, complete, &spans, &counts, &cpu));
+    figures(&mut rec, spans, opened.subscribed, args.changes as usize);
     rec.write(&env.out)?;
     fleet.shutdown().await;
     stack.stop().await
@@ -128,23 +129,50 @@ async fn wait_delivered(fleet: &mut Fleet, changes: i64) -> anyhow::Result<bool>
     Ok(true)
 }
 
+/// Per change (by sequence number), in ms: commit -> last delivery, gateway
+/// read -> last delivery, and commit -> read; with the deliveries counted.
+struct Spans {
+    last: Vec<(f64, f64)>,
+    fan: Vec<(f64, f64)>,
+    lag: Vec<f64>,
+    /// Changes that have a commit but no read stamp in the gateway's log.
+    unread: usize,
+    delivered: usize,
+}
+
+impl Spans {
+    fn of(commits: &BTreeMap<i64, Commit>, reads: &BTreeMap<i64, i64>, counts: &Counts) -> Spans {
+        let ms = |from: i64, to: i64| (to - from) as f64 / 1000.0;
+        Spans {
+            last: commits.iter().filter_map(|(seq, c)| counts.seqs.get(seq).map(|s| (*seq as f64, ms(c.at_us, s.last_us)))).collect(),
+            fan: reads.iter().filter_map(|(seq, r)| counts.seqs.get(seq).map(|s| (*seq as f64, ms(*r, s.last_us)))).collect(),
+            lag: reads.iter().filter_map(|(seq, r)| commits.get(seq).map(|c| ms(c.at_us, *r))).collect(),
+            unread: commits.len().saturating_sub(reads.len()),
+            delivered: commits.keys().filter_map(|seq| counts.seqs.get(seq)).map(|s| s.count).sum(),
+        }
+    }
+
+    fn last_ms(&self) -> Vec<f64> {
+        self.last.iter().map(|p| p.1).collect()
+    }
+
+    fn fan_ms(&self) -> Vec<f64> {
+        self.fan.iter().map(|p| p.1).collect()
+    }
+}
+
 /// Key figures and the chart: per change, commit -> last and read -> last.
-fn figures(rec: &mut Record, commits: &BTreeMap<i64, Commit>, reads: &BTreeMap<i64, i64>, counts: &Counts, subscribed: usize) {
-    let ms = |from: i64, to: i64| (to - from) as f64 / 1000.0;
-    let last: Vec<(f64, f64)> =
-        commits.iter().filter_map(|(seq, c)| counts.seqs.get(seq).map(|s| (*seq as f64, ms(c.at_us, s.last_us)))).collect();
-    let fan: Vec<(f64, f64)> = reads.iter().filter_map(|(seq, r)| counts.seqs.get(seq).map(|s| (*seq as f64, ms(*r, s.last_us)))).collect();
-    let ys = |v: &[(f64, f64)]| v.iter().map(|p| p.1).collect::<Vec<f64>>();
+fn figures(rec: &mut Record, spans: Spans, subscribed: usize, changes: usize) {
+    let (last, fan) = (spans.last_ms(), spans.fan_ms());
     rec.figure("subscribers", subscribed as f64);
-    rec.figure("read_to_last_p50_ms", percentile(&ys(&fan), 0.5));
-    rec.figure("read_to_last_p99_ms", percentile(&ys(&fan), 0.99));
-    rec.figure("commit_to_last_p50_ms", percentile(&ys(&last), 0.5));
-    rec.figure("commit_to_last_p99_ms", percentile(&ys(&last), 0.99));
-    let delivered: usize = commits.keys().filter_map(|seq| counts.seqs.get(seq)).map(|s| s.count).sum();
-    rec.figure("lost_deliveries", (subscribed * commits.len()).saturating_sub(delivered) as f64);
+    rec.figure("read_to_last_p50_ms", percentile(&fan, 0.5));
+    rec.figure("read_to_last_p99_ms", percentile(&fan, 0.99));
+    rec.figure("commit_to_last_p50_ms", percentile(&last, 0.5));
+    rec.figure("commit_to_last_p99_ms", percentile(&last, 0.99));
+    rec.figure("lost_deliveries", (subscribed * changes).saturating_sub(spans.delivered) as f64);
     let mut c = Chart::new(format!("One change to {subscribed} subscribers: time to the last delivery"), "change", "ms");
-    c.series.push(Series::new("gateway read -> last delivery", fan));
-    c.series.push(Series::new("commit -> last delivery", last));
+    c.series.push(Series::new("gateway read -> last delivery", spans.fan));
+    c.series.push(Series::new("commit -> last delivery", spans.last));
     c.target = Some((format!("target {TARGET_MS} ms"), TARGET_MS));
     rec.chart(c);
 }
@@ -169,34 +197,22 @@ fn per_change(commits: &BTreeMap<i64, Commit>, reads: &BTreeMap<i64, i64>, count
     t
 }
 
-fn summary(
-    args: &Args,
-    subscribed: usize,
-    complete: bool,
-    commits: &BTreeMap<i64, Commit>,
-    reads: &BTreeMap<i64, i64>,
-    counts: &Counts,
-    cpu: &[[String; 2]],
-) -> Table {
-    let ms = |from: i64, to: i64| (to - from) as f64 / 1000.0;
-    let last: Vec<f64> = commits.iter().filter_map(|(seq, c)| counts.seqs.get(seq).map(|s| ms(c.at_us, s.last_us))).collect();
-    let fan: Vec<f64> = reads.iter().filter_map(|(seq, r)| counts.seqs.get(seq).map(|s| ms(*r, s.last_us))).collect();
-    let lag: Vec<f64> = reads.iter().filter_map(|(seq, r)| commits.get(seq).map(|c| ms(c.at_us, *r))).collect();
-    let delivered: usize = commits.keys().filter_map(|seq| counts.seqs.get(seq)).map(|s| s.count).sum();
+fn summary(args: &Args, subscribed: usize, complete: bool, spans: &Spans, counts: &Counts, cpu: &[[String; 2]]) -> Table {
+    let (last, fan, lag, delivered) = (spans.last_ms(), spans.fan_ms(), &spans.lag, spans.delivered);
     let expected = subscribed * args.changes as usize;
     let verdict = |v: f64| format!("<= {TARGET_MS} ms: {}", if v <= TARGET_MS { "met" } else { "NOT met" });
     let mut t = Table::new(&["measure", "value", "target"]);
     t.row(["subscribers subscribed".into(), format!("{subscribed} of {}", args.subscribers), String::new()]);
-    t.row(["commit -> gateway read p50".into(), format!("{:.1} ms", percentile(&lag, 0.5)), String::new()]);
-    t.row(["commit -> gateway read p99".into(), format!("{:.1} ms", percentile(&lag, 0.99)), String::new()]);
+    t.row(["commit -> gateway read p50".into(), format!("{:.1} ms", percentile(lag, 0.5)), String::new()]);
+    t.row(["commit -> gateway read p99".into(), format!("{:.1} ms", percentile(lag, 0.99)), String::new()]);
     t.row(["commit -> last delivery p50".into(), format!("{:.1} ms", percentile(&last, 0.5)), String::new()]);
     t.row(["commit -> last delivery p99".into(), format!("{:.1} ms", percentile(&last, 0.99)), String::new()]);
     t.row(["commit -> last delivery max".into(), format!("{:.1} ms", percentile(&last, 1.0)), String::new()]);
     t.row(["read -> last delivery p50".into(), format!("{:.1} ms", percentile(&fan, 0.5)), String::new()]);
     t.row(["read -> last delivery p99".into(), format!("{:.1} ms", percentile(&fan, 0.99)), verdict(percentile(&fan, 0.99))]);
     t.row(["read -> last delivery max".into(), format!("{:.1} ms", percentile(&fan, 1.0)), String::new()]);
-    if reads.len() < commits.len() {
-        t.row(["changes without a read stamp in the gateway log".into(), (commits.len() - reads.len()).to_string(), String::new()]);
+    if spans.unread > 0 {
+        t.row(["changes without a read stamp in the gateway log".into(), spans.unread.to_string(), String::new()]);
     }
     t.row(["deliveries".into(), format!("{delivered} of {expected}"), String::new()]);
     t.row([

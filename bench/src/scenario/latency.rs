@@ -127,7 +127,8 @@ impl Deliveries {
         d
     }
 
-    fn ms(&self) -> Vec<f64> {
+    /// Every latency, in ms.
+    pub fn ms(&self) -> Vec<f64> {
         self.latency.iter().map(|l| l.1).collect()
     }
 
@@ -172,14 +173,6 @@ impl Deliveries {
 
     /// The share of changes received within each latency (for a CDF).
     pub fn cdf(&self) -> Vec<(f64, f64)> {
-        let mut ms = self.ms();
-        ms.sort_by(f64::total_cmp);
-        let n = self.expected.max(1) as f64;
-        let step = (ms.len() / 200).max(1);
-        let mut points: Vec<(f64, f64)> = ms.iter().enumerate().step_by(step).map(|(i, v)| (*v, (i + 1) as f64 / n)).collect();
-        if let Some(last) = ms.last() {
-            points.push((*last, ms.len() as f64 / n));
-        }
-        points
+        crate::report::cdf(&self.ms(), self.expected)
     }
 }

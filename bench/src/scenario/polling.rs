@@ -137,7 +137,7 @@ async fn push_phase(env: &Env, stack: &Stack, args: &Args) -> anyhow::Result<Pha
     let d = Deliveries::of(&written, &counts, 1);
     fleet.shutdown().await;
     Ok(Phase {
-        detect_ms: d.latency.iter().map(|l| l.1).collect(),
+        detect_ms: d.ms(),
         changes: written.changes(),
         detected: d.delivered,
         tx_per_sec: tx as f64 / phase_secs,
@@ -164,11 +164,7 @@ async fn poll_phase(stack: &Stack, args: &Args, first_seq: i64) -> anyhow::Resul
     anyhow::ensure!(polled.failed == 0, "{} polls failed", polled.failed);
     let detect_ms = detections(&written, &polled, args.load.users);
     let polls: usize = polled.by_user.iter().map(Vec::len).sum();
-    let mut sorted = detect_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let n = written.changes().max(1) as f64;
-    let step = (sorted.len() / 200).max(1);
-    let cdf = sorted.iter().enumerate().step_by(step).map(|(i, v)| (*v, (i + 1) as f64 / n)).collect();
+    let cdf = report::cdf(&detect_ms, written.changes());
     Ok(Phase {
         changes: written.changes(),
         detected: detect_ms.len(),

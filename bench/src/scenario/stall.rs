@@ -112,9 +112,9 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
         t.row([k, v]);
     }
     rec.table("summary", &t);
-    rec.figure("rss_before_mb", before as f64 * 1024.0 / 1e6);
-    rec.figure("rss_peak_mb", samples.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 * 1024.0 / 1e6);
-    rec.figure("rss_end_mb", samples.last().map_or(0, |s| s.rss_kib) as f64 * 1024.0 / 1e6);
+    rec.figure("rss_before_mb", report::kib_to_mb(before));
+    rec.figure("rss_peak_mb", report::kib_to_mb(samples.iter().map(|s| s.rss_kib).max().unwrap_or(0)));
+    rec.figure("rss_end_mb", report::kib_to_mb(samples.last().map_or(0, |s| s.rss_kib)));
     rec.chart(chart(&load, &samples));
     rec.write(&env.out)?;
     fleet.shutdown().await;

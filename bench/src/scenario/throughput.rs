@@ -96,7 +96,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
         let d = Deliveries::of(&written, &counts, args.tabs);
         let last_us = counts.seqs.values().map(|s| s.last_us).max().unwrap_or(written.end_us);
         let wall = (last_us - written.start_us) as f64 / 1e6;
-        let ms: Vec<f64> = d.latency.iter().map(|l| l.1).collect();
+        let ms = d.ms();
         let step = Step {
             offered,
             committed_per_sec: written.rate(),

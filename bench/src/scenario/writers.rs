@@ -58,6 +58,15 @@ enum Way {
 impl Way {
     const ALL: [Way; 3] = [Way::Off, Way::Notify, Way::Rowcast];
 
+    /// The way's name in figure names.
+    fn key(self) -> &'static str {
+        match self {
+            Way::Off => "off",
+            Way::Notify => "notify",
+            Way::Rowcast => "rowcast",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Way::Off => "capture off (no trigger)",
@@ -119,8 +128,8 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     for &w in &args.writers {
         for way in [Way::Notify, Way::Rowcast] {
             let (lo, mid, _) = ratios(&runs, way, w);
-            rec.figure(&format!("{}_share_{w}_writers_median", format!("{way:?}").to_lowercase()), mid);
-            rec.figure(&format!("{}_share_{w}_writers_min", format!("{way:?}").to_lowercase()), lo);
+            rec.figure(&format!("{}_share_{w}_writers_median", way.key()), mid);
+            rec.figure(&format!("{}_share_{w}_writers_min", way.key()), lo);
         }
     }
     rec.write(&env.out)?;
