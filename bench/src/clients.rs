@@ -10,6 +10,7 @@
 //! death kills it (parent-death signal, set by `fleet`). `main` has raised
 //! its open-files limit already.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,7 +86,7 @@ struct Process {
 /// Everything one socket task needs.
 struct Job {
     index: usize,
-    port: u16,
+    addr: SocketAddr,
     apikey: Arc<str>,
     token: String,
     plan: Arc<Plan>,
@@ -102,8 +103,8 @@ impl Process {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Open { port, secret, first, count, plan } => {
-                let opened = self.open(port, &secret, first, count, plan).await;
+            Command::Open { addr, secret, first, count, plan } => {
+                let opened = self.open(addr, &secret, first, count, plan).await;
                 self.tally.emit(opened);
             }
             Command::CloseAll => {
@@ -117,7 +118,7 @@ impl Process {
     }
 
     /// Starts one task per socket and waits until each has an outcome.
-    async fn open(&mut self, port: u16, secret: &str, first: usize, count: usize, plan: Plan) -> Event {
+    async fn open(&mut self, addr: SocketAddr, secret: &str, first: usize, count: usize, plan: Plan) -> Event {
         let started = Instant::now();
         let verifier = Minter::new(secret);
         let apikey: Arc<str> = verifier.mint(None, "anon", TOKEN_TTL).into();
@@ -127,7 +128,7 @@ impl Process {
             let token = verifier.mint(Some(&format!("u{}", plan.user_of(index))), "authenticated", TOKEN_TTL);
             let job = Job {
                 index,
-                port,
+                addr,
                 apikey: apikey.clone(),
                 token,
                 plan: plan.clone(),
@@ -218,7 +219,7 @@ async fn run_socket(job: Job, done: mpsc::UnboundedSender<Result<JoinOutcome, St
     };
     let id = Identity {
         index: job.index,
-        port: job.port,
+        addr: job.addr,
         apikey: &job.apikey,
         token: &job.token,
         channel: &job.plan.channel,

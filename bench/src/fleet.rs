@@ -8,6 +8,7 @@
 //! behind. What the clients do with sockets is `clients`' business.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -136,18 +137,26 @@ impl Fleet {
     }
 
     /// Opens `count` sockets numbered from `first` on process `i`.
-    pub async fn open_on(&mut self, i: usize, port: u16, secret: &str, first: usize, count: usize, plan: &Plan) -> anyhow::Result<Opened> {
-        let command = Command::Open { port, secret: secret.to_owned(), first, count, plan: plan.clone() };
+    pub async fn open_on(
+        &mut self,
+        i: usize,
+        addr: SocketAddr,
+        secret: &str,
+        first: usize,
+        count: usize,
+        plan: &Plan,
+    ) -> anyhow::Result<Opened> {
+        let command = Command::Open { addr, secret: secret.to_owned(), first, count, plan: plan.clone() };
         self.send(i, &command).await?;
         self.expect(i, Instant::now() + OPEN_WAIT, "open outcome", pick_opened).await
     }
 
     /// Opens `total` sockets spread evenly over every process, in parallel.
-    pub async fn open(&mut self, port: u16, secret: &str, total: usize, plan: &Plan) -> anyhow::Result<Opened> {
+    pub async fn open(&mut self, addr: SocketAddr, secret: &str, total: usize, plan: &Plan) -> anyhow::Result<Opened> {
         let n = self.len();
         let shares: Vec<(usize, usize)> = (0..n).map(|i| (i * total / n, (i + 1) * total / n - i * total / n)).collect();
         for (i, &(first, count)) in shares.iter().enumerate() {
-            let command = Command::Open { port, secret: secret.to_owned(), first, count, plan: plan.clone() };
+            let command = Command::Open { addr, secret: secret.to_owned(), first, count, plan: plan.clone() };
             self.send(i, &command).await?;
         }
         let deadline = Instant::now() + OPEN_WAIT;

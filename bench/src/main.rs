@@ -6,7 +6,7 @@
 //!   latency, polling, throughput, writer-cost, jobs; `owned` is the per-user
 //!   workload the middle three share).
 //! - `poller`: clients that poll the REST snapshot (`polling`).
-//! - `stack`: a private Postgres and the gateway binary under test.
+//! - `stack`: the Postgres and gateway under test, started by the tool or given.
 //! - `fleet`: the tool's side of its client processes.
 //! - `gatewaylog`: when the gateway read each change, from its JSON log (pure).
 //! - `clients`: the client process (hidden `clients` subcommand), `socket`: one client socket.
@@ -59,6 +59,8 @@ struct Cli {
     /// Where each scenario writes `<scenario>.json` and `<scenario>.svg`.
     #[arg(long, global = true, default_value = "bench-results")]
     out: PathBuf,
+    #[command(flatten)]
+    given: stack::Given,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -104,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         procfs::stand_aside();
         return runtime.block_on(clients::run());
     }
-    let env = Env { rowcast_bin: gateway_binary(cli.rowcast_bin)?, procs: cli.procs.into(), out: cli.out };
+    let env = Env { rowcast_bin: gateway_binary(cli.rowcast_bin)?, given: cli.given, procs: cli.procs.into(), out: cli.out };
     runtime.block_on(until_interrupted(run(env, cli.command)))
 }
 

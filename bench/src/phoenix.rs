@@ -21,9 +21,9 @@ pub struct Incoming {
 /// The ref every benchmark join uses (one channel per socket).
 pub const JOIN_REF: &str = "1";
 
-/// The URL of the gateway's realtime endpoint on loopback `port`.
-pub fn socket_url(port: u16, apikey: &str) -> String {
-    format!("ws://127.0.0.1:{port}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0")
+/// The URL of the realtime endpoint of the gateway at `addr`.
+pub fn socket_url(addr: std::net::SocketAddr, apikey: &str) -> String {
+    format!("ws://{addr}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0")
 }
 
 /// `phx_join` on `realtime:<channel>` for every event on `public.<table>`,

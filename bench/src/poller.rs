@@ -5,6 +5,7 @@
 //!
 //! Owns the HTTP side only; what a poll's answer means is the scenario's.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,7 +34,7 @@ pub struct Polled {
 
 /// Polls `/rest/v1/bench_owned?select=n&user_id=eq.u<i>` for users
 /// `0..users` every `interval` until `until`.
-pub async fn run(port: u16, secret: &str, users: usize, interval: Duration, until: Instant) -> anyhow::Result<Polled> {
+pub async fn run(addr: SocketAddr, secret: &str, users: usize, interval: Duration, until: Instant) -> anyhow::Result<Polled> {
     let minter = Minter::new(secret);
     let apikey = minter.mint(None, "anon", 6 * 3600);
     let start = Instant::now();
@@ -42,7 +43,7 @@ pub async fn run(port: u16, secret: &str, users: usize, interval: Duration, unti
         let token = minter.mint(Some(&format!("u{user}")), "authenticated", 6 * 3600);
         let offset = interval.mul_f64((user as f64 * 0.618_034).fract());
         let (apikey, first) = (apikey.clone(), start + offset);
-        tasks.spawn(async move { (user, poll_one(port, user, &apikey, &token, interval, first, until).await) });
+        tasks.spawn(async move { (user, poll_one(addr, user, &apikey, &token, interval, first, until).await) });
     }
     let mut polled = Polled { by_user: vec![Vec::new(); users], failed: 0 };
     while let Some(done) = tasks.join_next().await {
@@ -55,7 +56,7 @@ pub async fn run(port: u16, secret: &str, users: usize, interval: Duration, unti
 }
 
 async fn poll_one(
-    port: u16,
+    addr: SocketAddr,
     user: usize,
     apikey: &str,
     token: &str,
@@ -63,7 +64,7 @@ async fn poll_one(
     first: Instant,
     until: Instant,
 ) -> anyhow::Result<(Vec<Poll>, usize)> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
@@ -74,7 +75,7 @@ async fn poll_one(
         tokio::time::sleep_until(next).await;
         next += interval;
         let request = hyper::Request::get(uri.as_str())
-            .header("host", format!("127.0.0.1:{port}"))
+            .header("host", addr.to_string())
             .header("apikey", apikey)
             .header("authorization", format!("Bearer {token}"))
             .body(Empty::<Bytes>::new())?;

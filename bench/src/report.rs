@@ -103,8 +103,11 @@ pub fn ms(us: i64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
 }
 
-/// Seconds, two decimals.
+/// Seconds, two decimals; "n/a" for a figure that was not measured (NaN).
 pub fn secs(s: f64) -> String {
+    if s.is_nan() {
+        return "n/a".into();
+    }
     format!("{s:.2} s")
 }
 

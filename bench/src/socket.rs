@@ -5,6 +5,7 @@
 //! decoding). Counting goes to the `Tally`; what the process does with many
 //! sockets is `clients`' business.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +21,7 @@ use crate::phoenix;
 use crate::tally::Tally;
 use crate::wire::{Event, JoinOutcome, Mode};
 
-/// A client WebSocket over plain loopback TCP.
+/// A client WebSocket over plain TCP.
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// supabase-js's heartbeat interval.
@@ -31,7 +32,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Who a socket is and how it joins.
 pub struct Identity<'a> {
     pub index: usize,
-    pub port: u16,
+    pub addr: SocketAddr,
     pub apikey: &'a str,
     pub token: &'a str,
     pub channel: &'a str,
@@ -52,9 +53,9 @@ fn config() -> WebSocketConfig {
 
 /// Connects and joins; the outcome says whether the feed is live.
 pub async fn open(id: &Identity<'_>) -> Result<(Ws, JoinOutcome), String> {
-    let tcp = TcpStream::connect(("127.0.0.1", id.port)).await.map_err(|e| format!("connect: {e}"))?;
+    let tcp = TcpStream::connect(id.addr).await.map_err(|e| format!("connect: {e}"))?;
     let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
-    let url = phoenix::socket_url(id.port, id.apikey);
+    let url = phoenix::socket_url(id.addr, id.apikey);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config())).await.map_err(|e| format!("upgrade: {e}"))?;
     let (reply, system) = join(&mut ws, id).await?;
     Ok((ws, JoinOutcome { socket: id.index, reply, system, local_port }))

@@ -5,15 +5,17 @@
 //! `clients` does the reverse. Closing the child's stdin means "close every
 //! socket and exit".
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 /// What the tool asks of a client process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Open sockets `first..first + count` on the gateway at `port`, each
+    /// Open sockets `first..first + count` on the gateway at `addr`, each
     /// joined as described by `plan`; answered by `Event::Opened`.
-    Open { port: u16, secret: String, first: usize, count: usize, plan: Plan },
+    Open { addr: SocketAddr, secret: String, first: usize, count: usize, plan: Plan },
     /// Close every socket politely (close frame, wait for the server's);
     /// answered by `Event::Closed`.
     CloseAll,

@@ -14,7 +14,7 @@ use crate::fleet::{Fleet, Opened};
 use crate::plot::{Chart, Series};
 use crate::report::{self, Table};
 use crate::scenario::{record, Env, Meter};
-use crate::stack::{Stack, SECRET};
+use crate::stack::Stack;
 use crate::wire::{Filter, Mode, Plan};
 
 /// Parameters of `connections`.
@@ -43,7 +43,7 @@ fn plan() -> Plan {
 
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
-    let stack = Stack::start(&env.rowcast_bin, SETUP).await?;
+    let stack = Stack::start(env, SETUP).await?;
     let mut fleet = Fleet::spawn(env.procs)?;
     let params = format!(
         "sockets {}, client processes {}, table public.bench_owned (owner_column user_id), one channel per socket \
@@ -54,7 +54,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let meter = Meter::start(&stack, &fleet);
     let before = baseline(&stack, &mut fleet).await?;
     eprintln!("opening {} sockets", args.sockets);
-    let opened = fleet.open(stack.port, SECRET, args.sockets, &plan()).await?;
+    let opened = fleet.open(stack.addr, stack.secret(), args.sockets, &plan()).await?;
     tokio::time::sleep(SETTLE).await;
     let after = stack.rss_kib()?;
     rec.table("summary", &table(args.sockets, &opened, before, after, &meter.rows(&stack, &fleet, "whole scenario")));
@@ -73,7 +73,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
 
 /// Gateway RSS after one socket subscribed and closed again.
 async fn baseline(stack: &Stack, fleet: &mut Fleet) -> anyhow::Result<u64> {
-    let warm = fleet.open_on(0, stack.port, SECRET, 0, 1, &plan()).await?;
+    let warm = fleet.open_on(0, stack.addr, stack.secret(), 0, 1, &plan()).await?;
     anyhow::ensure!(warm.subscribed == 1, "the warm-up socket did not subscribe: {:?}", warm.errors);
     fleet.close_all().await?;
     tokio::time::sleep(SETTLE).await;

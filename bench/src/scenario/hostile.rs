@@ -18,7 +18,7 @@ use crate::plot::{Chart, Series};
 use crate::report::{self, Table};
 use crate::scenario::{record, Env, Meter};
 use crate::socket::{self, now_us};
-use crate::stack::{Stack, SECRET};
+use crate::stack::Stack;
 use crate::wire::{Event, Filter, JoinOutcome, Mode, Plan};
 
 /// Parameters of `hostile-filter`.
@@ -55,7 +55,7 @@ struct Seen {
 
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
-    let stack = Stack::start(&env.rowcast_bin, SETUP).await?;
+    let stack = Stack::start(env, SETUP).await?;
     let mut fleet = Fleet::spawn(1)?;
     let filter = format!("v=like.{}%b", "%a".repeat(args.repeat));
     let params = format!(
@@ -64,8 +64,8 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     );
     let mut rec = record("hostile-filter", "hostile-filter: a pathological pattern next to an ordinary client", &stack, params);
     let plan = |channel: &str, filter| Plan { channel: channel.into(), table: "bench_text".into(), filter, mode: Mode::Trace };
-    let a = fleet.open_on(0, stack.port, SECRET, A, 1, &plan("hostile", Filter::Fixed { text: filter.clone() })).await?;
-    let b = fleet.open_on(0, stack.port, SECRET, B, 1, &plan("plain", Filter::None)).await?;
+    let a = fleet.open_on(0, stack.addr, stack.secret(), A, 1, &plan("hostile", Filter::Fixed { text: filter.clone() })).await?;
+    let b = fleet.open_on(0, stack.addr, stack.secret(), B, 1, &plan("plain", Filter::None)).await?;
     let (a_join, b_join) = (a.joins.first().cloned(), b.joins.first().cloned());
     let meter = Meter::start(&stack, &fleet);
     let wait = Duration::from_secs(args.timeout_secs);

@@ -83,6 +83,10 @@ struct Drain {
     pickup_ms: Option<(f64, f64)>,
 }
 
+/// The scenario's jobs from an earlier run on a given database (a private
+/// one starts empty).
+const CLEAR: &str = "delete from rowcast.jobs where type in ('noop', 'peruser', 'unserved')";
+
 /// Runs the scenario and prints its tables.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("rowcast-bench-jobs-{}", std::process::id()));
@@ -90,7 +94,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let config_path = dir.join("jobs.toml");
     std::fs::write(&config_path, config(args.slots))?;
     let serve_args = vec!["--config".to_owned(), config_path.display().to_string()];
-    let stack = Stack::start_with(&env.rowcast_bin, "select 1", &serve_args).await?;
+    let stack = Stack::start_with(env, CLEAR, &serve_args).await?;
     let params = format!(
         "jobs {} per drain, {} slots, {} users, one step of 0 ms per job (built-in handler), {} pickup samples, backlog {}; \
          graphile-worker: {}",

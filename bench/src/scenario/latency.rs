@@ -20,7 +20,7 @@ use crate::report::{percentile, Table};
 use crate::scenario::connections::print_errors;
 use crate::scenario::owned::{self, Pace, Workload, Written};
 use crate::scenario::{record, Env, Meter};
-use crate::stack::{Stack, SECRET};
+use crate::stack::Stack;
 use crate::wire::{Filter, Mode, Plan};
 
 /// Parameters of `latency`.
@@ -45,7 +45,7 @@ pub fn plan(filter: Filter) -> Plan {
 
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
-    let stack = Stack::start(&env.rowcast_bin, &owned::setup(args.load.users)).await?;
+    let stack = Stack::start(env, &owned::setup(args.load.users)).await?;
     let mut fleet = Fleet::spawn(env.procs)?;
     let params = format!(
         "users {} (one socket each, own token, filter user_id=eq.u<i>), {} single-row UPDATEs/s for {} s spread over the users, \
@@ -54,7 +54,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     );
     let mut rec = record("latency", "latency: commit -> client under a steady write rate", &stack, params);
     eprintln!("opening {} sockets", args.load.users);
-    let opened = fleet.open(stack.port, SECRET, args.load.users, &plan(Filter::OwnUser)).await?;
+    let opened = fleet.open(stack.addr, stack.secret(), args.load.users, &plan(Filter::OwnUser)).await?;
     print_errors(&opened);
     let meter = Meter::start(&stack, &fleet);
     let written =
@@ -72,7 +72,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     for [k, v] in cpu {
         t.row([k, v, String::new()]);
     }
-    t.row(["gateway RSS at the end".into(), crate::report::mb(stack.rss_kib()?), String::new()]);
+    t.row(["gateway RSS at the end".into(), stack.rss_text(), String::new()]);
     rec.table("summary", &t);
     d.figures(&mut rec, "");
     let mut c = Chart::new(

@@ -2,8 +2,9 @@
 //! gateway binary is, how many client processes to use, the common lines of
 //! every report, and a meter of CPU time and wall time.
 //!
-//! Each scenario starts its own Postgres and gateway (`Stack`) and client
-//! processes (`Fleet`), prints one table, and stops everything, also on error.
+//! Each scenario starts its own Postgres and gateway (`Stack`), or uses the
+//! ones given on the command line, and its client processes (`Fleet`),
+//! prints its tables, and stops what it started, also on error.
 
 pub mod connections;
 pub mod fanout;
@@ -22,12 +23,14 @@ use std::time::Instant;
 use crate::fleet::Fleet;
 use crate::record::Record;
 use crate::report;
-use crate::stack::Stack;
+use crate::stack::{Given, Stack};
 
 /// What every scenario needs from the command line.
 pub struct Env {
     /// The gateway binary under test.
     pub rowcast_bin: PathBuf,
+    /// The database and gateway to use instead of starting them.
+    pub given: Given,
     /// Client processes for the scenarios with many sockets.
     pub procs: usize,
     /// Where each scenario writes its JSON and SVG.
@@ -43,7 +46,7 @@ pub fn record(scenario: &'static str, title: &str, stack: &Stack, params: String
         vec![
             ("machine", crate::procfs::machine()),
             ("gateway", stack.describe()),
-            ("postgres", format!("PostgreSQL {}, private cluster on loopback, {}", stack.pg_version, stack.durability())),
+            ("postgres", stack.describe_postgres()),
             ("parameters", params),
         ],
     )

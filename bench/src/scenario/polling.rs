@@ -27,7 +27,7 @@ use crate::report::{self, percentile, Table};
 use crate::scenario::latency::{self, Deliveries};
 use crate::scenario::owned::{self, Pace, Workload, Written};
 use crate::scenario::{record, Env};
-use crate::stack::{Stack, SECRET};
+use crate::stack::Stack;
 use crate::wire::Filter;
 
 /// Parameters of `polling`.
@@ -63,7 +63,7 @@ struct Phase {
 
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
-    let stack = Stack::start(&env.rowcast_bin, &owned::setup(args.load.users)).await?;
+    let stack = Stack::start(env, &owned::setup(args.load.users)).await?;
     let params = format!(
         "users {}, {} single-row UPDATEs/s for {} s per phase spread over the users; push: one socket per user (filter \
          user_id=eq.u<i>, {} client processes); polling: GET /rest/v1/bench_owned?select=n&user_id=eq.u<i> every {} s per user, \
@@ -123,7 +123,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
 async fn push_phase(env: &Env, stack: &Stack, args: &Args) -> anyhow::Result<Phase> {
     let mut fleet = Fleet::spawn(env.procs)?;
     eprintln!("push: opening {} sockets", args.load.users);
-    let opened = fleet.open(stack.port, SECRET, args.load.users, &latency::plan(Filter::OwnUser)).await?;
+    let opened = fleet.open(stack.addr, stack.secret(), args.load.users, &latency::plan(Filter::OwnUser)).await?;
     anyhow::ensure!(opened.failed == 0, "{} sockets did not subscribe: {:?}", opened.failed, opened.errors);
     let (tx0, cpu0) = (transactions(&stack.pool).await?, stack.cpu_secs());
     let started = Instant::now();
@@ -155,7 +155,7 @@ async fn poll_phase(stack: &Stack, args: &Args, first_seq: i64) -> anyhow::Resul
     let until = started + Duration::from_secs_f64(args.secs) + interval + Duration::from_millis(500);
     let pace = Pace { rate: args.load.rate, batch: 1, secs: args.secs, users: args.load.users, first_seq };
     let (polled, written) =
-        tokio::join!(poller::run(stack.port, SECRET, args.load.users, interval, until), owned::write(&stack.pool, pace));
+        tokio::join!(poller::run(stack.addr, stack.secret(), args.load.users, interval, until), owned::write(&stack.pool, pace));
     let (polled, written) = (polled?, written?);
     let phase_secs = started.elapsed().as_secs_f64();
     let gateway_cpu = stack.cpu_secs() - cpu0;

@@ -22,7 +22,7 @@ use crate::plot::{Chart, Series};
 use crate::procfs::{self, TcpEntry, TCP_ESTABLISHED};
 use crate::report::{self, Table};
 use crate::scenario::{record, Env, Meter};
-use crate::stack::{Stack, SECRET};
+use crate::stack::Stack;
 use crate::wire::{Event, Filter, Mode, Plan};
 
 /// Parameters of `stall`.
@@ -75,7 +75,7 @@ struct Load {
 
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
-    let stack = Stack::start(&env.rowcast_bin, &setup(args.row_kb)).await?;
+    let stack = Stack::start(env, &setup(args.row_kb)).await?;
     let mut fleet = Fleet::spawn(1)?;
     let params = format!(
         "rows {}, row size {} KiB (text column), after {} s, one stalled socket and one ordinary socket in one client process, \
@@ -84,8 +84,8 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     );
     let mut rec = record("stall", "stall: a client that stops reading", &stack, params);
     let plan = |mode| Plan { channel: "blob".into(), table: "bench_blob".into(), filter: Filter::None, mode };
-    let stalled = fleet.open_on(0, stack.port, SECRET, 0, 1, &plan(Mode::Stall)).await?;
-    let ordinary = fleet.open_on(0, stack.port, SECRET, 1, 1, &plan(Mode::Count)).await?;
+    let stalled = fleet.open_on(0, stack.addr, stack.secret(), 0, 1, &plan(Mode::Stall)).await?;
+    let ordinary = fleet.open_on(0, stack.addr, stack.secret(), 1, 1, &plan(Mode::Count)).await?;
     anyhow::ensure!(
         stalled.subscribed == 1 && ordinary.subscribed == 1,
         "a socket did not subscribe: {:?} {:?}",
@@ -94,13 +94,13 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     );
     let stalled_port = stalled.joins[0].local_port;
     let before = stack.rss_kib()?;
-    let (stop, sampler) = spawn_sampler(stack.gateway_pid(), stack.port, stalled_port);
+    let (stop, sampler) = spawn_sampler(stack.gateway_pid()?, stack.addr.port(), stalled_port);
     let meter = Meter::start(&stack, &fleet);
     let load = load(&stack, &mut fleet, args).await?;
     let cpu = meter.rows(&stack, &fleet, "from first UPDATE to the last reading");
     let _ = stop.send(true);
     let samples = sampler.await?;
-    let peak_since_start = procfs::peak_rss_kib(stack.gateway_pid())?;
+    let peak_since_start = procfs::peak_rss_kib(stack.gateway_pid()?)?;
     eprintln!("reading the stalled socket");
     let drained = fleet.drain(0, DRAIN_FOR, 1).await?;
     let counts = fleet.counts().await?;

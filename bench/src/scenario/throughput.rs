@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use crate::fleet::Fleet;
 use crate::plot::{Chart, Series};
-use crate::report::{self, percentile, Table};
+use crate::report::{percentile, Table};
 use crate::scenario::connections::print_errors;
 use crate::scenario::latency::{self, Deliveries};
 use crate::scenario::owned::{self, Pace};
 use crate::scenario::{record, Env};
-use crate::stack::{Stack, SECRET};
+use crate::stack::Stack;
 use crate::wire::Filter;
 
 /// Parameters of `throughput`.
@@ -72,7 +72,7 @@ impl Step {
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let sockets = args.users * args.tabs;
-    let stack = Stack::start(&env.rowcast_bin, &owned::setup(args.users)).await?;
+    let stack = Stack::start(env, &owned::setup(args.users)).await?;
     let mut fleet = Fleet::spawn(env.procs)?;
     let params = format!(
         "users {}, {} sockets per user ({sockets} sockets, own token, filter user_id=eq.u<i>), offered deliveries/s {:?}, \
@@ -81,7 +81,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     );
     let mut rec = record("throughput", "throughput: authorised deliveries per second until saturation", &stack, params);
     eprintln!("opening {sockets} sockets");
-    let opened = fleet.open(stack.port, SECRET, sockets, &latency::plan(Filter::OwnUserTabs { tabs: args.tabs })).await?;
+    let opened = fleet.open(stack.addr, stack.secret(), sockets, &latency::plan(Filter::OwnUserTabs { tabs: args.tabs })).await?;
     print_errors(&opened);
     let mut steps = Vec::new();
     let mut next_seq = 1;
@@ -127,7 +127,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     v.row(["most deliveries/s received in any step (saturated)".into(), format!("{most:.0}"), String::new()]);
     let fast = steps.iter().filter(|s| s.sustained() && s.p99 <= 100.0).map(|s| s.received_per_sec).fold(0.0, f64::max);
     v.row(["most deliveries/s with p99 <= 100 ms".into(), format!("{fast:.0}"), String::new()]);
-    v.row(["gateway RSS at the end".into(), report::mb(stack.rss_kib()?), String::new()]);
+    v.row(["gateway RSS at the end".into(), stack.rss_text(), String::new()]);
     rec.table("verdict", &v);
     rec.figure("best_deliveries_per_sec", best);
     rec.figure("saturated_deliveries_per_sec", most);
@@ -157,7 +157,7 @@ fn table(steps: &[Step], tabs: usize) -> Table {
             format!("{:.1} ms", s.p50),
             format!("{:.1} ms", s.p99),
             s.lost.to_string(),
-            format!("{:.2}", s.gateway_cores),
+            if s.gateway_cores.is_nan() { "n/a".into() } else { format!("{:.2}", s.gateway_cores) },
         ]);
     }
     t

@@ -96,7 +96,7 @@ impl Way {
 
 /// Runs the scenario and prints its table.
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
-    let stack = Stack::start_durable(&env.rowcast_bin, SETUP, &["--no-runner".to_owned()], Durability::Safe).await?;
+    let stack = Stack::start_durable(env, SETUP, &["--no-runner".to_owned()], Durability::Safe).await?;
     let most = args.writers.iter().copied().max().unwrap_or(1) as u32;
     let pool = PgPoolOptions::new().max_connections(most + 2).connect(&stack.database_url()).await?;
     let params = format!(
