@@ -94,11 +94,49 @@ pub struct Out {
     pub bytes: Bytes,
 }
 
+/// Frames taken at once, in order: at least one, at most `MAX_BATCH`. The
+/// first is held inline, so the usual batch of one allocates nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Batch {
+    head: Out,
+    rest: VecDeque<Out>,
+}
+
+impl Batch {
+    /// How many frames (never none).
+    pub fn count(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Frame `i` (0 is the first).
+    pub fn get(&self, i: usize) -> Option<&Out> {
+        if i == 0 {
+            Some(&self.head)
+        } else {
+            self.rest.get(i - 1)
+        }
+    }
+
+    /// The frames in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Out> {
+        std::iter::once(&self.head).chain(&self.rest)
+    }
+}
+
+#[cfg(test)]
+impl<const N: usize> From<[Out; N]> for Batch {
+    fn from(frames: [Out; N]) -> Batch {
+        let mut rest: VecDeque<Out> = frames.into();
+        let head = rest.pop_front().expect("a batch has a frame");
+        Batch { head, rest }
+    }
+}
+
 /// What the writer should do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Send these frames, in order (at most `MAX_BATCH`).
-    Frames(VecDeque<Out>),
+    /// Send these frames, in order.
+    Frames(Batch),
     /// Send this close frame and stop.
     Close(Close),
 }
@@ -112,6 +150,10 @@ pub struct Bounds {
 
 #[derive(Default)]
 struct State {
+    /// The oldest queued frame, inline: a socket that gets one frame at a
+    /// time never allocates a queue. `None` only when `frames` is empty too.
+    head: Option<Out>,
+    /// The frames after `head`, in order.
     frames: VecDeque<Out>,
     bytes: usize,
     /// Set once; frames pushed after it are dropped.
@@ -124,6 +166,7 @@ impl State {
     /// Drops what is queued (its memory goes at once) and decides the close,
     /// unless one was decided already (the first reason wins).
     fn abort(&mut self, close: Close) {
+        self.head = None;
         self.frames = VecDeque::new();
         self.bytes = 0;
         self.close.get_or_insert(close);
@@ -132,9 +175,34 @@ impl State {
     /// Lets a slow client go: counts what is dropped, then aborts with 1013.
     fn let_go(&mut self, why: Slow) {
         if self.close.is_none() {
-            self.ended = Ended { slow: Some(why), dropped: self.frames.len() as u64 };
+            self.ended = Ended { slow: Some(why), dropped: self.len() as u64 };
         }
         self.abort(Close::slow(why));
+    }
+
+    /// Frames queued.
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.frames.len()
+    }
+
+    fn push_back(&mut self, frame: Out) {
+        match self.head {
+            None => self.head = Some(frame),
+            Some(_) => self.frames.push_back(frame),
+        }
+    }
+
+    /// Takes up to `MAX_BATCH` frames from the front.
+    fn take_batch(&mut self) -> Option<Batch> {
+        let head = self.head.take()?;
+        // The usual case takes the whole queue, allocation and all: an idle
+        // socket keeps no buffer, and a burst's memory goes with its write.
+        let rest =
+            if self.frames.len() < MAX_BATCH { std::mem::take(&mut self.frames) } else { self.frames.drain(..MAX_BATCH - 1).collect() };
+        self.head = self.frames.pop_front();
+        let batch = Batch { head, rest };
+        self.bytes -= batch.iter().map(|o| o.bytes.len()).sum::<usize>();
+        Some(batch)
     }
 }
 
@@ -188,19 +256,15 @@ impl Outbox {
         if state.close.is_some() {
             return;
         }
-        let over = state.frames.len() >= self.shared.bounds.frames
-            || (!state.frames.is_empty() && state.bytes + frame.bytes.len() > self.shared.bounds.bytes);
+        let queued = state.len();
+        let over = queued >= self.shared.bounds.frames || (queued > 0 && state.bytes + frame.bytes.len() > self.shared.bounds.bytes);
         if over {
-            tracing::warn!(
-                queued = state.frames.len(),
-                bytes = state.bytes,
-                "a socket's outgoing queue is full: closing it as a slow consumer"
-            );
+            tracing::warn!(queued, bytes = state.bytes, "a socket's outgoing queue is full: closing it as a slow consumer");
             state.let_go(Slow::QueueFull);
             state.ended.dropped += 1; // the frame that did not fit
         } else {
             state.bytes += frame.bytes.len();
-            state.frames.push_back(frame);
+            state.push_back(frame);
         }
         self.shared.ready.notify_one();
     }
@@ -238,7 +302,7 @@ impl Outbox {
     #[cfg(test)]
     pub(crate) fn len(&self) -> (usize, usize) {
         let state = self.state();
-        (state.frames.len(), state.bytes)
+        (state.len(), state.bytes)
     }
 
     /// The queued payloads, taken (tests look at what a socket was sent).
@@ -246,7 +310,8 @@ impl Outbox {
     pub(crate) fn take_frames(&self) -> Vec<Bytes> {
         let mut state = self.state();
         state.bytes = 0;
-        std::mem::take(&mut state.frames).into_iter().map(|o| o.bytes).collect()
+        let head = state.head.take();
+        head.into_iter().chain(std::mem::take(&mut state.frames)).map(|o| o.bytes).collect()
     }
 
     /// Waits for the next thing to write: the queued frames first (up to
@@ -262,12 +327,7 @@ impl Outbox {
 
     fn try_next(&self) -> Option<Next> {
         let mut state = self.state();
-        if !state.frames.is_empty() {
-            // The usual case takes the whole queue, allocation and all: an idle
-            // socket keeps no buffer, and a burst's memory goes with its write.
-            let batch =
-                if state.frames.len() <= MAX_BATCH { std::mem::take(&mut state.frames) } else { state.frames.drain(..MAX_BATCH).collect() };
-            state.bytes -= batch.iter().map(|o| o.bytes.len()).sum::<usize>();
+        if let Some(batch) = state.take_batch() {
             return Some(Next::Frames(batch));
         }
         state.close.clone().map(Next::Close)
@@ -377,9 +437,9 @@ mod tests {
         }
         let Next::Frames(first) = o.next().await else { panic!("expected frames") };
         let Next::Frames(rest) = o.next().await else { panic!("expected frames") };
-        assert_eq!(first.len(), MAX_BATCH);
-        assert_eq!(rest.len(), 3);
-        let order: Vec<String> = first.iter().chain(&rest).map(|o| String::from_utf8(o.bytes.to_vec()).unwrap()).collect();
+        assert_eq!(first.count(), MAX_BATCH);
+        assert_eq!(rest.count(), 3);
+        let order: Vec<String> = first.iter().chain(rest.iter()).map(|o| String::from_utf8(o.bytes.to_vec()).unwrap()).collect();
         assert_eq!(order, (0..MAX_BATCH + 3).map(|i| i.to_string()).collect::<Vec<_>>());
         assert_eq!(o.len(), (0, 0));
     }

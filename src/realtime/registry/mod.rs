@@ -219,6 +219,13 @@ impl Subscription {
         if !self.may_see(change, meta) {
             return;
         }
+        if let [only] = self.bindings.as_slice() {
+            // One binding, the usual channel: no list to build.
+            if only.matches(change, meta) {
+                each(only.selection.as_ref(), &[only.id]);
+            }
+            return;
+        }
         let matched = self.bindings.iter().filter(|b| b.matches(change, meta));
         if !self.selects {
             let mut ids: Vec<u32> = matched.map(|b| b.id).collect();

@@ -5,7 +5,8 @@
 //! change gets the same payload bytes: the writer sends a 2-10 byte header
 //! and the shared payload with one vectored write, without copying it into a
 //! per-socket buffer, and takes everything queued (up to `MAX_BATCH` frames)
-//! in that same write. Nothing is buffered between writes, so a large row
+//! in that same write; a lone small frame is copied beside its header on the
+//! stack and goes with a plain `send`. Nothing is buffered between writes, so a large row
 //! costs no memory beyond its shared payload, whatever the socket's life.
 //!
 //! tungstenite still reads: it gets the read half and a write side that
@@ -13,7 +14,6 @@
 //! echo) are queued on the outbox by the control loop and written here, in
 //! order with everything else.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -26,7 +26,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::realtime::outbox::{Close, Kind, Next, Out, Outbox, Slow};
+use crate::realtime::outbox::{Batch, Close, Kind, Next, Out, Outbox, Slow, MAX_BATCH};
 use crate::realtime::protocol;
 
 /// RFC 6455 opcodes the server sends.
@@ -133,56 +133,106 @@ fn close_frame(close: &Close) -> Vec<u8> {
     frame
 }
 
-/// Writes `frames` in order: each header beside its shared payload, in as
-/// few `writev`s as the kernel takes. Piece `2k` is frame `k`'s header,
-/// piece `2k + 1` its payload.
-async fn write_frames<W>(w: &mut W, frames: &VecDeque<Out>, deadline: Duration) -> Result<(), Stalled>
+/// A frame's header and payload together at most this long are copied into
+/// one stack buffer and sent with a plain `send`: a change to a single socket
+/// is one such frame, and `send` skips the vectored path's per-call work.
+const COPY_BELOW: usize = 2048;
+
+/// How far a batch has been written: piece `2k` is frame `k`'s header,
+/// piece `2k + 1` its payload; `offset` bytes of piece `at` are out.
+#[derive(Clone, Copy, Default)]
+struct Written {
+    at: usize,
+    offset: usize,
+}
+
+/// Writes `batch` in order: each header beside its shared payload, in as
+/// few writes as the kernel takes. Nothing is allocated: each attempt builds
+/// its headers and slices on the stack (they are cheap to rebuild), so the
+/// writer task holds no buffer between writes or while it waits.
+async fn write_frames<W>(w: &mut W, batch: &Batch, deadline: Duration) -> Result<(), Stalled>
 where
     W: AsyncWrite + Unpin,
 {
-    let headers: Vec<Header> = frames.iter().map(|f| Header::new(op_of(f), f.bytes.len())).collect();
-    let piece = |i: usize| -> &[u8] {
-        if i % 2 == 0 {
-            headers[i / 2].as_slice()
-        } else {
-            &frames[i / 2].bytes
-        }
-    };
-    let total = frames.len() * 2;
-    let (mut at, mut offset) = (0, 0);
+    let total = batch.count() * 2;
+    let mut done = Written::default();
     loop {
-        while at < total && piece(at).len() == offset {
-            at += 1;
-            offset = 0;
+        while done.at < total && piece_len(batch, done.at) == done.offset {
+            done = Written { at: done.at + 1, offset: 0 };
         }
-        if at == total {
+        if done.at == total {
             return Ok(());
         }
-        let slices: Vec<IoSlice<'_>> =
-            (at..total).take(MAX_SLICES).map(|i| IoSlice::new(if i == at { &piece(i)[offset..] } else { piece(i) })).collect();
-        let mut written = write_within(w, &slices, deadline).await?;
+        let mut written = write_within(w, deadline, |w, cx| poll_write_from(w, cx, batch, done)).await?;
         while written > 0 {
-            let left = piece(at).len() - offset;
+            let left = piece_len(batch, done.at) - done.offset;
             if written < left {
-                offset += written;
+                done.offset += written;
                 break;
             }
             written -= left;
-            at += 1;
-            offset = 0;
+            done = Written { at: done.at + 1, offset: 0 };
         }
     }
 }
 
-/// One vectored write, giving up after `deadline` without progress. Most
-/// writes finish at once, so the timer is armed only when the first poll
-/// says the socket is full.
-async fn write_within<W>(w: &mut W, slices: &[IoSlice<'_>], deadline: Duration) -> Result<usize, Stalled>
+fn header_of(out: &Out) -> Header {
+    Header::new(op_of(out), out.bytes.len())
+}
+
+fn piece_len(batch: &Batch, i: usize) -> usize {
+    let out = batch.get(i / 2).expect("a piece of the batch");
+    if i % 2 == 0 {
+        header_of(out).len as usize
+    } else {
+        out.bytes.len()
+    }
+}
+
+/// One write attempt of what is left of `batch` after `done`.
+fn poll_write_from<W>(w: Pin<&mut W>, cx: &mut Context<'_>, batch: &Batch, done: Written) -> Poll<std::io::Result<usize>>
+where
+    W: AsyncWrite,
+{
+    let first = batch.get(done.at / 2).expect("an unwritten frame");
+    let header = header_of(first);
+    if batch.count() == 1 && done.at == 0 && done.offset == 0 && header.as_slice().len() + first.bytes.len() <= COPY_BELOW {
+        let mut buf = [0u8; COPY_BELOW];
+        let (h, p) = (header.as_slice(), &first.bytes[..]);
+        buf[..h.len()].copy_from_slice(h);
+        buf[h.len()..h.len() + p.len()].copy_from_slice(p);
+        return w.poll_write(cx, &buf[..h.len() + p.len()]);
+    }
+    let mut headers = [Header::new(Op::Text, 0); MAX_BATCH];
+    for (h, out) in headers.iter_mut().zip(batch.iter()) {
+        *h = header_of(out);
+    }
+    let piece = |i: usize| -> &[u8] {
+        if i % 2 == 0 {
+            headers[i / 2].as_slice()
+        } else {
+            &batch.get(i / 2).expect("a frame of the batch").bytes
+        }
+    };
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let mut n = 0;
+    for (slot, i) in slices.iter_mut().zip(done.at..batch.count() * 2) {
+        *slot = IoSlice::new(if i == done.at { &piece(i)[done.offset..] } else { piece(i) });
+        n += 1;
+    }
+    w.poll_write_vectored(cx, &slices[..n])
+}
+
+/// One write, giving up after `deadline` without progress. Most writes
+/// finish at once, so the timer is armed only when the first poll says the
+/// socket is full.
+async fn write_within<W, F>(w: &mut W, deadline: Duration, mut attempt: F) -> Result<usize, Stalled>
 where
     W: AsyncWrite + Unpin,
+    F: FnMut(Pin<&mut W>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
 {
-    let mut write = std::pin::pin!(w.write_vectored(slices));
-    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let mut write = std::future::poll_fn(|cx| attempt(Pin::new(&mut *w), cx));
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut write).poll(cx))).await;
     let result = match first {
         Poll::Ready(result) => result,
         Poll::Pending => timeout(deadline, write).await.map_err(|_| Stalled::NoProgress)?,
@@ -325,6 +375,44 @@ mod tests {
         let tungstenite::Message::Close(Some(close)) = &got[3] else { panic!("expected a close, got {:?}", got[3]) };
         assert_eq!((u16::from(close.code), close.reason.as_str()), (1000, "bye"));
         done.cancelled().await;
+    }
+
+    /// Everything `outbox` holds, written by the writer into a pipe of
+    /// `pipe` bytes and read back as messages until the close.
+    async fn written_through(pipe: usize, outbox: Outbox) -> Vec<tungstenite::Message> {
+        use futures_util::StreamExt;
+        let (client, server) = tokio::io::duplex(pipe);
+        outbox.close(Close::new(1000, "bye"));
+        tokio::spawn(write(server, outbox, Duration::from_secs(5), CancellationToken::new()));
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(client, tungstenite::protocol::Role::Client, None).await;
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = ws.next().await {
+            got.push(m);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_single_small_frame_sent_from_the_stack_buffer_survives_partial_writes() {
+        let outbox = Outbox::new(crate::realtime::outbox::Bounds { frames: 100, bytes: 1 << 20 });
+        let text: String = (0..COPY_BELOW - 10).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        outbox.push(Bytes::from(text.clone()));
+        let got = written_through(7, outbox).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], tungstenite::Message::text(text));
+    }
+
+    #[tokio::test]
+    async fn more_frames_than_one_batch_holds_arrive_in_order() {
+        let outbox = Outbox::new(crate::realtime::outbox::Bounds { frames: 1000, bytes: 1 << 20 });
+        let count = MAX_BATCH * 2 + 3;
+        for i in 0..count {
+            outbox.push(Bytes::from(format!("[{i}]")));
+        }
+        let got = written_through(100, outbox).await;
+        let texts: Vec<String> = got[..count].iter().map(|m| m.to_text().unwrap().to_owned()).collect();
+        assert_eq!(texts, (0..count).map(|i| format!("[{i}]")).collect::<Vec<_>>());
+        assert!(matches!(got[count], tungstenite::Message::Close(_)));
     }
 
     #[tokio::test]
