@@ -327,18 +327,21 @@ impl Listener {
     /// Reads and delivers one batch.
     async fn read_pass(&mut self, s: &mut Session) -> Result<PassResult, ListenerError> {
         // The sequence first, then the snapshot: every id up to `upper` was
-        // handed out to a transaction that is finished or running in the snapshot.
-        let (upper,): (i64,) = sqlx::query_as("select case when is_called then last_value else 0 end from rowcast.changes_id_seq")
-            .fetch_one(&mut s.conn)
-            .await?;
+        // handed out to a transaction that is finished or running in the
+        // snapshot. `rowcast.read_pass` does both in one call (migration 0009);
+        // a fence must commit between them, so a fenced pass runs them apart.
+        let (hw, gaps, batch) = (self.window().high_water(), self.window().gap_ids(), self.config.batch);
         let fenced = self.window().needs_fence();
-        if fenced {
+        let (snap, rows, upper): (String, sqlx::types::Json<Vec<Row>>, i64) = if fenced {
+            let (upper,): (i64,) = sqlx::query_as(SEQUENCE).fetch_one(&mut s.conn).await?;
             // A committed write of ours, newer than every writer that took an id up to `upper`.
             sqlx::query("update rowcast.listeners set seen_at = now() where id = $1").bind(self.id).execute(&mut s.conn).await?;
-        }
-        let (hw, gaps, batch) = (self.window().high_water(), self.window().gap_ids(), self.config.batch);
-        let (snap, rows): (String, sqlx::types::Json<Vec<Row>>) =
-            sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&mut s.conn).await?;
+            let (snap, rows): (String, sqlx::types::Json<Vec<Row>>) =
+                sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&mut s.conn).await?;
+            (snap, rows, upper)
+        } else {
+            sqlx::query_as(READ_PASS).bind(hw).bind(&gaps).bind(batch).fetch_one(&mut s.conn).await?
+        };
         let snapshot = Snapshot::parse(&snap).ok_or(ListenerError::Snapshot(snap))?;
         let rows: Vec<Change> = rows.0.into_iter().filter_map(Row::into_change).collect();
         let full = rows.len() as i64 >= batch;
@@ -390,6 +393,13 @@ select top.max,
                  where not exists (select 1 from rowcast.changes c where c.id = g.id)), '{}')
 from top
 "#;
+
+/// The newest id handed out (0 before the first).
+const SEQUENCE: &str = "select case when is_called then last_value else 0 end from rowcast.changes_id_seq";
+
+/// An unfenced read pass in one call: `READ` under a snapshot taken after
+/// reading the sequence, which is returned as `upper`.
+pub const READ_PASS: &str = "select snapshot, rows, upper from rowcast.read_pass($1, $2, $3)";
 
 /// One read pass: the snapshot, then the rows above the high-water mark up
 /// to `$2` and the gap ids `$3`, in id order, at most `$4`. Two index scans

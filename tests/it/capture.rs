@@ -211,3 +211,25 @@ async fn a_read_pass_touches_only_the_rows_it_returns_however_long_the_log() {
     // 10 rows above the mark and one gap id, each counted once per node on its way up.
     assert!(touched < 200.0, "a read pass of 11 rows touched {touched} rows of a 20,000-row log: {plan}");
 }
+
+#[tokio::test]
+async fn the_one_call_read_pass_returns_what_read_returns_up_to_the_sequence() {
+    use rowcast::changes::listener::{READ, READ_PASS};
+    let app = spawn_app().await;
+    app.owned_table("todos").await;
+    app.sql("insert into todos (user_id) select 'u' from generate_series(1, 50)").await;
+    let top: i64 = scalar(&app.pool, "select max(id) from rowcast.changes").await;
+    let (hw, gaps) = (top - 20, vec![top - 40, top - 45]);
+    for batch in [1000_i64, 5] {
+        let (_, rows, upper): (String, sqlx::types::Json<serde_json::Value>, i64) =
+            sqlx::query_as(READ_PASS).bind(hw).bind(&gaps).bind(batch).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(upper, top, "the pass's bound is the sequence, read in the same call");
+        let (_, expected): (String, sqlx::types::Json<serde_json::Value>) =
+            sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(rows.0, expected.0, "batch {batch}");
+        let ids: Vec<i64> = rows.0.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        let mut want: Vec<i64> = gaps.iter().rev().copied().chain(hw + 1..=top).collect();
+        want.truncate(batch as usize);
+        assert_eq!(ids, want, "batch {batch}: the gap ids, then the ids above the mark, in order");
+    }
+}
