@@ -43,6 +43,7 @@ use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::realtime::admission::Admission;
 use crate::realtime::broadcast_api::BroadcastApi;
+use crate::realtime::cluster::{self, Cluster, ClusterSink, PeerClock};
 use crate::realtime::policies::PolicyCheck;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
@@ -110,6 +111,7 @@ struct Gateway {
     listener: TcpListener,
     state: AppState,
     change_listener: Listener,
+    cluster: Cluster,
     keyring: Keyring,
     jwks_refresh: Duration,
 }
@@ -170,9 +172,11 @@ impl App {
         let mut served = None;
         if let Some(g) = gateway {
             let change_listener = tracker.spawn(g.change_listener.run(listener_stop.clone()));
+            // Stopped with the listener, after the sockets' leaves were queued.
+            let cluster = tracker.spawn(g.cluster.run(listener_stop.clone()));
             tracker.spawn(g.keyring.refresh_every(g.jwks_refresh, http_stop.clone()));
             let serve = server::serve(g.listener, http::router(g.state.clone()), http_stop.clone());
-            served = Some((tracker.spawn(serve), g.state, change_listener));
+            served = Some((tracker.spawn(serve), g.state, (change_listener, cluster)));
         }
         let mut runner_tasks = Vec::new();
         let hooks = runner.as_ref().map(|r| r.hooks.clone());
@@ -206,8 +210,9 @@ impl App {
             hooks.drain(HOOKS_GRACE).await;
         }
         listener_stop.cancel();
-        if let Some(l) = change_listener {
-            let _ = l.await;
+        if let Some((listener, cluster)) = change_listener {
+            let _ = listener.await;
+            let _ = cluster.await;
         }
         root.cancel();
         pool.close().await;
@@ -242,13 +247,21 @@ async fn build_gateway(
     let (live_tx, live_rx) = watch::channel(false);
     let tables = Tables::with_pool(pool.clone());
     let registry = Registry::with_metrics(config.limits.max_record_bytes, metrics.realtime.clone());
+    // Other gateways on this database hear this one's presence and broadcasts through the log.
+    let node = uuid::Uuid::new_v4();
+    let (to_cluster, outgoing) = tokio::sync::mpsc::channel(cluster::QUEUE);
+    registry.set_cluster(to_cluster);
+    let peers = Arc::new(PeerClock::default());
+    let sink = Arc::new(ClusterSink::new(node, registry.clone(), peers.clone()));
     let listener_config = ListenerConfig {
         poll: Duration::from_millis(config.limits.poll_ms.max(1)),
         retention: Duration::from_secs(config.limits.change_retention_secs),
         message_retention: Duration::from_secs(config.limits.message_retention_secs),
         batch: LISTENER_BATCH,
     };
-    let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(registry.clone()), live_tx, listener_config);
+    let change_listener = Listener::new(pool.clone(), tables.clone(), sink, live_tx, listener_config);
+    let presence_timeout = Duration::from_secs(config.limits.presence_timeout_secs);
+    let cluster = Cluster::new(pool.clone(), registry.clone(), node, presence_timeout, outgoing, peers, live_rx.clone());
     let keyring = Keyring::load(config.jwt_secret.as_ref().map(Secret::expose), key_source(&config.jwks, client)).await;
     let sockets = SocketContext {
         registry,
@@ -295,7 +308,7 @@ async fn build_gateway(
         web_dir: config.web_dir.clone(),
     };
     let jwks_refresh = Duration::from_secs(config.jwks.jwks_refresh_secs.max(1));
-    Ok(Gateway { listener, state, change_listener, keyring, jwks_refresh })
+    Ok(Gateway { listener, state, change_listener, cluster, keyring, jwks_refresh })
 }
 
 /// Where the JWKS comes from, if anywhere.

@@ -169,6 +169,7 @@ mod defaults {
     pub const MAX_SOCKETS: usize = 50_000;
     pub const MAX_SOCKETS_PER_IP: usize = 1_000;
     pub const IDLE_TIMEOUT_SECS: u64 = 60;
+    pub const PRESENCE_TIMEOUT_SECS: u64 = 15;
     pub const MAX_RECORD_BYTES: usize = 1_048_576;
     pub const POLL_MS: u64 = 500;
     pub const CHANGE_RETENTION_SECS: u64 = 300;
@@ -239,6 +240,11 @@ pub struct Limits {
     /// before open sockets are told to go (time for a load balancer to notice).
     #[arg(long, env = "ROWCAST_DRAIN_DELAY_SECS", default_value_t = defaults::DRAIN_DELAY_SECS)]
     pub drain_delay_secs: u64,
+    /// With several gateways on one database: seconds after its last heartbeat that a gateway
+    /// which stopped without saying so (killed, cut off) is presumed dead and its clients'
+    /// presence leaves everyone's lists.
+    #[arg(long, env = "ROWCAST_PRESENCE_TIMEOUT_SECS", default_value_t = defaults::PRESENCE_TIMEOUT_SECS)]
+    pub presence_timeout_secs: u64,
 }
 
 impl Limits {
@@ -279,6 +285,7 @@ impl Default for Limits {
             message_retention_secs: defaults::MESSAGE_RETENTION_SECS,
             ready_max_lag_secs: defaults::READY_MAX_LAG_SECS,
             drain_delay_secs: defaults::DRAIN_DELAY_SECS,
+            presence_timeout_secs: defaults::PRESENCE_TIMEOUT_SECS,
         }
     }
 }

@@ -32,10 +32,17 @@ pub trait ChangeSink: Send + Sync + 'static {
     fn deliver(&self, change: &Change, meta: &TableMeta);
     /// Called once per `realtime.messages` row (a broadcast sent from SQL); must not block.
     fn deliver_message(&self, message: &Change);
+    /// Called once per row of the gateways' own tables (`rowcast.nodes`,
+    /// `rowcast.presence`, `rowcast.broadcast`; migration 0010); must not block.
+    fn deliver_cluster(&self, _row: &Change) {}
 }
 
 /// Where SQL broadcasts are written (migration 0005); its rows in the log are messages, not changes.
 const MESSAGES: (&str, &str) = ("realtime", "messages");
+/// The marker a change to the enabled tables leaves in the log (migration 0011).
+const TABLES_MARKER: (&str, &str) = ("rowcast", "tables");
+/// The tables many gateways on one database talk through (migration 0010).
+const CLUSTER_TABLES: [&str; 3] = ["nodes", "presence", "broadcast"];
 
 /// Reader settings.
 #[derive(Debug, Clone)]
@@ -366,6 +373,16 @@ impl Listener {
         for change in changes {
             if (change.schema.as_str(), change.table.as_str()) == MESSAGES {
                 self.sink.deliver_message(&change);
+                continue;
+            }
+            if (change.schema.as_str(), change.table.as_str()) == TABLES_MARKER {
+                // rowcast.enable or disable committed here (migration 0011): what follows uses the new settings.
+                self.tables.reload(&mut s.conn).await?;
+                reloaded = true;
+                continue;
+            }
+            if change.schema == "rowcast" && CLUSTER_TABLES.contains(&change.table.as_str()) {
+                self.sink.deliver_cluster(&change);
                 continue;
             }
             let mut meta = self.tables.get(&change.schema, &change.table);

@@ -14,10 +14,12 @@
 //! - `broadcast_api`: the broadcast REST API (`/realtime/v1/api/broadcast`).
 //! - `topic_rules`: private-channel rights from the config file, for databases without policies (pure).
 //! - `socket`: one task per WebSocket: control loop and writer.
+//! - `cluster`: many gateways on one database: presence and broadcasts through the change log.
 
 pub mod admission;
 pub mod broadcast_api;
 pub mod channel;
+pub mod cluster;
 pub mod filter;
 pub mod outbox;
 pub mod payload;

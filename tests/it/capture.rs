@@ -233,3 +233,30 @@ async fn the_one_call_read_pass_returns_what_read_returns_up_to_the_sequence() {
         assert_eq!(ids, want, "batch {batch}: the gap ids, then the ids above the mark, in order");
     }
 }
+
+#[tokio::test]
+async fn a_change_committed_with_a_re_enable_is_delivered_under_the_new_visibility_rule() {
+    let app = spawn_app().await;
+    app.owned_table("todos").await;
+    app.sql("select rowcast.enable('public.todos', public => true)").await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    c.subscribe("p", todos(), Some(&app.user("u1"))).await;
+    for round in 0..10 {
+        // Public: u1 sees u2's row. Then, in one transaction, the table becomes owner-scoped and
+        // u2 writes: that row must not reach u1, whichever the reader meets first, the catalogue
+        // notification or the change (the marker in the log orders them).
+        app.sql(&format!("insert into todos (user_id, title) values ('u2', 'public {round}')")).await;
+        assert_eq!(c.change("p").await["data"]["record"]["title"], format!("public {round}"));
+        app.sql(&format!(
+            "select rowcast.enable('public.todos', owner_column => 'user_id');
+             insert into todos (user_id, title) values ('u2', 'secret {round}');"
+        ))
+        .await;
+        app.sql(&format!("insert into todos (user_id, title) values ('u1', 'mine {round}')")).await;
+        assert_eq!(c.change("p").await["data"]["record"]["title"], format!("mine {round}"), "round {round}: u2's row leaked to u1");
+        app.sql("select rowcast.enable('public.todos', public => true)").await;
+    }
+    let markers: i64 =
+        scalar(&app.pool, "select count(*) from rowcast.changes where schema_name = 'rowcast' and table_name = 'tables'").await;
+    assert!(markers >= 20, "each enable leaves a marker in the log ({markers})");
+}

@@ -9,6 +9,7 @@ mod broadcast;
 mod browser;
 mod capture;
 mod cli;
+mod cluster;
 mod delivery;
 mod example_handler;
 mod faults;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::{FrameCache, Registry, SubId, Subscription};
+use super::{FrameCache, Outgoing, Registry, SubId, Subscription};
 use crate::realtime::outbox::Outbox;
 use crate::realtime::presence::{Diff, Roster};
 use crate::realtime::protocol;
@@ -44,8 +44,18 @@ impl Registry {
         let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return };
         let mut rosters = self.inner.presence.lock().expect("presence lock poisoned");
         let roster = rosters.entry(sub.topic_key()).or_default();
-        for diff in roster.track(id, &sub.presence_key, fields) {
-            self.send_diff(&sub, &diff);
+        let diffs = roster.track(id, &sub.presence_key, fields.clone());
+        for diff in &diffs {
+            self.send_diff(&sub.topic, sub.private, diff);
+        }
+        if !diffs.is_empty() {
+            self.publish(Outgoing::Track {
+                sub: id,
+                topic: sub.topic.to_string(),
+                private: sub.private,
+                key: sub.presence_key.clone(),
+                fields,
+            });
         }
         if !sub.presence_enabled.swap(true, Ordering::Relaxed) {
             sub.route.outbox.push(state_frame(&sub, &roster.state()));
@@ -64,19 +74,19 @@ impl Registry {
         let mut rosters = self.inner.presence.lock().expect("presence lock poisoned");
         let Some(roster) = rosters.get_mut(&sub.topic_key()) else { return };
         if let Some(diff) = roster.untrack(id) {
-            self.send_diff(sub, &diff);
+            self.send_diff(&sub.topic, sub.private, &diff);
+            self.publish(Outgoing::Untrack { sub: id });
         }
         if roster.is_empty() {
             rosters.remove(&sub.topic_key());
         }
     }
 
-    /// Sends `diff` to the channels on `from`'s topic (in its namespace) that have presence on.
-    fn send_diff(&self, from: &Subscription, diff: &Diff) {
-        let topic = &*from.topic;
+    /// Sends `diff` to the channels on `topic` (in its namespace) that have presence on.
+    pub(super) fn send_diff(&self, topic: &str, private: bool, diff: &Diff) {
         let payload = diff.payload().to_string();
         let mut frames = FrameCache::default();
-        for (_, sub) in self.on_topic(topic, from.private) {
+        for (_, sub) in self.on_topic(topic, private) {
             if sub.presence_enabled.load(Ordering::Relaxed) {
                 let vsn = sub.route.vsn;
                 let frame = frames.get(&sub.topic, &[], vsn, || protocol::encode(vsn, None, None, topic, "presence_diff", &payload));

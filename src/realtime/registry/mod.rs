@@ -31,6 +31,9 @@ use crate::changes::listener::ChangeSink;
 use crate::metrics::{self, Metrics};
 
 mod members;
+mod peers;
+
+pub use peers::{Outgoing, PeerMember};
 
 /// Identifies one subscription (one joined channel).
 pub type SubId = u64;
@@ -42,6 +45,8 @@ pub enum Origin {
     Socket(SubId),
     Rest,
     Sql,
+    /// Another gateway on the same database (its client or REST API sent it).
+    Peer,
 }
 
 impl Origin {
@@ -55,6 +60,7 @@ impl Origin {
             Origin::Socket(_) => "socket",
             Origin::Rest => "rest",
             Origin::Sql => "sql",
+            Origin::Peer => "peer",
         }
     }
 }
@@ -272,6 +278,13 @@ struct Inner {
     metrics: metrics::Realtime,
     next_id: AtomicU64,
     max_record_bytes: usize,
+    /// Where this gateway's presence and broadcasts go for the others on the
+    /// database (`realtime::cluster`); unset, they stay here.
+    cluster: OnceLock<tokio::sync::mpsc::Sender<Outgoing>>,
+    /// Members tracked on other gateways, by (gateway, its channel id): the
+    /// id they have in the rosters, and their topic. Locked after `presence`.
+    remote: std::sync::Mutex<HashMap<PeerMember, (u64, TopicKey)>>,
+    next_remote: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
@@ -298,6 +311,10 @@ impl Registry {
             service: DashMap::new(),
             next_id: AtomicU64::new(1),
             max_record_bytes,
+            cluster: OnceLock::new(),
+            remote: Default::default(),
+            // Members of other gateways get ids no local channel has.
+            next_remote: AtomicU64::new(1 << 63),
         };
         Registry { inner: Arc::new(inner) }
     }
@@ -429,6 +446,15 @@ impl Registry {
     /// v1 channels cannot carry one and get nothing, as on Supabase.
     pub fn broadcast_binary(&self, from: Origin, topic: &str, private: bool, event: &str, meta: &str, payload: &[u8]) {
         self.count_broadcast(from);
+        if matches!(from, Origin::Socket(_) | Origin::Rest) {
+            self.publish(Outgoing::BinaryBroadcast {
+                topic: topic.to_owned(),
+                private,
+                event: event.to_owned(),
+                meta: meta.to_owned(),
+                payload: payload.to_vec(),
+            });
+        }
         let Some(frame) = protocol::encode_user_broadcast(topic, event, meta, payload, false) else { return };
         let mut sent = 0;
         for (id, sub) in self.on_topic(topic, private) {
@@ -443,6 +469,9 @@ impl Registry {
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
     pub fn broadcast(&self, from: Origin, topic: &str, private: bool, payload: &str) {
         self.count_broadcast(from);
+        if matches!(from, Origin::Socket(_) | Origin::Rest) {
+            self.publish(Outgoing::Broadcast { topic: topic.to_owned(), private, payload: payload.to_owned() });
+        }
         let targets = self.on_topic(topic, private);
         let mut frames = FrameCache::default();
         let mut sent = 0;

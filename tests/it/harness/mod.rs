@@ -9,7 +9,7 @@
 mod runners;
 mod ws;
 
-pub use runners::{RunnerApp, RunnerProcess};
+pub use runners::{GatewayProcess, RunnerApp, RunnerProcess};
 pub use ws::{Client, Ended, Frame};
 
 use std::net::SocketAddr;

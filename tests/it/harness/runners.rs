@@ -95,6 +95,42 @@ impl RunnerProcess {
     }
 }
 
+/// `rowcast serve --no-runner` as its own OS process: a second gateway on a
+/// test's database that can be killed.
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub app: super::TestApp,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on `db_url` with `env` added; returns once `/health` answers.
+    pub async fn spawn(db_url: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rowcast"))
+            .args(["serve", "--no-runner", "--listen", &addr.to_string()])
+            .env("DATABASE_URL", db_url)
+            .env("JWT_SECRET", SECRET)
+            .env("ROWCAST_LOG", std::env::var("ROWCAST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the rowcast binary");
+        super::eventually(|| async {
+            tokio::net::TcpStream::connect(addr).await.map(drop).map_err(|e| format!("the gateway process is not listening yet: {e}"))
+        })
+        .await;
+        let app = super::TestApp::attach(addr, db_url).await;
+        app.wait_healthy().await;
+        GatewayProcess { child, app }
+    }
+
+    /// SIGKILL: the gateway stops without a word to anyone.
+    pub fn kill(&mut self) {
+        self.child.start_kill().expect("killing the gateway");
+    }
+}
+
 mod tempfile_path {
     //! A file under the temp dir, removed on drop.
     pub struct TempFile(std::path::PathBuf);
