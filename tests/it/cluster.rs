@@ -22,13 +22,9 @@ async fn join_room(c: &mut Client, key: &str) -> String {
     let r = c.make_ref();
     let config = json!({"config": {"broadcast": {"self": false}, "presence": {"enabled": true, "key": key}, "postgres_changes": []}});
     c.send(Some(&r), &r, TOPIC, "phx_join", config).await;
-    loop {
-        let f = c.recv().await;
-        if f.event == "phx_reply" && f.msg_ref == json!(r) {
-            assert_eq!(f.payload["status"], "ok", "{}", f.payload);
-            return r;
-        }
-    }
+    let reply = c.reply_to(&r).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    r
 }
 
 async fn track(c: &mut Client, join_ref: &str, payload: Value) {

@@ -16,22 +16,12 @@ async fn presence(c: &mut Client, join_ref: &str, event: &str, payload: Value) -
     r
 }
 
-/// The reply to push `r`, skipping other frames.
-async fn reply_to(c: &mut Client, r: &str) -> Value {
-    loop {
-        let f = c.recv().await;
-        if f.event == "phx_reply" && f.msg_ref == json!(r) {
-            return f.payload;
-        }
-    }
-}
-
 /// Joins `TOPIC` with presence on under `key`; returns the join ref.
 async fn join_present(c: &mut Client, key: &str) -> String {
     let r = c.make_ref();
     let config = json!({"config": {"presence": {"enabled": true, "key": key}, "postgres_changes": []}});
     c.send(Some(&r), &r, TOPIC, "phx_join", config).await;
-    assert_eq!(reply_to(c, &r).await["status"], "ok");
+    assert_eq!(c.reply_to(&r).await["status"], "ok");
     r
 }
 
@@ -49,9 +39,9 @@ async fn a_track_whose_payload_is_not_a_map_gets_supabases_error_and_the_channel
     let mut c = Client::v2(&app, &app.anon()).await;
     let jr = join_present(&mut c, "ann").await;
     let r = presence(&mut c, &jr, "track", json!([1, 2])).await;
-    assert_eq!(reply_to(&mut c, &r).await, json!({"status": "error", "response": {"reason": "Presence track payload must be a map"}}));
+    assert_eq!(c.reply_to(&r).await, json!({"status": "error", "response": {"reason": "Presence track payload must be a map"}}));
     let r = presence(&mut c, &jr, "track", json!({"ok": true})).await;
-    assert_eq!(reply_to(&mut c, &r).await["status"], "ok");
+    assert_eq!(c.reply_to(&r).await["status"], "ok");
 }
 
 #[tokio::test]
@@ -61,7 +51,7 @@ async fn presence_calls_past_the_burst_close_the_channel_with_supabases_message(
     let jr = join_present(&mut c, "ann").await;
     for n in 0..5 {
         let r = presence(&mut c, &jr, "track", json!({ "n": n })).await;
-        assert_eq!(reply_to(&mut c, &r).await["status"], "ok", "call {n} is within the burst");
+        assert_eq!(c.reply_to(&r).await["status"], "ok", "call {n} is within the burst");
     }
     presence(&mut c, &jr, "track", json!({"n": 5})).await;
     shut_with(&mut c, "Client presence rate limit exceeded").await;
@@ -75,11 +65,11 @@ async fn payloads_over_the_limit_close_a_presence_channel_and_refuse_an_acked_br
     let r = c.make_ref();
     let config = json!({"config": {"broadcast": {"ack": true}, "presence": {"enabled": true, "key": "a"}, "postgres_changes": []}});
     c.send(Some(&r), &r, TOPIC, "phx_join", config).await;
-    reply_to(&mut c, &r).await;
+    c.reply_to(&r).await;
     let big = "x".repeat(2_000);
     let b = c.make_ref();
     c.send(Some(&r), &b, TOPIC, "broadcast", json!({"type": "broadcast", "event": "e", "payload": {"big": big}})).await;
-    assert_eq!(reply_to(&mut c, &b).await, json!({"status": "error", "response": {"error": "payload_size_exceeded"}}));
+    assert_eq!(c.reply_to(&b).await, json!({"status": "error", "response": {"error": "payload_size_exceeded"}}));
     presence(&mut c, &r, "track", json!({ "big": big })).await;
     shut_with(&mut c, "Track message size exceeded").await;
 }
@@ -101,7 +91,7 @@ async fn state_carries_the_join_ref_and_diffs_come_fastlane_to_both_serializers(
     next_event(&mut v1, "presence_state").await;
 
     let r = presence(&mut v2, &jr, "track", json!({"status": "here"})).await;
-    reply_to(&mut v2, &r).await;
+    v2.reply_to(&r).await;
     for c in [&mut v2, &mut v1] {
         let diff = next_event(c, "presence_diff").await;
         assert_eq!((&diff.join_ref, &diff.msg_ref), (&Value::Null, &Value::Null));
@@ -121,7 +111,7 @@ async fn an_empty_presence_key_gets_a_generated_one() {
     let mut c = Client::v2(&app, &app.anon()).await;
     let jr = join_present(&mut c, "").await;
     let r = presence(&mut c, &jr, "track", json!({"here": true})).await;
-    reply_to(&mut c, &r).await;
+    c.reply_to(&r).await;
     let diff = next_event(&mut c, "presence_diff").await;
     let keys: Vec<&String> = diff.payload["joins"].as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 1);

@@ -152,6 +152,11 @@ impl Client {
             payload["access_token"] = json!(t);
         }
         self.send(Some(&r), &r, &topic, "phx_join", payload).await;
+        self.reply_to(&r).await
+    }
+
+    /// The reply to push `r`, skipping other frames.
+    pub async fn reply_to(&mut self, r: &str) -> Value {
         loop {
             let f = self.recv().await;
             if f.event == "phx_reply" && f.msg_ref == json!(r) {
