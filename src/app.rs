@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::realtime::admission::Admission;
 use crate::realtime::broadcast_api::BroadcastApi;
-use crate::realtime::cluster::{self, Cluster, ClusterSink, PeerClock};
+use crate::realtime::cluster::Cluster;
 use crate::realtime::policies::PolicyCheck;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
@@ -248,20 +248,15 @@ async fn build_gateway(
     let tables = Tables::with_pool(pool.clone());
     let registry = Registry::with_metrics(config.limits.max_record_bytes, metrics.realtime.clone());
     // Other gateways on this database hear this one's presence and broadcasts through the log.
-    let node = uuid::Uuid::new_v4();
-    let (to_cluster, outgoing) = tokio::sync::mpsc::channel(cluster::QUEUE);
-    registry.set_cluster(to_cluster);
-    let peers = Arc::new(PeerClock::default());
-    let sink = Arc::new(ClusterSink::new(node, registry.clone(), peers.clone()));
+    let presence_timeout = Duration::from_secs(config.limits.presence_timeout_secs);
+    let (cluster, sink) = Cluster::new(pool.clone(), &registry, presence_timeout, live_rx.clone());
     let listener_config = ListenerConfig {
         poll: Duration::from_millis(config.limits.poll_ms.max(1)),
         retention: Duration::from_secs(config.limits.change_retention_secs),
         message_retention: Duration::from_secs(config.limits.message_retention_secs),
         batch: LISTENER_BATCH,
     };
-    let change_listener = Listener::new(pool.clone(), tables.clone(), sink, live_tx, listener_config);
-    let presence_timeout = Duration::from_secs(config.limits.presence_timeout_secs);
-    let cluster = Cluster::new(pool.clone(), registry.clone(), node, presence_timeout, outgoing, peers, live_rx.clone());
+    let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(sink), live_tx, listener_config);
     let keyring = Keyring::load(config.jwt_secret.as_ref().map(Secret::expose), key_source(&config.jwks, client)).await;
     let sockets = SocketContext {
         registry,

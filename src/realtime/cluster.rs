@@ -32,11 +32,11 @@ use crate::changes::change::{Change, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
 
 /// Outgoing presence changes and broadcasts waiting for the database, at most.
-pub const QUEUE: usize = 10_000;
+const QUEUE: usize = 10_000;
 
 /// When another gateway's heartbeat was last read (ms since the epoch; 0: never).
 #[derive(Debug, Default)]
-pub struct PeerClock(AtomicI64);
+struct PeerClock(AtomicI64);
 
 impl PeerClock {
     fn saw_now(&self) {
@@ -58,11 +58,6 @@ pub struct ClusterSink {
 }
 
 impl ClusterSink {
-    /// The sink of gateway `node`.
-    pub fn new(node: Uuid, registry: Registry, peers: Arc<PeerClock>) -> Self {
-        ClusterSink { node, registry, peers }
-    }
-
     fn peer_of(&self, row: &Map<String, Value>, field: &str) -> Option<Uuid> {
         let node = row.get(field)?.as_str()?.parse::<Uuid>().ok()?;
         (node != self.node).then_some(node)
@@ -190,17 +185,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Gateway `node`'s task: `outgoing` from its registry, `live` from its change listener.
-    pub fn new(
-        pool: PgPool,
-        registry: Registry,
-        node: Uuid,
-        timeout: Duration,
-        outgoing: mpsc::Receiver<Outgoing>,
-        peers: Arc<PeerClock>,
-        live: watch::Receiver<bool>,
-    ) -> Self {
-        Cluster { pool, registry, node, timeout: timeout.max(Duration::from_secs(1)), outgoing, peers, live, published: HashMap::new() }
+    /// This gateway's task, with a new node id, and the sink its change
+    /// listener delivers to. From now on `registry` hands its presence and
+    /// broadcasts to the task; `live` is the change listener's.
+    pub fn new(pool: PgPool, registry: &Registry, timeout: Duration, live: watch::Receiver<bool>) -> (Cluster, ClusterSink) {
+        let node = Uuid::new_v4();
+        let (to_cluster, outgoing) = mpsc::channel(QUEUE);
+        registry.set_cluster(to_cluster);
+        let peers = Arc::new(PeerClock::default());
+        let sink = ClusterSink { node, registry: registry.clone(), peers: Arc::clone(&peers) };
+        let timeout = timeout.max(Duration::from_secs(1));
+        let cluster = Cluster { pool, registry: registry.clone(), node, timeout, outgoing, peers, live, published: HashMap::new() };
+        (cluster, sink)
     }
 
     /// Runs until `cancel`, then deletes this gateway's rows (the others see its members leave at once).
