@@ -6,6 +6,12 @@
 //! repeat so drift in the machine hits them alike: no trigger (capture
 //! off); the naive way, an AFTER trigger that NOTIFYs the row as JSON on
 //! every commit; rowcast's capture trigger with the gateway reading the log.
+//! Then the alternatives, each into a log of the bench's own that nobody
+//! reads, to tell apart what the cost is made of: rowcast's trigger alone
+//! (the same insert and doorbell check against a busy listener's row; no
+//! reader competing for the cores), a lean row (table, op and key, no JSON),
+//! the full row into an unlogged table (no WAL; lost on a crash), and a
+//! statement-level trigger with a transition table.
 //! Reported per way and writer count: commits/s (median and spread over
 //! `--repeats`) and the ratio to capture off, taken within each repeat.
 
@@ -45,18 +51,67 @@ const SETUP: &str = "
 create table public.bench (id int primary key, user_id text not null, n int not null default 0);
 insert into public.bench select i, 'u' || (i % 100), 0 from generate_series(1, 10000) i;
 create function public.bench_notify() returns trigger language plpgsql as $$
-begin perform pg_notify('bench', row_to_json(new)::text); return null; end $$;";
+begin perform pg_notify('bench', row_to_json(new)::text); return null; end $$;
+create table public.bench_log (
+    id bigint generated always as identity (cache 1) primary key,
+    changed_at timestamptz not null default clock_timestamp(),
+    schema_name text not null, table_name text not null, op text not null,
+    owner text, record jsonb, old_record jsonb);
+create unlogged table public.bench_log_unlogged (
+    id bigint generated always as identity (cache 1) primary key,
+    changed_at timestamptz not null default clock_timestamp(),
+    schema_name text not null, table_name text not null, op text not null,
+    owner text, record jsonb, old_record jsonb);
+create table public.bench_log_lean (
+    id bigint generated always as identity (cache 1) primary key,
+    table_oid oid not null, op \"char\" not null, key text not null);
+create table public.bench_listeners (id uuid primary key, idle boolean not null, seen_at timestamptz not null);
+insert into public.bench_listeners values (gen_random_uuid(), false, now());
+create function public.bench_copy() returns trigger language plpgsql as $$
+declare new_row jsonb := to_jsonb(new);
+begin
+    insert into public.bench_log (schema_name, table_name, op, owner, record)
+    values (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, new_row->>'user_id', new_row);
+    if exists (select 1 from public.bench_listeners where idle and seen_at > now() - '30 seconds'::interval) then
+        perform pg_notify('bench', '');
+    end if;
+    return null;
+end $$;
+create function public.bench_copy_unlogged() returns trigger language plpgsql as $$
+declare new_row jsonb := to_jsonb(new);
+begin
+    insert into public.bench_log_unlogged (schema_name, table_name, op, owner, record)
+    values (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, new_row->>'user_id', new_row);
+    return null;
+end $$;
+create function public.bench_lean() returns trigger language plpgsql as $$
+begin
+    insert into public.bench_log_lean (table_oid, op, key) values (TG_RELID, 'U', new.id::text);
+    return null;
+end $$;
+create function public.bench_statement() returns trigger language plpgsql as $$
+begin
+    insert into public.bench_log (schema_name, table_name, op, owner, record)
+    select TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, n.user_id, to_jsonb(n) from new_rows n;
+    return null;
+end $$;";
 
-/// The three ways a table can be watched.
+/// The ways a table can be watched, or its changes logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Way {
     Off,
     Notify,
     Rowcast,
+    InsertOnly,
+    Lean,
+    Unlogged,
+    Statement,
 }
 
 impl Way {
-    const ALL: [Way; 3] = [Way::Off, Way::Notify, Way::Rowcast];
+    const ALL: [Way; 7] = [Way::Off, Way::Notify, Way::Rowcast, Way::InsertOnly, Way::Lean, Way::Unlogged, Way::Statement];
+    /// The ways compared with capture off.
+    const WATCHED: [Way; 6] = [Way::Notify, Way::Rowcast, Way::InsertOnly, Way::Lean, Way::Unlogged, Way::Statement];
 
     /// The way's name in figure names.
     fn key(self) -> &'static str {
@@ -64,6 +119,10 @@ impl Way {
             Way::Off => "off",
             Way::Notify => "notify",
             Way::Rowcast => "rowcast",
+            Way::InsertOnly => "insert_only",
+            Way::Lean => "lean_row",
+            Way::Unlogged => "unlogged",
+            Way::Statement => "statement_trigger",
         }
     }
 
@@ -72,24 +131,35 @@ impl Way {
             Way::Off => "capture off (no trigger)",
             Way::Notify => "NOTIFY of the row per commit (naive)",
             Way::Rowcast => "rowcast capture, gateway reading",
+            Way::InsertOnly => "rowcast's trigger alone, no reader",
+            Way::Lean => "lean log row (table, op, key), no reader",
+            Way::Unlogged => "full row into an unlogged log (lost on crash), no reader",
+            Way::Statement => "statement trigger, transition table, no reader",
         }
     }
 
     /// Switches the table to this way.
     async fn apply(self, pool: &PgPool) -> anyhow::Result<()> {
-        sqlx::raw_sql("drop trigger if exists naive on public.bench; select rowcast.disable('public.bench')").execute(pool).await?;
+        sqlx::raw_sql(
+            "drop trigger if exists alt on public.bench; select rowcast.disable('public.bench');
+             truncate public.bench_log, public.bench_log_unlogged, public.bench_log_lean",
+        )
+        .execute(pool)
+        .await?;
         sqlx::query("delete from rowcast.changes").execute(pool).await?;
-        match self {
-            Way::Off => {}
-            Way::Notify => {
-                sqlx::raw_sql("create trigger naive after update on public.bench for each row execute function public.bench_notify()")
-                    .execute(pool)
-                    .await?;
-            }
+        let trigger = match self {
+            Way::Off => return Ok(()),
             Way::Rowcast => {
                 sqlx::raw_sql("select rowcast.enable('public.bench', owner_column => 'user_id')").execute(pool).await?;
+                return Ok(());
             }
-        }
+            Way::Notify => "for each row execute function public.bench_notify()",
+            Way::InsertOnly => "for each row execute function public.bench_copy()",
+            Way::Lean => "for each row execute function public.bench_lean()",
+            Way::Unlogged => "for each row execute function public.bench_copy_unlogged()",
+            Way::Statement => "referencing new table as new_rows for each statement execute function public.bench_statement()",
+        };
+        sqlx::raw_sql(&format!("create trigger alt after update on public.bench {trigger}")).execute(pool).await?;
         Ok(())
     }
 }
@@ -103,7 +173,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
         "single-row UPDATE by primary key of public.bench (10,000 rows), writers {:?}, {} s each, {} repeats, ways interleaved",
         args.writers, args.secs, args.repeats
     );
-    let mut rec = record("writer-cost", "writer-cost: commits/s with capture off, naive NOTIFY, rowcast capture", &stack, params);
+    let mut rec = record("writer-cost", "writer-cost: commits/s with capture off, naive NOTIFY, rowcast capture and alternatives", &stack, params);
     let mut runs: BTreeMap<(Way, usize), Vec<f64>> = BTreeMap::new();
     let bar = crate::progress::bar((args.repeats * Way::ALL.len() * args.writers.len()) as u64, "writer runs");
     for _ in 0..args.repeats {
@@ -126,7 +196,7 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     }
     rec.chart(c);
     for &w in &args.writers {
-        for way in [Way::Notify, Way::Rowcast] {
+        for way in Way::WATCHED {
             let (lo, mid, _) = ratios(&runs, way, w);
             rec.figure(&format!("{}_share_{w}_writers_median", way.key()), mid);
             rec.figure(&format!("{}_share_{w}_writers_min", way.key()), lo);
