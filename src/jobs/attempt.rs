@@ -6,7 +6,6 @@
 //! write matches no row and the attempt stops without touching it. Finished
 //! steps are memoized in `rowcast.job_steps`, so a retry resumes after them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use super::batch::{CompleteWrite, StepWrite, WriteError, Writes};
 use super::config::JobType;
 use super::hooks;
 use super::model::{Job, COLUMNS};
-use super::steps::{backoff, random_unit, Outcome, StepHandler};
+use super::steps::{backoff, random_unit, Outcome, StepHandler, StepResult};
 use crate::metrics;
 
 /// What an attempt needs besides the job itself.
@@ -93,48 +92,42 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Map<String, Valu
             }),
         };
         match outcome {
-            Outcome::Step { id, output, progress, message, broadcasts } => {
-                let write = StepWrite {
-                    job: job.id,
-                    attempt: job.attempts,
-                    step: id.clone(),
-                    seq: steps.len() as i32,
-                    output: output.clone(),
-                    progress,
-                    message,
-                    broadcasts: Value::Array(broadcasts),
-                };
-                if !ctx.writes.store_step(write).await? {
+            Outcome::Step(step) => {
+                let (id, output) = (step.id.clone(), step.output.clone());
+                if !ctx.writes.store_step(step_write(job, steps.len(), step)).await? {
                     return Ok(());
                 }
                 steps.insert(id, output);
             }
-            Outcome::Done { output } => return finish(ctx, job, Transition::Complete(output)).await,
+            Outcome::Done { output, last } => {
+                let last = last.map(|step| step_write(job, steps.len(), step));
+                return finish(ctx, job, Transition::Complete(output, last)).await;
+            }
             Outcome::Fail { message } => return finish(ctx, job, Transition::Fail(message)).await,
             Outcome::Retry { message, after } => return finish(ctx, job, Transition::Retry(message, after)).await,
         }
     }
 }
 
-/// The finished steps of each of `jobs`, in order, in one query.
-pub async fn load_steps(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Map<String, Value>>, sqlx::Error> {
-    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
-    let rows: Vec<(Uuid, String, Option<Value>)> =
-        sqlx::query_as("select job_id, step_id, output from rowcast.job_steps where job_id = any($1) order by job_id, seq")
-            .bind(&ids)
-            .fetch_all(pool)
-            .await?;
-    let mut steps: HashMap<Uuid, Map<String, Value>> = HashMap::new();
-    for (job, id, output) in rows {
-        steps.entry(job).or_default().insert(id, output.unwrap_or(Value::Null));
+/// The write storing `step` as this attempt's step number `seq`.
+fn step_write(job: &Job, seq: usize, step: StepResult) -> StepWrite {
+    StepWrite {
+        job: job.id,
+        attempt: job.attempts,
+        step: step.id,
+        seq: seq as i32,
+        output: step.output,
+        progress: step.progress,
+        message: step.message,
+        broadcasts: Value::Array(step.broadcasts),
     }
-    Ok(steps)
 }
 
 /// How an attempt ends: completions go through `batch`, the rarer two
 /// through the statements below.
 enum Transition {
-    Complete(Value),
+    /// The output, and the last step when it came with it (stored in the same write).
+    Complete(Value, Option<StepWrite>),
     Fail(String),
     Retry(String, Option<Duration>),
 }
@@ -171,8 +164,8 @@ async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), At
     let m = &ctx.metrics;
     let of_type = metrics::JobType::of(&job.job_type);
     match t {
-        Transition::Complete(output) => {
-            let ended = ctx.writes.complete(CompleteWrite { job: job.id, attempt: job.attempts, output }).await?;
+        Transition::Complete(output, last) => {
+            let ended = ctx.writes.complete(CompleteWrite { job: job.id, attempt: job.attempts, output, last }).await?;
             if ended_as(job, ended).is_some() {
                 m.completed.get_or_create(&of_type).inc();
             }

@@ -40,11 +40,13 @@ pub struct StepWrite {
     pub broadcasts: Value,
 }
 
-/// A completion: running -> completed with `output`.
+/// A completion: running -> completed with `output`, storing the step
+/// that finished the job when the handler's answer carried one.
 pub struct CompleteWrite {
     pub job: Uuid,
     pub attempt: i32,
     pub output: Value,
+    pub last: Option<StepWrite>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
@@ -156,21 +158,46 @@ async fn store_steps(pool: PgPool, writes: Vec<StepWrite>) -> Result<Vec<bool>, 
     Ok(writes.iter().map(|w| live.contains(&w.job)).collect())
 }
 
-/// Completes the jobs of one batch and drops their leases.
+/// Completes the jobs of one batch and drops their leases; a completion
+/// carrying its last step also stores that step (its message on the job,
+/// its broadcasts sent if the row is new), as `store_steps` would, in the
+/// same statement.
 async fn complete(pool: PgPool, writes: Vec<CompleteWrite>) -> Result<Vec<Option<Job>>, sqlx::Error> {
+    fn last(w: &CompleteWrite) -> Option<&StepWrite> {
+        w.last.as_ref()
+    }
     let rows: Vec<Job> = sqlx::query_as(&format!(
-        "with input as (select * from unnest($1::uuid[], $2::int[], $3::jsonb[]) as i(id, attempt, output)),
+        "with input as (
+            select * from unnest($1::uuid[], $2::int[], $3::jsonb[], $4::text[], $5::int[], $6::jsonb[], $7::text[], $8::jsonb[])
+                as i(id, attempt, output, step, seq, step_output, message, broadcasts)),
          moved as (
-            update rowcast.jobs j set status = 'completed', progress = 100, output = i.output, error = null, completed_at = now()
+            update rowcast.jobs j set status = 'completed', progress = 100, output = i.output, error = null, completed_at = now(),
+                message = coalesce(i.message, j.message)
             from input i where j.id = i.id and j.status = 'running' and j.attempts = i.attempt returning j.*),
-         freed as (delete from rowcast.job_leases l using moved m where l.job_id = m.id and l.attempt = m.attempts)
+         freed as (delete from rowcast.job_leases l using moved m where l.job_id = m.id and l.attempt = m.attempts),
+         stored as (
+            insert into rowcast.job_steps (job_id, step_id, seq, output)
+            select i.id, i.step, i.seq, i.step_output from input i join moved m on m.id = i.id where i.step is not null
+            on conflict (job_id, step_id) do nothing returning job_id),
+         sent as (
+            insert into realtime.messages (topic, event, payload, private, extension)
+            select b->>'topic', b->>'event', b->'payload', (b->>'private')::boolean, 'broadcast'
+            from input i join stored s on s.job_id = i.id, jsonb_array_elements(i.broadcasts) b returning 1)
          select {COLUMNS} from moved"
     ))
     .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
     .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
     .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| last(w).map(|l| l.step.as_str())).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| last(w).map(|l| l.seq)).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| last(w).map(|l| &l.output)).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| last(w).and_then(|l| l.message.as_deref())).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| last(w).map_or(&EMPTY, |l| &l.broadcasts)).collect::<Vec<_>>())
     .fetch_all(&pool)
     .await?;
     let mut by_id: HashMap<Uuid, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
     Ok(writes.iter().map(|w| by_id.remove(&w.job)).collect())
 }
+
+/// No broadcasts.
+static EMPTY: Value = Value::Array(Vec::new());

@@ -10,7 +10,7 @@
 //! runners can share a database.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -155,19 +155,10 @@ impl Runner {
                 Ok(jobs) if jobs.is_empty() => idle_types += 1,
                 Ok(jobs) => {
                     idle_types = 0;
-                    let mut steps = match attempt::load_steps(&self.pool, &jobs).await {
-                        Ok(steps) => steps,
-                        // Claimed but not started: their leases expire and the rescue hands them back.
-                        Err(e) => {
-                            warn!(error = %e, "loading claimed jobs' steps failed; their leases will expire");
-                            return;
-                        }
-                    };
-                    for job in jobs {
+                    for Claimed { job, steps } in jobs {
                         // Only this loop takes permits, so the ones counted free are still there.
                         let permit = self.slots.clone().try_acquire_owned().expect("a slot counted free is free");
-                        let done = steps.remove(&job.id).unwrap_or_default();
-                        self.start(tasks, name, job, done, permit, draining, abort);
+                        self.start(tasks, name, job, steps.0, permit, draining, abort);
                     }
                 }
                 Err(e) => {
@@ -204,9 +195,10 @@ impl Runner {
         });
     }
 
-    /// Up to `max` runnable jobs of `job_type`, claimed in one statement.
-    async fn claim(&self, job_type: &str, max: usize) -> Result<Vec<Job>, sqlx::Error> {
-        sqlx::query_as(&format!("select {COLUMNS} from rowcast.claim_batch($1, $2, $3, $4)"))
+    /// Up to `max` runnable jobs of `job_type`, claimed in one statement
+    /// that also returns the steps earlier attempts finished.
+    async fn claim(&self, job_type: &str, max: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+        sqlx::query_as(&CLAIM)
             .bind(job_type)
             .bind(&self.worker)
             .bind(self.config.runner.lease.as_secs_f64())
@@ -227,6 +219,27 @@ impl Runner {
         info!("job runner stopped");
     }
 }
+
+/// A claimed job and the outputs of the steps its earlier attempts stored.
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    #[sqlx(flatten)]
+    job: Job,
+    steps: sqlx::types::Json<Map<String, Value>>,
+}
+
+/// The claim and the claimed jobs' stored steps in one round trip. The steps
+/// are read under the statement's snapshot, taken before the claim: a step
+/// could only be missing if an expired attempt stored it in the
+/// microseconds between that snapshot and the claim, and it is then run
+/// again, which steps allow (at least once).
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select {COLUMNS}, coalesce((select jsonb_object_agg(s.step_id, s.output) from rowcast.job_steps s where s.job_id = c.id), '{{}}')
+             as steps
+         from rowcast.claim_batch($1, $2, $3, $4) c"
+    )
+});
 
 /// The next notification; `None` (and the listener dropped) when its connection failed.
 async fn next_note(listener: &mut Option<PgListener>) -> Option<sqlx::postgres::PgNotification> {

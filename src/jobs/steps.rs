@@ -6,6 +6,8 @@
 //! "<t>.<body>">`. The handler re-runs its code from the top, returns
 //! memoized outputs for steps in `steps`, runs the first missing step and
 //! answers `{step: {id, output}, progress?, message?, broadcast?}`, `{done: true, output}`,
+//! both at once when the step it ran was the last (`{step, ..., done: true,
+//! output}`: stored with the completion in one write, one round trip fewer),
 //! `{error: {message, retriable: false}}`, or a retriable error (5xx, 408,
 //! 429, a timeout, or `{error: {message, retry_after_ms?}}`).
 //! `broadcast` is a list of `{topic, event, payload, private?}` sent when the
@@ -25,13 +27,24 @@ use tokio_util::sync::CancellationToken;
 use super::model::Job;
 use crate::config::Secret;
 
+/// A finished step, as the handler reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    pub id: String,
+    pub output: Value,
+    pub progress: Option<i32>,
+    pub message: Option<String>,
+    /// `{topic, event, payload, private}` each, sent when the step is stored.
+    pub broadcasts: Vec<Value>,
+}
+
 /// What one call answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A step finished: store it (and send its broadcasts), then call again.
-    Step { id: String, output: Value, progress: Option<i32>, message: Option<String>, broadcasts: Vec<Value> },
-    /// The job finished.
-    Done { output: Value },
+    Step(StepResult),
+    /// The job finished, with the step that finished it when the same answer carried one.
+    Done { output: Value, last: Option<StepResult> },
     /// Fail now, whatever attempts are left.
     Fail { message: String },
     /// Retry this step after a backoff (or after `after`).
@@ -166,13 +179,19 @@ fn interpret(status: u16, answer: Option<Answer>, retry_after: Option<Duration>)
         }
         _ if retriable_status => Outcome::Retry { message: format!("step handler answered {status}"), after: retry_after },
         _ if status >= 400 => Outcome::Fail { message: format!("step handler answered {status}") },
-        Some(Answer { step: Some(step), progress, message, broadcast, .. }) => match broadcasts(broadcast) {
+        Some(Answer { step: Some(step), progress, message, broadcast, done, output, .. }) => match broadcasts(broadcast) {
             Ok(broadcasts) => {
-                Outcome::Step { id: step.id, output: step.output, progress: progress.map(|p| p.clamp(0, 100)), message, broadcasts }
+                let step =
+                    StepResult { id: step.id, output: step.output, progress: progress.map(|p| p.clamp(0, 100)), message, broadcasts };
+                if done {
+                    Outcome::Done { output: output.unwrap_or(Value::Null), last: Some(step) }
+                } else {
+                    Outcome::Step(step)
+                }
             }
             Err(message) => Outcome::Fail { message },
         },
-        Some(Answer { done: true, output, .. }) => Outcome::Done { output: output.unwrap_or(Value::Null) },
+        Some(Answer { done: true, output, .. }) => Outcome::Done { output: output.unwrap_or(Value::Null), last: None },
         _ => Outcome::Retry { message: format!("step handler answered {status} without step, done or error"), after: None },
     }
 }
@@ -186,8 +205,9 @@ async fn demo(job: &Job, steps: &Map<String, Value>, cancel: &CancellationToken)
     let total = job.input.get("steps").and_then(Value::as_u64).unwrap_or(default_steps).clamp(1, 1000);
     let step_ms = job.input.get("step_ms").and_then(Value::as_u64).unwrap_or(default_ms);
     let done = steps.len() as u64;
+    let output = json!({"steps": total, "mode": mode});
     if done >= total {
-        return Outcome::Done { output: json!({"steps": total, "mode": mode}) };
+        return Outcome::Done { output, last: None };
     }
     let next = done + 1;
     match (mode, next, job.attempts) {
@@ -196,13 +216,19 @@ async fn demo(job: &Job, steps: &Map<String, Value>, cancel: &CancellationToken)
         ("retryfail", 1, _) => return Outcome::Retry { message: "demo failure: this step fails every time".into(), after: None },
         _ => {}
     }
-    tokio::select! {
-        // Cancelled (user, timeout or shutdown): stop the work at once.
-        _ = cancel.cancelled() => return Outcome::Retry { message: "step interrupted".into(), after: None },
-        // The step's "work".
-        _ = tokio::time::sleep(Duration::from_millis(step_ms)) => {}
+    if cancel.is_cancelled() {
+        return Outcome::Retry { message: "step interrupted".into(), after: None };
     }
-    Outcome::Step {
+    // A 0 ms step takes no timer tick (a sleep of 0 still waits for the next millisecond).
+    if step_ms > 0 {
+        tokio::select! {
+            // Cancelled (user, timeout or shutdown): stop the work at once.
+            _ = cancel.cancelled() => return Outcome::Retry { message: "step interrupted".into(), after: None },
+            // The step's "work".
+            _ = tokio::time::sleep(Duration::from_millis(step_ms)) => {}
+        }
+    }
+    let step = StepResult {
         id: format!("step-{next}"),
         output: json!({"finished_at": chrono::Utc::now()}),
         progress: Some((next * 100 / total) as i32),
@@ -212,6 +238,12 @@ async fn demo(job: &Job, steps: &Map<String, Value>, cancel: &CancellationToken)
             .then(|| json!({"topic": format!("job:{}", job.id), "event": "activity", "payload": {"text": activity(next + 1)}, "private": false}))
             .into_iter()
             .collect(),
+    };
+    // The last step finishes the job in the same answer, as an HTTP handler may.
+    if next == total {
+        Outcome::Done { output, last: Some(step) }
+    } else {
+        Outcome::Step(step)
     }
 }
 
@@ -243,11 +275,13 @@ mod tests {
 
     #[test]
     fn answers_map_to_outcomes() {
+        let step = StepResult { id: "a".into(), output: json!(1), progress: Some(100), message: Some("m".into()), broadcasts: vec![] };
+        assert_eq!(parse(200, json!({"step": {"id": "a", "output": 1}, "progress": 150, "message": "m"})), Outcome::Step(step.clone()));
+        assert_eq!(parse(200, json!({"done": true, "output": {"x": 1}})), Outcome::Done { output: json!({"x": 1}), last: None });
         assert_eq!(
-            parse(200, json!({"step": {"id": "a", "output": 1}, "progress": 150, "message": "m"})),
-            Outcome::Step { id: "a".into(), output: json!(1), progress: Some(100), message: Some("m".into()), broadcasts: vec![] }
+            parse(200, json!({"step": {"id": "a", "output": 1}, "progress": 150, "message": "m", "done": true, "output": 2})),
+            Outcome::Done { output: json!(2), last: Some(step) }
         );
-        assert_eq!(parse(200, json!({"done": true, "output": {"x": 1}})), Outcome::Done { output: json!({"x": 1}) });
         assert_eq!(parse(200, json!({"error": {"message": "bad", "retriable": false}})), Outcome::Fail { message: "bad".into() });
         assert_eq!(
             parse(200, json!({"error": {"message": "later", "retry_after_ms": 1500}})),

@@ -110,6 +110,45 @@ async fn http_steps_are_signed_and_memoized_and_a_retry_skips_finished_steps() {
 }
 
 #[tokio::test]
+async fn a_last_step_answered_with_done_is_stored_with_the_completion_in_one_row_change() {
+    let handler = StepServer::start(|call: &Call| match call.next_step() {
+        1 => Reply::Now(200, step(1, 2, json!("first"))),
+        _ => {
+            let mut last = step(2, 2, json!("second"));
+            last["done"] = json!(true);
+            last["output"] = json!({"ok": 2});
+            last["broadcast"] = json!([{"topic": "done-topic", "event": "finished", "payload": {"n": 2}}]);
+            Reply::Now(200, last)
+        }
+    })
+    .await;
+    let app = spawn_jobs_app(&http_type("folded", &handler.url, "")).await;
+    let row = app.enqueue("alice", json!({"type": "folded"})).await;
+    let done = app.wait_job(&id(&row), |j| j["status"] == "completed").await;
+    assert_eq!(
+        (done["output"].clone(), done["progress"].as_i64(), done["message"].as_str()),
+        (json!({"ok": 2}), Some(100), Some("step 2 of 2"))
+    );
+    let steps: Value = sqlx::query_scalar("select jsonb_object_agg(step_id, output) from rowcast.job_steps where job_id = $1::uuid")
+        .bind(id(&row))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(steps, json!({"s1": "first", "s2": "second"}), "the last step is stored like any other");
+    let updates: i64 = sqlx::query_scalar(
+        "select count(*) from rowcast.changes where schema_name = 'rowcast' and table_name = 'jobs' and op = 'UPDATE' and record->>'id' = $1",
+    )
+    .bind(id(&row))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(updates, 3, "claim, step 1, then step 2 with the completion in one write");
+    let sent: i64 =
+        sqlx::query_scalar("select count(*) from realtime.messages where topic = 'done-topic'").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(sent, 1, "the last step's broadcast is sent once");
+}
+
+#[tokio::test]
 async fn a_non_retriable_error_fails_at_once_and_runs_the_failure_hook() {
     let handler = StepServer::start(|_: &Call| Reply::Now(200, json!({"error": {"message": "bad input", "retriable": false}}))).await;
     let app = spawn_jobs_app(&format!("{}on_failure = \"job:demo\"\n", http_type("strict", &handler.url, "max_attempts = 5"))).await;

@@ -38,7 +38,7 @@ test('every status, progress and message change of a job reaches subscribers fil
     ['running', 25, 'step 1 of 4'],
     ['running', 50, 'step 2 of 4'],
     ['running', 75, 'step 3 of 4'],
-    ['running', 100, 'step 4 of 4'],
+    // The last step is stored with the completion, in one row change.
     ['completed', 100, 'step 4 of 4'],
   ]
   for (const recorder of [byId.changes[0], byUser.changes[0]]) {
