@@ -173,7 +173,8 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
         "single-row UPDATE by primary key of public.bench (10,000 rows), writers {:?}, {} s each, {} repeats, ways interleaved",
         args.writers, args.secs, args.repeats
     );
-    let mut rec = record("writer-cost", "writer-cost: commits/s with capture off, naive NOTIFY, rowcast capture and alternatives", &stack, params);
+    let mut rec =
+        record("writer-cost", "writer-cost: commits/s with capture off, naive NOTIFY, rowcast capture and alternatives", &stack, params);
     let mut runs: BTreeMap<(Way, usize), Vec<f64>> = BTreeMap::new();
     let bar = crate::progress::bar((args.repeats * Way::ALL.len() * args.writers.len()) as u64, "writer runs");
     for _ in 0..args.repeats {
