@@ -201,6 +201,9 @@ impl Listener {
         // The reader's own writes (flag, cursor, fences) need no durability wait.
         sqlx::query("set synchronous_commit = off").execute(&mut conn).await?;
         sqlx::query("set application_name = 'rowcast-listener'").execute(&mut conn).await?;
+        // Plan each read for the log as it is now, never with a plan kept from when it was
+        // nearly empty (migration 0013 says the same for rowcast.read_pass).
+        sqlx::query("set plan_cache_mode = force_custom_plan").execute(&mut conn).await?;
         self.tables.reload(&mut conn).await?;
         if self.window.is_none() {
             // Start at the newest change, but keep watching ids just below it that

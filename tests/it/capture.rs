@@ -213,6 +213,32 @@ async fn a_read_pass_touches_only_the_rows_it_returns_however_long_the_log() {
 }
 
 #[tokio::test]
+async fn a_read_pass_first_run_on_a_nearly_empty_log_does_not_scan_the_log_once_it_has_grown() {
+    let app = spawn_app().await;
+    app.owned_table("todos").await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    // Enough calls on a tiny log for PL/pgSQL to settle on a plan, as a new gateway's reader does.
+    for _ in 0..10 {
+        sqlx::query("select rows from rowcast.read_pass(0, '{1}', 1000)").execute(&mut *conn).await.unwrap();
+    }
+    app.sql("insert into todos (user_id) select 'u' from generate_series(1, 20000)").await;
+    let top: i64 = scalar(&app.pool, "select max(id) from rowcast.changes").await;
+    sqlx::query("begin").execute(&mut *conn).await.unwrap();
+    sqlx::query("select rows from rowcast.read_pass($1, array[$2], 1000)")
+        .bind(top - 10)
+        .bind(top - 15_000)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let (seq_scans,): (i64,) = sqlx::query_as("select seq_scan from pg_stat_xact_user_tables where relid = 'rowcast.changes'::regclass")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("commit").execute(&mut *conn).await.unwrap();
+    assert_eq!(seq_scans, 0, "a pass with one gap id read the 20,000-row log from end to end");
+}
+
+#[tokio::test]
 async fn the_one_call_read_pass_returns_what_read_returns_up_to_the_sequence() {
     use rowcast::changes::listener::{READ, READ_PASS};
     let app = spawn_app().await;
