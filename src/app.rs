@@ -86,6 +86,8 @@ pub struct AppConfig {
     pub web_dir: PathBuf,
     /// Private-channel rights from the config file; empty: the RLS policies decide.
     pub topic_rules: TopicRules,
+    /// Extra CA certificates (PEM) the HTTP client trusts besides the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AppConfig {
@@ -103,6 +105,7 @@ impl AppConfig {
             demo: false,
             web_dir: PathBuf::from("web-demo"),
             topic_rules: TopicRules::default(),
+            ca_file: None,
         }
     }
 }
@@ -142,7 +145,7 @@ impl App {
         migrate(&pool).await?;
         // Already installed (a second app in one process) is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder().connect_timeout(HTTP_CONNECT_TIMEOUT).build().context("building the HTTP client")?;
+        let client = http_client(config.ca_file.as_deref())?;
         let jobs = Arc::new(config.jobs.clone());
         let metrics = Metrics::new();
         let runner = if config.runner {
@@ -357,6 +360,19 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .connect(url)
         .await
         .context("connecting to the database (is DATABASE_URL right?)")
+}
+
+/// The client for step calls, hooks and JWKS: http, or https verified
+/// against the system's roots and the certificates in `ca_file`.
+fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().connect_timeout(HTTP_CONNECT_TIMEOUT);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading the CA file {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("the CA file {} is not PEM", path.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "the CA file {} holds no certificate", path.display());
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().context("building the HTTP client")
 }
 
 /// Applies the embedded migrations; safe to repeat.

@@ -299,6 +299,10 @@ pub struct ServeArgs {
     pub gateway: GatewayArgs,
     #[command(flatten)]
     pub jobs: JobsArgs,
+    /// PEM file of extra CA certificates trusted for https calls (step handlers, failure hooks,
+    /// JWKS), besides the system's roots: for handlers behind a private CA.
+    #[arg(long, env = "ROWCAST_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Do not run the job runner in this process (gateway only).
     #[arg(long, env = "ROWCAST_NO_RUNNER")]
     pub no_runner: bool,

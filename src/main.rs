@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(a) => {
             let mut config = AppConfig::new(a.db.database_url.expose(), a.gateway.listen, a.gateway.jwt_secret);
             config.jwks = a.gateway.jwks;
+            config.ca_file = a.ca_file;
             config.limits = a.gateway.limits;
             config.jobs = app::jobs_config(a.jobs.config.as_deref(), a.jobs.demo_jobs)?;
             config.topic_rules = app::topic_rules(a.jobs.config.as_deref())?;

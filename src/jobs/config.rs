@@ -3,7 +3,7 @@
 //! ```toml
 //! signing_secret = "..."          # HMAC key for HTTP step calls
 //! [jobs.summarize]
-//! url = "http://127.0.0.1:8080/steps"   # or builtin = "demo"
+//! url = "http://127.0.0.1:8080/steps"   # or https://..., or builtin = "demo"
 //! max_attempts = 5
 //! backoff_base = "1s"
 //! backoff_max = "10m"
@@ -13,7 +13,7 @@
 //! rate_limit = "10/1m"            # starts per user per window
 //! max_active_per_user = 5         # pending + running, checked at enqueue
 //! enqueue = "user"                # or "service"
-//! on_failure = "job:notify"       # or an http:// URL
+//! on_failure = "job:notify"       # or an http:// or https:// URL
 //! pending_timeout = "1h"
 //! running_timeout = "1h"
 //! [[cron]]
@@ -199,9 +199,10 @@ struct RawRunner {
     shutdown_grace: Option<String>,
 }
 
-/// This build's HTTP client has no TLS (it keeps the build free of a C crypto library).
-const TLS_UNSUPPORTED: &str =
-    "{url}: https is not supported by this build; put the handler behind a local TLS-terminating proxy and use http://";
+/// Whether `url` is one the HTTP client calls (http, or https through rustls).
+fn is_http(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
 
 /// The built-in demo type, as `--demo-jobs` adds it.
 pub const DEMO_TYPE: &str = r#"
@@ -299,7 +300,7 @@ fn unsigned_http(types: &BTreeMap<String, JobType>) -> Result<(), ConfigError> {
             let what = if step { "its step handler" } else { "its on_failure hook" };
             return Err(ConfigError::Type(
                 name.clone(),
-                format!("{what} is an http:// URL but signing_secret is not set: set a top-level signing_secret so the handler can verify each call"),
+                format!("{what} is an HTTP URL but signing_secret is not set: set a top-level signing_secret so the handler can verify each call"),
             ));
         }
     }
@@ -311,9 +312,8 @@ fn job_type(name: &str, t: RawType) -> Result<JobType, String> {
         return Err("`bulk` is reserved for bulk-enqueue parents".into());
     }
     let handler = match (t.url, t.builtin) {
-        (Some(url), None) if url.starts_with("http://") => Handler::Http(url),
-        (Some(url), None) if url.starts_with("https://") => return Err(TLS_UNSUPPORTED.replace("{url}", &url)),
-        (Some(url), None) => return Err(format!("url {url:?} must start with http://")),
+        (Some(url), None) if is_http(&url) => Handler::Http(url),
+        (Some(url), None) => return Err(format!("url {url:?} must start with http:// or https://")),
         (None, Some(b)) if b == "demo" => Handler::Builtin(b),
         (None, Some(b)) => return Err(format!("unknown builtin {b:?} (the one builtin is \"demo\")")),
         _ => return Err("give exactly one of `url` or `builtin`".into()),
@@ -324,9 +324,8 @@ fn job_type(name: &str, t: RawType) -> Result<JobType, String> {
     };
     let on_failure = t.on_failure.map(|f| match f.strip_prefix("job:") {
         Some(job) => Ok(OnFailure::Job(job.to_owned())),
-        None if f.starts_with("http://") => Ok(OnFailure::Http(f)),
-        None if f.starts_with("https://") => Err(TLS_UNSUPPORTED.replace("{url}", &f)),
-        None => Err(format!("on_failure {f:?}: use \"job:<type>\" or an http:// URL")),
+        None if is_http(&f) => Ok(OnFailure::Http(f)),
+        None => Err(format!("on_failure {f:?}: use \"job:<type>\" or an http:// or https:// URL")),
     });
     Ok(JobType {
         name: name.to_owned(),
@@ -411,7 +410,10 @@ mod tests {
         let err = |t: &str| JobsConfig::parse(t).unwrap_err().to_string();
         assert!(err("[jobs.a]\nmax_attempts = 3").contains("exactly one of `url` or `builtin`"));
         assert!(err("[jobs.a]\nurl = \"ftp://x\"").contains("must start with http"));
-        assert!(err("[jobs.a]\nurl = \"https://x\"").contains("https is not supported"));
+        assert!(
+            JobsConfig::parse("signing_secret = \"s\"\n[jobs.a]\nurl = \"https://x.example/steps\"").is_ok(),
+            "https step URLs are accepted"
+        );
         assert!(err("[jobs.a]\nbuiltin = \"demo\"\nrate_limit = \"ten\"").contains("rate_limit"));
         assert!(err("[jobs.a]\nbuiltin = \"demo\"\nbogus = 1").contains("bogus"));
         assert!(err("[jobs.a]\nbuiltin = \"demo\"\n[[cron]]\nschedule = \"nope\"\ntype = \"a\"").contains("schedule"));

@@ -15,6 +15,7 @@ mod example_handler;
 mod faults;
 mod fuzz;
 mod hardening;
+mod https;
 mod interop;
 mod jobs_api;
 mod jobs_runners;

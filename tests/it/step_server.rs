@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
 use crate::harness::WAIT;
@@ -59,6 +59,8 @@ pub enum Event {
     Answered,
     /// The client closed the connection before the answer.
     Dropped { job: String, step: usize },
+    /// A TLS handshake failed (https servers only).
+    Handshake(String),
 }
 
 /// The running server.
@@ -100,8 +102,18 @@ pub fn program(steps: usize) -> impl Fn(&Call) -> Reply + Send + Sync {
 impl StepServer {
     /// Starts a server answering with `script`.
     pub async fn start(script: impl Fn(&Call) -> Reply + Send + Sync + 'static) -> StepServer {
+        StepServer::start_on(None, script).await
+    }
+
+    /// Starts an https server (TLS by `tls`, at `https://localhost:<port>/steps`) answering with `script`.
+    pub async fn start_tls(tls: tokio_rustls::TlsAcceptor, script: impl Fn(&Call) -> Reply + Send + Sync + 'static) -> StepServer {
+        StepServer::start_on(Some(tls), script).await
+    }
+
+    async fn start_on(tls: Option<tokio_rustls::TlsAcceptor>, script: impl Fn(&Call) -> Reply + Send + Sync + 'static) -> StepServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/steps", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = if tls.is_some() { format!("https://localhost:{port}/steps") } else { format!("http://127.0.0.1:{port}/steps") };
         let (tx, events) = mpsc::unbounded_channel();
         let load = Arc::new(Mutex::new(Load::default()));
         let script: Script = Arc::new(script);
@@ -109,7 +121,16 @@ impl StepServer {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (tx, load, script) = shared.clone();
-                tokio::spawn(serve(stream, tx, load, script));
+                match tls.clone() {
+                    None => drop(tokio::spawn(serve(stream, tx, load, script))),
+                    Some(tls) => drop(tokio::spawn(async move {
+                        // A failed handshake (an untrusted certificate) is reported as a dropped connection.
+                        match tls.accept(stream).await {
+                            Ok(stream) => serve(stream, tx, load, script).await,
+                            Err(e) => drop(tx.send(Event::Handshake(e.to_string()))),
+                        }
+                    })),
+                }
             }
         });
         StepServer { url, events, load }
@@ -146,7 +167,7 @@ impl StepServer {
     }
 }
 
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Option<String>, String)> {
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<(Option<String>, String)> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -175,7 +196,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Opti
     }
 }
 
-async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<Event>, load: Arc<Mutex<Load>>, script: Script) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, tx: mpsc::UnboundedSender<Event>, load: Arc<Mutex<Load>>, script: Script) {
     let mut buf = Vec::new();
     while let Some((signature, body)) = read_request(&mut stream, &mut buf).await {
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -205,7 +226,7 @@ async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<Event>, load: Ar
 }
 
 /// Waits for `until`; false if the client closed the connection first.
-async fn wait_or_gone(stream: &mut TcpStream, until: impl std::future::Future<Output = ()>) -> bool {
+async fn wait_or_gone<S: AsyncRead + Unpin>(stream: &mut S, until: impl std::future::Future<Output = ()>) -> bool {
     let mut probe = [0u8; 1];
     tokio::select! {
         _ = until => true,
