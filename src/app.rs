@@ -31,11 +31,14 @@ use tracing::info;
 use crate::auth::{ClaimPath, Minter};
 use crate::changes::listener::{Listener, ListenerConfig};
 use crate::changes::tables::Tables;
-use crate::config::{DatabaseUrl, JwksArgs, Limits, Secret};
+use crate::config::{DatabaseUrl, InngestArgs, JwksArgs, Limits, Secret};
 use crate::http::{self, AppState};
 use crate::jobs::config::JobsConfig;
 use crate::jobs::handlers::JobsState;
 use crate::jobs::hooks::Hooks;
+use crate::jobs::inngest::keys::SigningKey;
+use crate::jobs::inngest::sync::{self as inngest_sync, SyncState};
+use crate::jobs::inngest::InngestSettings;
 use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
 use crate::keyring::{KeySource, Keyring};
@@ -88,6 +91,8 @@ pub struct AppConfig {
     pub topic_rules: TopicRules,
     /// Extra CA certificates (PEM) the HTTP client trusts besides the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// How Inngest apps sync with this rowcast.
+    pub inngest: InngestSettings,
 }
 
 impl AppConfig {
@@ -106,6 +111,7 @@ impl AppConfig {
             web_dir: PathBuf::from("web-demo"),
             topic_rules: TopicRules::default(),
             ca_file: None,
+            inngest: InngestSettings::default(),
         }
     }
 }
@@ -117,6 +123,8 @@ struct Gateway {
     cluster: Cluster,
     keyring: Keyring,
     jwks_refresh: Duration,
+    /// The `--inngest-app` pinger's settings and client.
+    inngest: (InngestSettings, reqwest::Client),
 }
 
 /// The job runner's parts.
@@ -178,6 +186,8 @@ impl App {
             // Stopped with the listener, after the sockets' leaves were queued.
             let cluster = tracker.spawn(g.cluster.run(listener_stop.clone()));
             tracker.spawn(g.keyring.refresh_every(g.jwks_refresh, http_stop.clone()));
+            let (inngest, client) = g.inngest;
+            tracker.spawn(inngest_sync::ping_apps(inngest, client, http_stop.clone()));
             let serve = server::serve(g.listener, http::router(g.state.clone()), http_stop.clone());
             served = Some((tracker.spawn(serve), g.state, (change_listener, cluster)));
         }
@@ -304,9 +314,11 @@ async fn build_gateway(
         socket_tasks: TaskTracker::new(),
         demo,
         web_dir: config.web_dir.clone(),
+        inngest: SyncState { pool: pool.clone(), settings: config.inngest.clone() },
     };
     let jwks_refresh = Duration::from_secs(config.jwks.jwks_refresh_secs.max(1));
-    Ok(Gateway { listener, state, change_listener, cluster, keyring, jwks_refresh })
+    let inngest = (config.inngest.clone(), client.clone());
+    Ok(Gateway { listener, state, change_listener, cluster, keyring, jwks_refresh, inngest })
 }
 
 /// Where the JWKS comes from, if anywhere.
@@ -373,6 +385,21 @@ fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Cli
         builder = builder.tls_certs_merge(certs);
     }
     builder.build().context("building the HTTP client")
+}
+
+/// The Inngest settings from the command line, checked.
+pub fn inngest_settings(args: &InngestArgs) -> anyhow::Result<InngestSettings> {
+    let signing_key = args.inngest_signing_key.as_ref().map(|k| SigningKey::parse(k.expose())).transpose()?;
+    if !args.inngest_apps.is_empty() && signing_key.is_none() && !args.inngest_dev {
+        anyhow::bail!("--inngest-app needs --inngest-signing-key (the apps' INNGEST_SIGNING_KEY), or --inngest-dev for unsigned apps");
+    }
+    for url in &args.inngest_apps {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--inngest-app {url:?} must be an http:// or https:// URL"
+        );
+    }
+    Ok(InngestSettings { dev: args.inngest_dev, signing_key, apps: args.inngest_apps.clone() })
 }
 
 /// Applies the embedded migrations; safe to repeat.

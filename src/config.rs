@@ -42,6 +42,16 @@ pub enum Command {
     Token(TokenArgs),
     /// Start a private Postgres (unless DATABASE_URL is set), migrate, and serve the demo.
     Demo(DemoArgs),
+    /// Inngest apps synced to this database.
+    #[command(subcommand)]
+    Inngest(InngestCommand),
+}
+
+/// `rowcast inngest ...`.
+#[derive(Debug, Subcommand)]
+pub enum InngestCommand {
+    /// List the synced apps and their functions.
+    Apps(DbArgs),
 }
 
 /// A value that must never be printed (the JWT secret).
@@ -299,6 +309,8 @@ pub struct ServeArgs {
     pub gateway: GatewayArgs,
     #[command(flatten)]
     pub jobs: JobsArgs,
+    #[command(flatten)]
+    pub inngest: InngestArgs,
     /// PEM file of extra CA certificates trusted for https calls (step handlers, failure hooks,
     /// JWKS), besides the system's roots: for handlers behind a private CA.
     #[arg(long, env = "ROWCAST_CA_FILE")]
@@ -309,6 +321,21 @@ pub struct ServeArgs {
     /// Do not serve HTTP or realtime from this process (runner only).
     #[arg(long, env = "ROWCAST_NO_GATEWAY", conflicts_with = "no_runner")]
     pub no_gateway: bool,
+}
+
+/// How Inngest apps (the unmodified `inngest` SDK) meet this rowcast.
+#[derive(Debug, Clone, Args)]
+pub struct InngestArgs {
+    /// The signing key the apps hold as INNGEST_SIGNING_KEY (`signkey-<env>-<hex>` or hex):
+    /// verifies their syncs and signs rowcast's calls to them. Required unless --inngest-dev.
+    #[arg(long, env = "ROWCAST_INNGEST_SIGNING_KEY", hide_env_values = true)]
+    pub inngest_signing_key: Option<Secret>,
+    /// Dev mode, as `inngest dev`: apps sync unsigned (their INNGEST_DEV=http://<rowcast>).
+    #[arg(long, env = "ROWCAST_INNGEST_DEV")]
+    pub inngest_dev: bool,
+    /// Serve URLs of Inngest apps to sync at start and every 5 s (comma-separated in the env form).
+    #[arg(long = "inngest-app", env = "ROWCAST_INNGEST_APPS", value_delimiter = ',')]
+    pub inngest_apps: Vec<String>,
 }
 
 /// Job runner settings.

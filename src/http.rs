@@ -35,6 +35,7 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::auth::{AuthError, Minter, Principal};
 use crate::jobs::handlers::{self as job_routes, JobsState};
+use crate::jobs::inngest::sync::{self as inngest_sync, SyncState};
 use crate::metrics;
 use crate::ops::{self, Ops};
 use crate::realtime::admission::Admission;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub web_dir: PathBuf,
     /// `/metrics`, `/ready` and the draining flag.
     pub ops: Ops,
+    /// Inngest apps' `POST /fn/register`.
+    pub inngest: SyncState,
 }
 
 /// All routes.
@@ -81,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .merge(job_routes::router(state.jobs))
         .merge(rest_routes::router(state.rest))
         .merge(broadcast_api::router(state.broadcast))
+        .merge(inngest_sync::router(state.inngest))
         // Only the demo's own files are served: not its node_modules.
         .route("/node_modules/{*rest}", get(|| async { StatusCode::NOT_FOUND }))
         .route_service("/vendor/supabase.js", ServeFile::new(supabase_umd))

@@ -3,7 +3,7 @@
 use clap::Parser;
 use rowcast::app::{self, App, AppConfig};
 use rowcast::auth::Minter;
-use rowcast::config::{Cli, Command, LogFormat};
+use rowcast::config::{Cli, Command, InngestCommand, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
             let mut config = AppConfig::new(a.db.database_url.expose(), a.gateway.listen, a.gateway.jwt_secret);
             config.jwks = a.gateway.jwks;
             config.ca_file = a.ca_file;
+            config.inngest = app::inngest_settings(&a.inngest)?;
             config.limits = a.gateway.limits;
             config.jobs = app::jobs_config(a.jobs.config.as_deref(), a.jobs.demo_jobs)?;
             config.topic_rules = app::topic_rules(a.jobs.config.as_deref())?;
@@ -43,6 +44,25 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(a) => app::demo::run(a, shutdown_signal()).await,
+        Command::Inngest(InngestCommand::Apps(db)) => {
+            let apps = rowcast::jobs::inngest::sync::apps(&app::connect(db.database_url.expose()).await?).await?;
+            if apps.is_empty() {
+                println!("no Inngest app has synced yet");
+            }
+            for a in apps {
+                println!(
+                    "{}  {}  {}  synced {}",
+                    a.id,
+                    a.url,
+                    a.sdk.as_deref().unwrap_or("-"),
+                    a.synced_at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+                for f in a.functions {
+                    println!("  {f}");
+                }
+            }
+            Ok(())
+        }
     }
 }
 

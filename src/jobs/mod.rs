@@ -11,6 +11,7 @@
 //! - `attempt`: running one claimed attempt; `runner`: claiming;
 //!   `batch`: group commits of step stores and completions.
 //! - `scheduler`: rescue, expiry, cron, retention; `hooks`: on_failure.
+//! - `inngest`: the Inngest SDK protocol (apps syncing, so far).
 
 pub mod api;
 pub mod attempt;
@@ -18,6 +19,7 @@ pub mod batch;
 pub mod config;
 pub mod handlers;
 pub mod hooks;
+pub mod inngest;
 pub mod model;
 pub mod runner;
 pub mod scheduler;

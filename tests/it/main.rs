@@ -16,6 +16,7 @@ mod faults;
 mod fuzz;
 mod hardening;
 mod https;
+mod inngest;
 mod interop;
 mod jobs_api;
 mod jobs_runners;
