@@ -427,11 +427,11 @@ mod tests {
         let step = err("[jobs.summarize]\nurl = \"http://127.0.0.1:9/steps\"");
         assert_eq!(
             step,
-            "job type \"summarize\": its step handler is an http:// URL but signing_secret is not set: \
+            "job type \"summarize\": its step handler is an HTTP URL but signing_secret is not set: \
              set a top-level signing_secret so the handler can verify each call"
         );
         let hook = err("[jobs.a]\nbuiltin = \"demo\"\non_failure = \"http://127.0.0.1:9/hook\"");
-        assert!(hook.starts_with("job type \"a\": its on_failure hook is an http:// URL"), "{hook}");
+        assert!(hook.starts_with("job type \"a\": its on_failure hook is an HTTP URL"), "{hook}");
         let empty = err("signing_secret = \"\"\n[jobs.summarize]\nurl = \"http://127.0.0.1:9/steps\"");
         assert_eq!(empty, step, "an empty signing_secret counts as not set");
         assert!(JobsConfig::parse("signing_secret = \"k\"\n[jobs.a]\nurl = \"http://127.0.0.1:9/\"").is_ok());
