@@ -399,7 +399,7 @@ pub fn inngest_settings(args: &InngestArgs) -> anyhow::Result<InngestSettings> {
             "--inngest-app {url:?} must be an http:// or https:// URL"
         );
     }
-    Ok(InngestSettings { dev: args.inngest_dev, signing_key, apps: args.inngest_apps.clone() })
+    Ok(InngestSettings { dev: args.inngest_dev, signing_key, event_key: args.inngest_event_key.clone(), apps: args.inngest_apps.clone() })
 }
 
 /// Applies the embedded migrations; safe to repeat.

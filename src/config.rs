@@ -330,6 +330,10 @@ pub struct InngestArgs {
     /// verifies their syncs and signs rowcast's calls to them. Required unless --inngest-dev.
     #[arg(long, env = "ROWCAST_INNGEST_SIGNING_KEY", hide_env_values = true)]
     pub inngest_signing_key: Option<Secret>,
+    /// The key apps send events with, as INNGEST_EVENT_KEY (`POST /e/<key>`). Required unless
+    /// --inngest-dev.
+    #[arg(long, env = "ROWCAST_INNGEST_EVENT_KEY", hide_env_values = true)]
+    pub inngest_event_key: Option<Secret>,
     /// Dev mode, as `inngest dev`: apps sync unsigned (their INNGEST_DEV=http://<rowcast>).
     #[arg(long, env = "ROWCAST_INNGEST_DEV")]
     pub inngest_dev: bool,

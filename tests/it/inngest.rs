@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rowcast::config::Secret;
 use rowcast::jobs::inngest::keys::SigningKey;
 use rowcast::jobs::inngest::InngestSettings;
 
@@ -41,9 +42,9 @@ async fn the_inngest_sdk_syncs_its_functions_by_put_and_by_inngest_app_and_a_wro
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let db = fresh_database().await;
     let settings = InngestSettings {
-        dev: false,
         signing_key: Some(SigningKey::parse(KEY).unwrap()),
         apps: vec![format!("http://127.0.0.1:{port}/api/inngest")],
+        ..InngestSettings::default()
     };
     let app = spawn_configured(&db, move |c| c.inngest = settings).await;
     run_suite(
@@ -69,6 +70,24 @@ async fn the_inngest_sdk_syncs_its_functions_by_put_and_by_inngest_app_and_a_wro
         "rowcast inngest apps:\n{listed}"
     );
     assert!(listed.contains("  deployer-new-one\n") && !listed.contains("deployer-old-one"), "rowcast inngest apps:\n{listed}");
+}
+
+#[tokio::test]
+async fn inngest_send_single_and_batch_events_are_stored_with_ids_and_deduplicated_by_their_id() {
+    const EVENT_KEY: &str = "rowcast-test-event-key-0123456789";
+    let db = fresh_database().await;
+    let settings = InngestSettings { event_key: Some(Secret::new(EVENT_KEY)), ..InngestSettings::default() };
+    let app = spawn_configured(&db, move |c| c.inngest = settings).await;
+    run_suite(
+        "events.test.mjs",
+        &[
+            ("INNGEST_DEV", "0".to_owned()),
+            ("INNGEST_BASE_URL", format!("http://{}", app.addr)),
+            ("INNGEST_EVENT_KEY", EVENT_KEY.to_owned()),
+            ("DATABASE_URL", app.db_url.clone()),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -35,9 +35,9 @@ pub struct SyncState {
     pub settings: InngestSettings,
 }
 
-/// `POST /fn/register`.
+/// `POST /fn/register`, and the events route beside it.
 pub fn router(state: SyncState) -> Router {
-    Router::new().route("/fn/register", post(register)).with_state(state)
+    Router::new().route("/fn/register", post(register)).with_state(state.clone()).merge(super::events::router(state))
 }
 
 /// The register body, as far as rowcast reads it.
