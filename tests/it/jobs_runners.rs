@@ -310,3 +310,34 @@ async fn a_step_still_running_after_the_grace_period_is_interrupted_and_its_job_
     assert_eq!((released["status"].as_str(), released["attempts"].as_i64()), (Some("pending"), Some(0)));
     assert_eq!(released["message"], "released by a stopping runner");
 }
+
+#[tokio::test]
+async fn a_claim_does_not_walk_the_backlog_of_a_user_at_their_limit() {
+    // No runner: the test claims by hand, with the type's limit written as a runner would.
+    let app = gateway_only("").await;
+    let db = &app.pool;
+    // The hog is at their limit with 5,000 jobs queued first; another user's job comes after them.
+    sqlx::raw_sql(
+        "insert into rowcast.job_types (type, concurrency_per_user) values ('capped', 1);
+         insert into rowcast.jobs (type, user_id, status, attempts) values ('capped', 'hog', 'running', 1);
+         insert into rowcast.jobs (type, user_id, run_at) select 'capped', 'hog', now() - interval '1 hour' from generate_series(1, 5000);
+         insert into rowcast.jobs (type, user_id, run_at) values ('capped', 'other', now() - interval '1 minute');
+         analyze rowcast.jobs;",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query("begin").execute(&mut *conn).await.unwrap();
+    let (user,): (Option<String>,) =
+        sqlx::query_as("select user_id from rowcast.claim('capped', 'test-worker', 30)").fetch_one(&mut *conn).await.unwrap();
+    let (fetched,): (i64,) = sqlx::query_as(
+        "select coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0) from pg_stat_xact_user_tables where relid = 'rowcast.jobs'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("rollback").execute(&mut *conn).await.unwrap();
+    assert_eq!(user.as_deref(), Some("other"), "the job of the user below their limit is claimed");
+    assert!(fetched < 500, "the claim read {fetched} job rows to get past the capped user's 5,000");
+}
