@@ -16,6 +16,7 @@
 //! attempts): they hold no state worth cancelling mid-statement.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use serde_json::Value;
 use sqlx::PgPool;
@@ -127,33 +128,17 @@ where
 /// twice; they leave after commit through the change log like every SQL
 /// broadcast (migration 0005).
 async fn store_steps(pool: PgPool, writes: Vec<StepWrite>) -> Result<Vec<bool>, sqlx::Error> {
-    let live: Vec<(Uuid,)> = sqlx::query_as(
-        "with input as (
-            select * from unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[])
-                as i(id, attempt, step, progress, message, seq, output, broadcasts)),
-         live as (
-            update rowcast.jobs j set progress = coalesce(i.progress, j.progress), message = coalesce(i.message, j.message)
-            from input i where j.id = i.id and j.status = 'running' and j.attempts = i.attempt returning j.id),
-         stored as (
-            insert into rowcast.job_steps (job_id, step_id, seq, output)
-            select i.id, i.step, i.seq, i.output from input i join live l on l.id = i.id
-            on conflict (job_id, step_id) do nothing returning job_id),
-         sent as (
-            insert into realtime.messages (topic, event, payload, private, extension)
-            select b->>'topic', b->>'event', b->'payload', (b->>'private')::boolean, 'broadcast'
-            from input i join stored s on s.job_id = i.id, jsonb_array_elements(i.broadcasts) b returning 1)
-         select id from live",
-    )
-    .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.step.as_str()).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.progress).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.message.as_deref()).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.seq).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| &w.broadcasts).collect::<Vec<_>>())
-    .fetch_all(&pool)
-    .await?;
+    let live: Vec<(Uuid,)> = sqlx::query_as(&STORE_STEPS)
+        .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.step.as_str()).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.progress).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.message.as_deref()).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.seq).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| &w.broadcasts).collect::<Vec<_>>())
+        .fetch_all(&pool)
+        .await?;
     let live: std::collections::HashSet<Uuid> = live.into_iter().map(|(id,)| id).collect();
     Ok(writes.iter().map(|w| live.contains(&w.job)).collect())
 }
@@ -166,37 +151,68 @@ async fn complete(pool: PgPool, writes: Vec<CompleteWrite>) -> Result<Vec<Option
     fn last(w: &CompleteWrite) -> Option<&StepWrite> {
         w.last.as_ref()
     }
-    let rows: Vec<Job> = sqlx::query_as(&format!(
+    let rows: Vec<Job> = sqlx::query_as(&COMPLETE)
+        .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| last(w).map(|l| l.step.as_str())).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| last(w).map(|l| l.seq)).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| last(w).map(|l| &l.output)).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| last(w).and_then(|l| l.message.as_deref())).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| last(w).map_or(&EMPTY, |l| &l.broadcasts)).collect::<Vec<_>>())
+        .fetch_all(&pool)
+        .await?;
+    let mut by_id: HashMap<Uuid, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
+    Ok(writes.iter().map(|w| by_id.remove(&w.job)).collect())
+}
+
+/// `store_steps`' statement: `$1..$8` are the writes' columns.
+static STORE_STEPS: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "with input as (
-            select * from unnest($1::uuid[], $2::int[], $3::jsonb[], $4::text[], $5::int[], $6::jsonb[], $7::text[], $8::jsonb[])
-                as i(id, attempt, output, step, seq, step_output, message, broadcasts)),
-         moved as (
-            update rowcast.jobs j set status = 'completed', progress = 100, output = i.output, error = null, completed_at = now(),
-                message = coalesce(i.message, j.message)
-            from input i where j.id = i.id and j.status = 'running' and j.attempts = i.attempt returning j.*),
-         freed as (delete from rowcast.job_leases l using moved m where l.job_id = m.id and l.attempt = m.attempts),
-         stored as (
+                select * from unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[])
+                    as i(id, attempt, step, progress, message, seq, output, broadcasts)),
+             live as (
+                update rowcast.jobs j set progress = coalesce(i.progress, j.progress), message = coalesce(i.message, j.message)
+                from input i where j.id = i.id and j.status = 'running' and j.attempts = i.attempt returning j.id),
+             {stored}
+             select id from live",
+        stored = store_and_send("live", "output")
+    )
+});
+
+/// `complete`'s statement: `$1..$3` the completions, `$4..$8` their last steps (null when none).
+static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with input as (
+                select * from unnest($1::uuid[], $2::int[], $3::jsonb[], $4::text[], $5::int[], $6::jsonb[], $7::text[], $8::jsonb[])
+                    as i(id, attempt, output, step, seq, step_output, message, broadcasts)),
+             moved as (
+                update rowcast.jobs j set status = 'completed', progress = 100, output = i.output, error = null, completed_at = now(),
+                    message = coalesce(i.message, j.message)
+                from input i where j.id = i.id and j.status = 'running' and j.attempts = i.attempt returning j.*),
+             freed as (delete from rowcast.job_leases l using moved m where l.job_id = m.id and l.attempt = m.attempts),
+             {stored}
+             select {COLUMNS} from moved",
+        stored = store_and_send("moved", "step_output")
+    )
+});
+
+/// The two CTEs that store a step and send its broadcasts, for the rows of
+/// `input` whose job is in CTE `owned` (still this attempt's) and that carry a
+/// step, with the step's output in column `output`. The broadcasts go only
+/// when the step row is new, so a step stored before sends nothing twice.
+fn store_and_send(owned: &str, output: &str) -> String {
+    format!(
+        "stored as (
             insert into rowcast.job_steps (job_id, step_id, seq, output)
-            select i.id, i.step, i.seq, i.step_output from input i join moved m on m.id = i.id where i.step is not null
+            select i.id, i.step, i.seq, i.{output} from input i join {owned} o on o.id = i.id where i.step is not null
             on conflict (job_id, step_id) do nothing returning job_id),
          sent as (
             insert into realtime.messages (topic, event, payload, private, extension)
             select b->>'topic', b->>'event', b->'payload', (b->>'private')::boolean, 'broadcast'
-            from input i join stored s on s.job_id = i.id, jsonb_array_elements(i.broadcasts) b returning 1)
-         select {COLUMNS} from moved"
-    ))
-    .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| last(w).map(|l| l.step.as_str())).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| last(w).map(|l| l.seq)).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| last(w).map(|l| &l.output)).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| last(w).and_then(|l| l.message.as_deref())).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| last(w).map_or(&EMPTY, |l| &l.broadcasts)).collect::<Vec<_>>())
-    .fetch_all(&pool)
-    .await?;
-    let mut by_id: HashMap<Uuid, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
-    Ok(writes.iter().map(|w| by_id.remove(&w.job)).collect())
+            from input i join stored s on s.job_id = i.id, jsonb_array_elements(i.broadcasts) b returning 1)"
+    )
 }
 
 /// No broadcasts.
