@@ -123,8 +123,8 @@ struct Gateway {
     cluster: Cluster,
     keyring: Keyring,
     jwks_refresh: Duration,
-    /// The `--inngest-app` pinger's settings and client.
-    inngest: (InngestSettings, reqwest::Client),
+    /// The HTTP client the `--inngest-app` pinger calls apps with.
+    client: reqwest::Client,
 }
 
 /// The job runner's parts.
@@ -186,8 +186,7 @@ impl App {
             // Stopped with the listener, after the sockets' leaves were queued.
             let cluster = tracker.spawn(g.cluster.run(listener_stop.clone()));
             tracker.spawn(g.keyring.refresh_every(g.jwks_refresh, http_stop.clone()));
-            let (inngest, client) = g.inngest;
-            tracker.spawn(inngest_sync::ping_apps(inngest, client, http_stop.clone()));
+            tracker.spawn(inngest_sync::ping_apps(g.state.inngest.settings.clone(), g.client, http_stop.clone()));
             let serve = server::serve(g.listener, http::router(g.state.clone()), http_stop.clone());
             served = Some((tracker.spawn(serve), g.state, (change_listener, cluster)));
         }
@@ -317,8 +316,7 @@ async fn build_gateway(
         inngest: SyncState { pool: pool.clone(), settings: config.inngest.clone() },
     };
     let jwks_refresh = Duration::from_secs(config.jwks.jwks_refresh_secs.max(1));
-    let inngest = (config.inngest.clone(), client.clone());
-    Ok(Gateway { listener, state, change_listener, cluster, keyring, jwks_refresh, inngest })
+    Ok(Gateway { listener, state, change_listener, cluster, keyring, jwks_refresh, client: client.clone() })
 }
 
 /// Where the JWKS comes from, if anywhere.
@@ -394,10 +392,7 @@ pub fn inngest_settings(args: &InngestArgs) -> anyhow::Result<InngestSettings> {
         anyhow::bail!("--inngest-app needs --inngest-signing-key (the apps' INNGEST_SIGNING_KEY), or --inngest-dev for unsigned apps");
     }
     for url in &args.inngest_apps {
-        anyhow::ensure!(
-            url.starts_with("http://") || url.starts_with("https://"),
-            "--inngest-app {url:?} must be an http:// or https:// URL"
-        );
+        anyhow::ensure!(crate::jobs::config::is_http(url), "--inngest-app {url:?} must be an http:// or https:// URL");
     }
     Ok(InngestSettings { dev: args.inngest_dev, signing_key, event_key: args.inngest_event_key.clone(), apps: args.inngest_apps.clone() })
 }

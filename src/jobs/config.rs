@@ -200,7 +200,7 @@ struct RawRunner {
 }
 
 /// Whether `url` is one the HTTP client calls (http, or https through rustls).
-fn is_http(url: &str) -> bool {
+pub fn is_http(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
 
