@@ -36,9 +36,10 @@ use crate::http::{self, AppState};
 use crate::jobs::config::JobsConfig;
 use crate::jobs::handlers::JobsState;
 use crate::jobs::hooks::Hooks;
+use crate::jobs::inngest::dispatch as inngest_dispatch;
 use crate::jobs::inngest::keys::SigningKey;
 use crate::jobs::inngest::sync::{self as inngest_sync, SyncState};
-use crate::jobs::inngest::InngestSettings;
+use crate::jobs::inngest::{InngestSettings, UserKey};
 use crate::jobs::runner::Runner;
 use crate::jobs::scheduler::Scheduler;
 use crate::keyring::{KeySource, Keyring};
@@ -132,6 +133,8 @@ struct JobRunner {
     runner: Runner,
     scheduler: Scheduler,
     hooks: Hooks,
+    /// For the dispatcher that turns stored Inngest events into runs.
+    inngest: InngestSettings,
 }
 
 /// A built, bound, not yet running app.
@@ -159,9 +162,10 @@ impl App {
         let runner = if config.runner {
             Runner::sync_types(&pool, &jobs.types.values().collect::<Vec<_>>()).await.context("saving job types")?;
             let hooks = Hooks::new(pool.clone(), Arc::new(jobs.types.clone()), jobs.signing_secret.clone(), client.clone());
-            let runner = Runner::new(pool.clone(), jobs.clone(), client.clone(), hooks.clone(), metrics.jobs.clone());
+            let inngest = config.inngest.clone();
+            let runner = Runner::new(pool.clone(), jobs.clone(), client.clone(), hooks.clone(), metrics.jobs.clone(), inngest.clone());
             let scheduler = Scheduler::new(pool.clone(), jobs.clone(), hooks.clone(), metrics.jobs.clone());
-            Some(JobRunner { runner, scheduler, hooks })
+            Some(JobRunner { runner, scheduler, hooks, inngest })
         } else {
             None
         };
@@ -192,9 +196,10 @@ impl App {
         }
         let mut runner_tasks = Vec::new();
         let hooks = runner.as_ref().map(|r| r.hooks.clone());
-        if let Some(JobRunner { runner, scheduler, .. }) = runner {
+        if let Some(JobRunner { runner, scheduler, inngest, .. }) = runner {
             runner_tasks.push(tracker.spawn(runner.run(runner_stop.clone())));
             runner_tasks.push(tracker.spawn(scheduler.run(runner_stop.clone())));
+            runner_tasks.push(tracker.spawn(inngest_dispatch::run(pool.clone(), inngest, runner_stop.clone())));
         }
         tracker.close();
         shutdown.await;
@@ -394,7 +399,14 @@ pub fn inngest_settings(args: &InngestArgs) -> anyhow::Result<InngestSettings> {
     for url in &args.inngest_apps {
         anyhow::ensure!(crate::jobs::config::is_http(url), "--inngest-app {url:?} must be an http:// or https:// URL");
     }
-    Ok(InngestSettings { dev: args.inngest_dev, signing_key, event_key: args.inngest_event_key.clone(), apps: args.inngest_apps.clone() })
+    let user_key = args.inngest_user_key.as_deref().map(UserKey::parse).transpose().context("--inngest-user-key")?;
+    Ok(InngestSettings {
+        dev: args.inngest_dev,
+        signing_key,
+        event_key: args.inngest_event_key.clone(),
+        apps: args.inngest_apps.clone(),
+        user_key,
+    })
 }
 
 /// Applies the embedded migrations; safe to repeat.

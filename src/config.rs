@@ -340,6 +340,10 @@ pub struct InngestArgs {
     /// Serve URLs of Inngest apps to sync at start and every 5 s (comma-separated in the env form).
     #[arg(long = "inngest-app", env = "ROWCAST_INNGEST_APPS", value_delimiter = ',')]
     pub inngest_apps: Vec<String>,
+    /// The event field naming a run's owner (its `user_id`, the user whose browser may watch it),
+    /// e.g. `event.data.userId`. Default: `event.data.userId`, then `event.user.id`.
+    #[arg(long, env = "ROWCAST_INNGEST_USER_KEY")]
+    pub inngest_user_key: Option<String>,
 }
 
 /// Job runner settings.

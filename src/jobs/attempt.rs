@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,7 +20,7 @@ use super::batch::{CompleteWrite, StepWrite, WriteError, Writes};
 use super::config::JobType;
 use super::hooks;
 use super::model::{Job, COLUMNS};
-use super::steps::{backoff, random_unit, Outcome, StepHandler, StepResult};
+use super::steps::{backoff, random_unit, Memo, Outcome, StepHandler, StepResult};
 use crate::metrics;
 
 /// What an attempt needs besides the job itself.
@@ -58,7 +58,7 @@ pub struct Signals {
 
 /// Runs `job` (already claimed as `job.attempts`, its finished `steps`
 /// loaded) until it ends or is handed back.
-pub async fn run(ctx: AttemptContext, job: Job, steps: Map<String, Value>, signals: Signals) {
+pub async fn run(ctx: AttemptContext, job: Job, steps: Memo, signals: Signals) {
     let claimed = std::time::Instant::now();
     let heartbeat = tokio::spawn(heartbeat(ctx.pool.clone(), job.id, job.attempts, ctx.lease, signals.cancel.clone()));
     let result = steps_loop(&ctx, &job, steps, &signals).await;
@@ -69,7 +69,7 @@ pub async fn run(ctx: AttemptContext, job: Job, steps: Map<String, Value>, signa
     }
 }
 
-async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Map<String, Value>, signals: &Signals) -> Result<(), AttemptError> {
+async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &Signals) -> Result<(), AttemptError> {
     let work = signals.abort.child_token();
     loop {
         if signals.draining.is_cancelled() {
@@ -98,6 +98,21 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Map<String, Valu
                     return Ok(());
                 }
                 steps.insert(id, output);
+            }
+            Outcome::Steps { steps: group, retry } => {
+                let kept: Vec<(String, Value)> = group.iter().map(|s| (s.id.clone(), s.output.clone())).collect();
+                let writes = group.into_iter().enumerate().map(|(i, step)| ctx.writes.store_step(step_write(job, steps.len() + i, step)));
+                for stored in futures_util::future::join_all(writes).await {
+                    if !stored? {
+                        return Ok(());
+                    }
+                }
+                for (id, output) in kept {
+                    steps.insert(id, output);
+                }
+                if let Some((message, after)) = retry {
+                    return finish(ctx, job, Transition::Retry(message, after)).await;
+                }
             }
             Outcome::Done { output, last } => {
                 let last = last.map(|step| step_write(job, steps.len(), step));

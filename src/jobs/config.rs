@@ -69,6 +69,8 @@ pub enum Handler {
     Http(String),
     /// A handler compiled into rowcast (`demo`).
     Builtin(String),
+    /// A synced Inngest function (never from the config file).
+    Inngest,
 }
 
 /// What happens after a job's final failure.

@@ -11,10 +11,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -27,8 +27,9 @@ use super::attempt::{self, AttemptContext, Signals};
 use super::batch::Writes;
 use super::config::{Handler, JobType, JobsConfig};
 use super::hooks::Hooks;
+use super::inngest::{functions, InngestSettings};
 use super::model::{Job, COLUMNS};
-use super::steps::StepHandler;
+use super::steps::{Memo, StepHandler};
 use crate::metrics;
 
 /// A runner process's job executor.
@@ -36,41 +37,104 @@ pub struct Runner {
     pool: PgPool,
     config: Arc<JobsConfig>,
     contexts: HashMap<String, AttemptContext>,
+    shared: Shared,
+    inngest: InngestFunctions,
     worker: String,
     running: Arc<DashMap<Uuid, CancellationToken>>,
     slots: Arc<Semaphore>,
     freed: Arc<Notify>,
 }
 
+/// What every type's attempts share.
+struct Shared {
+    client: reqwest::Client,
+    hooks: Hooks,
+    metrics: metrics::Jobs,
+    writes: Writes,
+}
+
+/// The synced Inngest functions this runner runs, reloaded at most every `INNGEST_RELOAD`.
+struct InngestFunctions {
+    settings: InngestSettings,
+    names: Vec<String>,
+    loaded: Option<Instant>,
+}
+
+/// How often the runner rereads the synced Inngest functions.
+const INNGEST_RELOAD: Duration = Duration::from_secs(1);
+
 impl Runner {
-    /// A runner for the types of `config`, running `hooks` after final failures.
-    pub fn new(pool: PgPool, config: Arc<JobsConfig>, client: reqwest::Client, hooks: Hooks, metrics: metrics::Jobs) -> Self {
-        let writes = Writes::start(pool.clone());
-        let contexts = config
-            .types
-            .values()
-            .map(|t| {
-                let handler = match &t.handler {
-                    Handler::Http(url) => {
-                        StepHandler::Http { url: url.clone(), secret: config.signing_secret.clone(), client: client.clone() }
-                    }
-                    Handler::Builtin(_) => StepHandler::Demo,
-                };
-                let ctx = AttemptContext {
-                    pool: pool.clone(),
-                    job_type: Arc::new(t.clone()),
-                    handler,
-                    lease: config.runner.lease,
-                    hooks: hooks.clone(),
-                    metrics: metrics.clone(),
-                    writes: writes.clone(),
-                };
-                (t.name.clone(), ctx)
-            })
-            .collect();
-        let worker = format!("{}:{}", std::process::id(), Uuid::new_v4().simple());
-        let slots = Arc::new(Semaphore::new(config.runner.slots));
-        Runner { pool, config, contexts, worker, running: Arc::default(), slots, freed: Arc::default() }
+    /// A runner for the types of `config` and the Inngest functions synced
+    /// under `inngest`, running `hooks` after final failures.
+    pub fn new(
+        pool: PgPool,
+        config: Arc<JobsConfig>,
+        client: reqwest::Client,
+        hooks: Hooks,
+        metrics: metrics::Jobs,
+        inngest: InngestSettings,
+    ) -> Self {
+        let shared = Shared { client, hooks, metrics, writes: Writes::start(pool.clone()) };
+        let mut runner = Runner {
+            pool,
+            config: config.clone(),
+            contexts: HashMap::new(),
+            shared,
+            inngest: InngestFunctions { settings: inngest, names: Vec::new(), loaded: None },
+            worker: format!("{}:{}", std::process::id(), Uuid::new_v4().simple()),
+            running: Arc::default(),
+            slots: Arc::new(Semaphore::new(config.runner.slots)),
+            freed: Arc::default(),
+        };
+        for t in config.types.values() {
+            let handler = match &t.handler {
+                Handler::Http(url) => {
+                    StepHandler::Http { url: url.clone(), secret: config.signing_secret.clone(), client: runner.shared.client.clone() }
+                }
+                Handler::Builtin(_) => StepHandler::Demo,
+                Handler::Inngest => continue,
+            };
+            runner.contexts.insert(t.name.clone(), runner.context(t.clone(), handler));
+        }
+        runner
+    }
+
+    /// The context attempts of `job_type` run in.
+    fn context(&self, job_type: JobType, handler: StepHandler) -> AttemptContext {
+        AttemptContext {
+            pool: self.pool.clone(),
+            job_type: Arc::new(job_type),
+            handler,
+            lease: self.config.runner.lease,
+            hooks: self.shared.hooks.clone(),
+            metrics: self.shared.metrics.clone(),
+            writes: self.shared.writes.clone(),
+        }
+    }
+
+    /// Rereads the synced Inngest functions when the last read is older than
+    /// `INNGEST_RELOAD`: a function synced since is claimed from now on, one
+    /// removed is no longer (its running attempts finish as they were).
+    async fn reload_inngest(&mut self) {
+        if self.inngest.loaded.is_some_and(|at| at.elapsed() < INNGEST_RELOAD) {
+            return;
+        }
+        let functions = match functions::load(&self.pool, &self.inngest.settings, &self.shared.client).await {
+            Ok(f) => f,
+            Err(e) => return warn!(error = %e, "reading the synced Inngest functions failed; keeping the last ones"),
+        };
+        self.inngest.loaded = Some(Instant::now());
+        for old in std::mem::take(&mut self.inngest.names) {
+            self.contexts.remove(&old);
+        }
+        for f in functions {
+            if self.contexts.contains_key(&f.job_type.name) {
+                continue;
+            }
+            self.inngest.names.push(f.job_type.name.clone());
+            let ctx = self.context(f.job_type, StepHandler::Inngest(Arc::new(f.call)));
+            self.contexts.insert(ctx.job_type.name.clone(), ctx);
+        }
     }
 
     /// Writes each type's limits to `rowcast.job_types`, where enqueue and claim read them.
@@ -97,7 +161,7 @@ impl Runner {
     }
 
     /// Claims and runs jobs until `shutdown`; then drains as described above.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
         let draining = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -106,6 +170,7 @@ impl Runner {
         info!(worker = %self.worker, types = ?self.contexts.keys().collect::<Vec<_>>(), "job runner started");
         loop {
             turn += 1;
+            self.reload_inngest().await;
             self.claim_while_free(&tasks, &draining, &abort, turn).await;
             if listener.is_none() {
                 listener = self.listen().await;
@@ -142,6 +207,9 @@ impl Runner {
     /// Fills free slots, one claim statement per type while jobs keep coming.
     async fn claim_while_free(&self, tasks: &TaskTracker, draining: &CancellationToken, abort: &CancellationToken, turn: usize) {
         let names: Vec<&String> = self.contexts.keys().collect();
+        if names.is_empty() {
+            return;
+        }
         let mut idle_types = 0;
         let mut i = turn;
         while idle_types < names.len() {
@@ -158,7 +226,7 @@ impl Runner {
                     for Claimed { job, steps } in jobs {
                         // Only this loop takes permits, so the ones counted free are still there.
                         let permit = self.slots.clone().try_acquire_owned().expect("a slot counted free is free");
-                        self.start(tasks, name, job, steps.0, permit, draining, abort);
+                        self.start(tasks, name, job, Memo::from_ordered(steps.0), permit, draining, abort);
                     }
                 }
                 Err(e) => {
@@ -176,7 +244,7 @@ impl Runner {
         tasks: &TaskTracker,
         name: &str,
         job: Job,
-        steps: Map<String, Value>,
+        steps: Memo,
         permit: OwnedSemaphorePermit,
         draining: &CancellationToken,
         abort: &CancellationToken,
@@ -220,12 +288,12 @@ impl Runner {
     }
 }
 
-/// A claimed job and the outputs of the steps its earlier attempts stored.
+/// A claimed job and the steps its earlier attempts stored, in the order they were stored.
 #[derive(sqlx::FromRow)]
 struct Claimed {
     #[sqlx(flatten)]
     job: Job,
-    steps: sqlx::types::Json<Map<String, Value>>,
+    steps: sqlx::types::Json<Vec<(String, Value)>>,
 }
 
 /// The claim and the claimed jobs' stored steps in one round trip. The steps
@@ -235,8 +303,8 @@ struct Claimed {
 /// again, which steps allow (at least once).
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "select {COLUMNS}, coalesce((select jsonb_object_agg(s.step_id, s.output) from rowcast.job_steps s where s.job_id = c.id), '{{}}')
-             as steps
+        "select {COLUMNS}, coalesce((select jsonb_agg(jsonb_build_array(s.step_id, s.output) order by s.seq, s.created_at)
+                 from rowcast.job_steps s where s.job_id = c.id), '[]') as steps
          from rowcast.claim_batch($1, $2, $3, $4) c"
     )
 });

@@ -16,6 +16,7 @@
 //! `private` defaults to false). The built-in `demo` handler answers the same way in-process. Also owns
 //! the backoff formula. Nothing here touches the database.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -24,6 +25,7 @@ use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
+use super::inngest::call::FunctionCall;
 use super::model::Job;
 use crate::config::Secret;
 
@@ -38,11 +40,51 @@ pub struct StepResult {
     pub broadcasts: Vec<Value>,
 }
 
+/// The steps a job's earlier calls finished: each one's output by id, and
+/// the ids in the order they finished (the Inngest SDK reads both).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Memo {
+    pub outputs: Map<String, Value>,
+    pub order: Vec<String>,
+}
+
+impl Memo {
+    /// Stored steps as `(id, output)` in the order they finished.
+    pub fn from_ordered(steps: Vec<(String, Value)>) -> Memo {
+        let mut memo = Memo::default();
+        for (id, output) in steps {
+            memo.insert(id, output);
+        }
+        memo
+    }
+
+    /// Records a finished step (a repeat keeps its first place).
+    pub fn insert(&mut self, id: String, output: Value) {
+        if self.outputs.insert(id.clone(), output).is_none() {
+            self.order.push(id);
+        }
+    }
+
+    /// How many steps finished.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether no step finished yet.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
 /// What one call answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A step finished: store it (and send its broadcasts), then call again.
     Step(StepResult),
+    /// Several steps finished at once (parallel steps): store them all; then
+    /// retry the attempt with `retry`'s message and delay if one of the group
+    /// failed, else call again.
+    Steps { steps: Vec<StepResult>, retry: Option<(String, Option<Duration>)> },
     /// The job finished, with the step that finished it when the same answer carried one.
     Done { output: Value, last: Option<StepResult> },
     /// Fail now, whatever attempts are left.
@@ -58,14 +100,19 @@ pub enum StepHandler {
     Http { url: String, secret: Option<Secret>, client: reqwest::Client },
     /// The built-in demo.
     Demo,
+    /// A synced Inngest function, called with the SDK's protocol.
+    Inngest(Arc<FunctionCall>),
 }
 
 impl StepHandler {
-    /// Calls the handler once; `steps` are the finished steps' outputs.
-    pub async fn call(&self, job: &Job, steps: &Map<String, Value>, cancel: &CancellationToken) -> Outcome {
+    /// Calls the handler once, with the steps earlier calls finished.
+    pub async fn call(&self, job: &Job, memo: &Memo, cancel: &CancellationToken) -> Outcome {
         match self {
-            StepHandler::Http { url, secret, client } => http_call(client, url, secret.as_ref().map(Secret::expose), job, steps).await,
-            StepHandler::Demo => demo(job, steps, cancel).await,
+            StepHandler::Http { url, secret, client } => {
+                http_call(client, url, secret.as_ref().map(Secret::expose), job, &memo.outputs).await
+            }
+            StepHandler::Demo => demo(job, &memo.outputs, cancel).await,
+            StepHandler::Inngest(function) => function.call(job, memo).await,
         }
     }
 }

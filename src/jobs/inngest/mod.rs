@@ -1,18 +1,61 @@
 //! The Inngest SDK protocol, as the unmodified `inngest` 3.54.2 package
-//! speaks it (`../shared/reference/inngest-sdk-protocol.md`): so far, apps
-//! syncing their functions and events being received.
+//! speaks it (`../shared/reference/inngest-sdk-protocol.md`): apps syncing
+//! their functions, events received and starting the functions they
+//! trigger, and runs executed step by step as rowcast jobs.
 //!
 //! - `keys`: the signing key, its bearer hash and request signatures (pure).
+//! - `canonical`: RFC 8785 JSON, the form request bodies are signed in (pure).
+//! - `expr`: the CEL subset of trigger `if`s and keys (pure).
 //! - `sync`: `POST /fn/register`, the stored apps and functions, and the
 //!   pinger that PUTs each `--inngest-app` URL so it registers.
 //! - `events`: `POST /e/<event key>`, stored through `rowcast.send_event`.
+//! - `functions`: synced functions as job types (limits, how to call them).
+//! - `dispatch`: stored events -> runs of every function they trigger.
+//! - `call`: one execution request and what its answer means.
 
+pub mod call;
+pub mod canonical;
+pub mod dispatch;
 pub mod events;
+pub mod expr;
+pub mod functions;
 pub mod keys;
 pub mod sync;
 
+use serde_json::{Map, Value};
+
 use crate::config::Secret;
+use expr::{Expr, ExprError};
 use keys::SigningKey;
+
+/// The event field that names a run's owner (`--inngest-user-key`).
+#[derive(Debug, Clone)]
+pub struct UserKey {
+    text: String,
+    expr: Expr,
+}
+
+impl UserKey {
+    /// Reads a key expression such as `event.data.userId`.
+    pub fn parse(text: &str) -> Result<UserKey, ExprError> {
+        Ok(UserKey { text: text.to_owned(), expr: Expr::parse(text)? })
+    }
+
+    /// The key's text, as functions write it in `concurrency.key`.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The owner it names in `event`, if a string or a number.
+    pub fn owner(&self, event: &Value) -> Option<String> {
+        let names: Map<String, Value> = [("event".to_owned(), event.clone())].into_iter().collect();
+        match self.expr.eval(&names).ok()? {
+            Value::String(s) if !s.is_empty() => Some(s),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
 
 /// How this rowcast meets Inngest apps.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +68,8 @@ pub struct InngestSettings {
     pub event_key: Option<Secret>,
     /// The serve URLs rowcast PUTs at start and every few seconds, so they sync.
     pub apps: Vec<String>,
+    /// The event field naming a run's owner; `None` reads `event.data.userId`, then `event.user.id`.
+    pub user_key: Option<UserKey>,
 }
 
 impl InngestSettings {
@@ -35,5 +80,18 @@ impl InngestSettings {
         } else {
             "cloud"
         }
+    }
+
+    /// The keys tried, in order, for a run's owner.
+    pub fn user_keys(&self) -> Vec<UserKey> {
+        match &self.user_key {
+            Some(k) => vec![k.clone()],
+            None => ["event.data.userId", "event.user.id"].iter().map(|k| UserKey::parse(k).expect("the default keys parse")).collect(),
+        }
+    }
+
+    /// The owner of a run of `event`: the first user key that names one.
+    pub fn owner(&self, event: &Value) -> Option<String> {
+        self.user_keys().iter().find_map(|k| k.owner(event))
     }
 }

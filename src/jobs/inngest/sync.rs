@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::functions::{limits, Limits};
 use super::InngestSettings;
 
 /// How often each `--inngest-app` is asked to sync, as `inngest start --sdk-url` does.
@@ -113,6 +114,7 @@ async fn register(State(s): State<SyncState>, headers: HeaderMap, body: Bytes) -
     let body: RegisterBody = serde_json::from_slice(&body).map_err(|e| RegisterError::Body(e.to_string()))?;
     let functions = body.functions.into_iter().map(function).collect::<Result<Vec<_>, _>>().map_err(RegisterError::Body)?;
     let modified = store(&s.pool, &body.app_name, &body.url, body.sdk.as_deref(), body.framework.as_deref(), &functions).await?;
+    store_limits(&s.pool, &s.settings, &functions).await?;
     info!(app = %body.app_name, functions = functions.len(), modified, "Inngest app synced");
     Ok(Json(json!({"ok": true, "status": 200, "modified": modified, "app_id": body.app_name})))
 }
@@ -170,6 +172,33 @@ async fn store(
     tx.commit().await?;
     let now: Map<String, Value> = functions.iter().map(|f| (f.id.clone(), f.config.clone())).collect();
     Ok(before.is_none_or(|(old_url, old)| old_url != url || old != Value::Object(now)))
+}
+
+/// Writes each function's limits to `rowcast.job_types`, where claims read
+/// them (a function is a job type); logs what its config asks for that
+/// rowcast does not enforce yet.
+async fn store_limits(pool: &PgPool, settings: &InngestSettings, functions: &[Function]) -> Result<(), sqlx::Error> {
+    let keys = settings.user_keys();
+    let limits: Vec<Limits> = functions.iter().map(|f| limits(&f.config, &keys)).collect();
+    for (f, l) in functions.iter().zip(&limits).filter(|(_, l)| !l.unsupported.is_empty()) {
+        warn!(function = %f.id, unsupported = ?l.unsupported, "an Inngest function asks for flow control rowcast does not enforce yet");
+    }
+    sqlx::query(
+        "insert into rowcast.job_types (type, max_attempts, concurrency, concurrency_per_user, rate_count, rate_window_secs)
+         select * from unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::float8[])
+         on conflict (type) do update set max_attempts = excluded.max_attempts, concurrency = excluded.concurrency,
+            concurrency_per_user = excluded.concurrency_per_user, rate_count = excluded.rate_count,
+            rate_window_secs = excluded.rate_window_secs, updated_at = now()",
+    )
+    .bind(functions.iter().map(|f| f.id.as_str()).collect::<Vec<_>>())
+    .bind(limits.iter().map(|l| l.max_attempts).collect::<Vec<_>>())
+    .bind(limits.iter().map(|l| l.concurrency).collect::<Vec<_>>())
+    .bind(limits.iter().map(|l| l.concurrency_per_user).collect::<Vec<_>>())
+    .bind(limits.iter().map(|l| l.rate.map(|r| r.0)).collect::<Vec<_>>())
+    .bind(limits.iter().map(|l| l.rate.map(|r| r.1.as_secs_f64())).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// One synced app, for `rowcast inngest apps`.

@@ -46,6 +46,11 @@ pub struct RunnerProcess {
 impl RunnerProcess {
     /// Starts the binary with `toml` (see `jobs_config`) on `db_url`.
     pub fn spawn(db_url: &str, toml: &str) -> RunnerProcess {
+        RunnerProcess::spawn_with(db_url, toml, &[])
+    }
+
+    /// As `spawn`, with `env` added to the process's environment.
+    pub fn spawn_with(db_url: &str, toml: &str, env: &[(&str, &str)]) -> RunnerProcess {
         let config = tempfile_path::TempFile::with(&with_runner_defaults(toml));
         let name = format!("runner-{}", uuid::Uuid::new_v4().simple());
         let separator = if db_url.contains('?') { '&' } else { '?' };
@@ -55,6 +60,7 @@ impl RunnerProcess {
             .env("DATABASE_URL", format!("{db_url}{separator}application_name={name}"))
             .env("JWT_SECRET", SECRET)
             .env("ROWCAST_LOG", std::env::var("ROWCAST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .spawn()
             .expect("starting the rowcast binary");

@@ -1,0 +1,254 @@
+//! Events -> runs: the dispatcher takes stored events that have not been
+//! dispatched, and starts a run of every synced function one of whose
+//! triggers matches (the event name, or a `prefix/*` pattern, and the
+//! trigger's `if` expression). Each batch is one transaction: the runs are
+//! inserted and the events marked dispatched together, with SKIP LOCKED so
+//! any number of runners share the work and an event starts its runs once.
+//!
+//! A run's owner comes from the event (`--inngest-user-key`); its priority
+//! from the function's `priority.run` expression (-600..600, higher first).
+//! Rings after commit: `rowcast_events` wakes it, a 1 s poll catches a lost ring.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::call::run_input;
+use super::expr::Expr;
+use super::InngestSettings;
+
+/// Events taken per transaction.
+const BATCH: i64 = 100;
+/// Poll when no ring comes.
+const POLL: Duration = Duration::from_secs(1);
+
+/// One trigger of a function.
+#[derive(Debug)]
+struct Trigger {
+    event: String,
+    condition: Option<Expr>,
+}
+
+/// A function as the dispatcher matches it.
+#[derive(Debug)]
+struct Target {
+    id: String,
+    triggers: Vec<Trigger>,
+    priority: Option<Expr>,
+}
+
+impl Target {
+    fn read(id: String, triggers: &Value, config: &Value) -> Target {
+        let parse = |text: Option<&str>, what: &str| {
+            text.map(|t| {
+                Expr::parse(t).unwrap_or_else(|e| {
+                    warn!(function = %id, error = %e, "an Inngest function's {what} expression is not understood; it never matches");
+                    Expr::parse("false").expect("false parses")
+                })
+            })
+        };
+        let triggers = triggers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                let event = t.get("event").and_then(Value::as_str)?.to_owned();
+                Some(Trigger { event, condition: parse(t.get("expression").and_then(Value::as_str), "trigger") })
+            })
+            .collect();
+        let priority = parse(config.pointer("/priority/run").and_then(Value::as_str), "priority");
+        Target { id, triggers, priority }
+    }
+
+    /// Whether `event` (named `name`) starts a run of this function.
+    fn matches(&self, name: &str, names: &Map<String, Value>) -> bool {
+        self.triggers.iter().any(|t| name_matches(&t.event, name) && t.condition.as_ref().is_none_or(|c| c.holds(names)))
+    }
+
+    fn priority(&self, names: &Map<String, Value>) -> i32 {
+        let p = self.priority.as_ref().and_then(|p| p.eval(names).ok()).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        p.clamp(-600.0, 600.0) as i32
+    }
+}
+
+/// A trigger's event name against an event's: equal, or a `*` suffix as a prefix.
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// A stored event, as functions receive it.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    id: Uuid,
+    name: String,
+    data: Value,
+    user: Value,
+    ts: i64,
+    v: Option<String>,
+}
+
+impl Stored {
+    fn event(&self) -> Value {
+        let mut e = json!({"id": self.id, "name": self.name, "data": self.data, "user": self.user, "ts": self.ts});
+        if let Some(v) = &self.v {
+            e["v"] = Value::from(v.clone());
+        }
+        e
+    }
+}
+
+/// Dispatches until `stop`.
+pub async fn run(pool: PgPool, settings: InngestSettings, stop: CancellationToken) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        loop {
+            match dispatch(&pool, &settings).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "dispatching Inngest events failed; retrying at the next poll");
+                    break;
+                }
+            }
+        }
+        if listener.is_none() {
+            listener = listen(&pool).await;
+        }
+        tokio::select! {
+            // Shutdown.
+            _ = stop.cancelled() => return,
+            // A lost ring, or a dropped listener.
+            _ = tokio::time::sleep(POLL) => {}
+            // New events.
+            ok = rung(&mut listener) => if !ok { listener = None },
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.ok()?;
+    listener.listen("rowcast_events").await.ok()?;
+    Some(listener)
+}
+
+/// Waits for a ring; false when the listener's connection failed.
+async fn rung(listener: &mut Option<PgListener>) -> bool {
+    match listener.as_mut() {
+        Some(l) => matches!(l.try_recv().await, Ok(Some(_))),
+        None => std::future::pending().await,
+    }
+}
+
+/// One batch: starts the runs its events trigger; how many events it took.
+async fn dispatch(pool: &PgPool, settings: &InngestSettings) -> Result<usize, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let events: Vec<Stored> = sqlx::query_as(
+        "select id, name, data, \"user\", ts, v from rowcast.inngest_events where dispatched_at is null
+         order by received_at, id limit $1 for update skip locked",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<(String, Value, Value)> =
+        sqlx::query_as("select id, triggers, config from rowcast.inngest_functions order by id").fetch_all(&mut *tx).await?;
+    let targets: Vec<Target> = rows.into_iter().map(|(id, triggers, config)| Target::read(id, &triggers, &config)).collect();
+    let mut runs = Runs::default();
+    for stored in &events {
+        let event = stored.event();
+        let names: Map<String, Value> = [("event".to_owned(), event.clone())].into_iter().collect();
+        for t in targets.iter().filter(|t| t.matches(&stored.name, &names)) {
+            runs.push(&t.id, settings.owner(&event), run_input(event.clone()), t.priority(&names));
+        }
+    }
+    let started = runs.insert(&mut tx).await?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    sqlx::query("update rowcast.inngest_events set dispatched_at = now() where id = any($1)").bind(&ids).execute(&mut *tx).await?;
+    tx.commit().await?;
+    if started > 0 {
+        info!(events = events.len(), runs = started, "Inngest events started runs");
+    }
+    Ok(events.len())
+}
+
+/// The runs one batch starts, column by column.
+#[derive(Default)]
+struct Runs {
+    types: Vec<String>,
+    owners: Vec<Option<String>>,
+    inputs: Vec<Value>,
+    priorities: Vec<i32>,
+}
+
+impl Runs {
+    fn push(&mut self, function: &str, owner: Option<String>, input: Value, priority: i32) {
+        self.types.push(function.to_owned());
+        self.owners.push(owner);
+        self.inputs.push(input);
+        self.priorities.push(priority);
+    }
+
+    /// Inserts the runs as pending jobs (attempts as the function's type
+    /// says) and rings the runners once per function.
+    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
+        if self.types.is_empty() {
+            return Ok(0);
+        }
+        sqlx::query(
+            "with input as (select * from unnest($1::text[], $2::text[], $3::jsonb[], $4::int[]) as i(type, user_id, input, priority)),
+                  started as (
+                    insert into rowcast.jobs (type, user_id, input, priority, max_attempts)
+                    select i.type, i.user_id, i.input, i.priority, coalesce(t.max_attempts, 5)
+                    from input i left join rowcast.job_types t on t.type = i.type
+                    returning type)
+             select pg_notify('rowcast_jobs', type) from (select distinct type from started) s",
+        )
+        .bind(&self.types)
+        .bind(&self.owners)
+        .bind(&self.inputs)
+        .bind(&self.priorities)
+        .execute(&mut *tx)
+        .await?;
+        Ok(self.types.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(event: Value) -> Map<String, Value> {
+        [("event".to_owned(), event)].into_iter().collect()
+    }
+
+    #[test]
+    fn a_function_runs_for_its_event_name_a_prefix_pattern_and_only_when_its_if_holds() {
+        let t = Target::read(
+            "app-f".into(),
+            &json!([{"event": "video/summarize.requested", "expression": "event.data.plan == 'pro'"}, {"event": "audio/*"}]),
+            &json!({"priority": {"run": "event.data.vip ? 100 : 0"}}),
+        );
+        let pro = names(json!({"name": "video/summarize.requested", "data": {"plan": "pro", "vip": true}}));
+        assert!(t.matches("video/summarize.requested", &pro));
+        assert_eq!(t.priority(&pro), 100);
+        assert!(!t.matches("video/summarize.requested", &names(json!({"data": {"plan": "free"}}))));
+        assert!(t.matches("audio/uploaded", &names(json!({"data": {}}))));
+        assert!(!t.matches("video/other", &pro));
+    }
+
+    #[test]
+    fn an_expression_rowcast_cannot_read_never_matches() {
+        let t = Target::read("app-f".into(), &json!([{"event": "a/b", "expression": "event.data.x =~ 1"}]), &json!({}));
+        assert!(!t.matches("a/b", &names(json!({"data": {"x": 1}}))));
+    }
+}

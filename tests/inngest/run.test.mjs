@@ -1,0 +1,303 @@
+// Inngest functions, written as Inngest's docs write them, run by rowcast: the unmodified SDK
+// (pinned in package-lock.json) configured only by its environment (INNGEST_DEV=0,
+// INNGEST_BASE_URL=<rowcast>, INNGEST_SIGNING_KEY, INNGEST_EVENT_KEY). Each run is a row of
+// rowcast.jobs; these tests read those rows and count how often each step's code ran.
+// Run by tests/it/inngest.rs, which starts rowcast (gateway and runner) with the same keys.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import http from 'node:http'
+import pg from 'pg'
+import { Inngest, NonRetriableError, RetryAfterError } from 'inngest'
+import { serve } from 'inngest/node'
+
+const db = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 4 })
+const inngest = new Inngest({ id: 'ext' })
+const unique = () => `${Date.now()}-${Math.random().toString(36).slice(2, 8)}`
+
+/// How many times each step's code ran, by `<test>/<step>`.
+const ran = new Map()
+const count = (key) => ran.set(key, (ran.get(key) ?? 0) + 1)
+/// Failure handlers' arguments, by the failed run's event's `data.tag`.
+const failures = new Map()
+/// Gates that hold a step until the test opens them, by name.
+const gates = new Map()
+function gate(name) {
+  if (!gates.has(name)) {
+    let open
+    const opened = new Promise((resolve) => (open = resolve))
+    gates.set(name, { opened, open })
+  }
+  return gates.get(name)
+}
+
+/// The three-step summarize function of an extension backend.
+const summarize = inngest.createFunction(
+  {
+    id: 'summarize',
+    retries: 3,
+    concurrency: { limit: 2, key: 'event.data.userId' },
+    onFailure: async ({ event, error }) => {
+      failures.set(event.data.event.data.tag, { event: event.data.event, message: error.message, name: error.name })
+    },
+  },
+  { event: 'video/summarize.requested' },
+  async ({ event, step }) => {
+    const { tag, videoId } = event.data
+    const transcript = await step.run('fetch-transcript', async () => {
+      count(`${tag}/fetch-transcript`)
+      if (event.data.hold) await gate(tag).opened
+      if (!videoId) throw new NonRetriableError('transcript unavailable')
+      return `the transcript of ${videoId}`
+    })
+    const summary = await step.run('generate-summary', () => {
+      count(`${tag}/generate-summary`)
+      if (event.data.flaky && (ran.get(`${tag}/generate-summary`) ?? 0) < 2) throw new Error('the model timed out')
+      return transcript.toUpperCase()
+    })
+    await step.run('save-result', async () => {
+      count(`${tag}/save-result`)
+      await db.query('insert into summaries (video_id, user_id, summary) values ($1, $2, $3)', [videoId, event.data.userId, summary])
+    })
+    return { summary }
+  },
+)
+
+const parallel = inngest.createFunction({ id: 'fan-out' }, { event: 'demo/fan-out' }, async ({ event, step }) => {
+  const { tag } = event.data
+  const parts = await Promise.all(
+    ['a', 'b', 'c'].map((p) =>
+      step.run(`part-${p}`, () => {
+        count(`${tag}/part-${p}`)
+        return p
+      }),
+    ),
+  )
+  return await step.run('join', () => {
+    count(`${tag}/join`)
+    return parts.join('+')
+  })
+})
+
+const transcribe = inngest.createFunction({ id: 'transcribe' }, { event: 'media/uploaded' }, async ({ event, step }) => {
+  const text = await step.run('transcribe', () => `words of ${event.data.file}`)
+  await step.sendEvent('hand-off', { name: 'media/transcribed', data: { userId: event.data.userId, text, tag: event.data.tag } })
+  return text
+})
+
+const embed = inngest.createFunction({ id: 'embed' }, { event: 'media/transcribed' }, async ({ event, step }) => {
+  return await step.run('embed', () => ({ vector: event.data.text.length, tag: event.data.tag }))
+})
+
+const onlyPro = inngest.createFunction(
+  { id: 'pro-only' },
+  { event: 'plan/changed', if: "event.data.plan == 'pro' && event.data.seats > 1" },
+  async ({ event }) => event.data.tag,
+)
+
+const catcher = inngest.createFunction({ id: 'catcher', retries: 0 }, { event: 'demo/catch' }, async ({ step }) => {
+  try {
+    await step.run('always-fails', () => {
+      throw new Error('the upstream API is down')
+    })
+  } catch (err) {
+    return `caught: ${err.message}`
+  }
+})
+
+const patient = inngest.createFunction({ id: 'patient', retries: 1 }, { event: 'demo/later' }, async ({ event, step }) => {
+  return await step.run('rate-limited', () => {
+    count(`${event.data.tag}/rate-limited`)
+    if (ran.get(`${event.data.tag}/rate-limited`) === 1) throw new RetryAfterError('the API said later', '3s')
+    return Date.now()
+  })
+})
+
+const functions = [summarize, parallel, transcribe, embed, onlyPro, catcher, patient]
+const handler = serve({ client: inngest, functions })
+/// Runs whose request rowcast closed before the answer was written, by run id.
+const dropped = new Set()
+const server = http.createServer((req, res) => {
+  res.on('close', () => {
+    if (!res.writableFinished) dropped.add(req.headers['x-run-id'])
+  })
+  return handler(req, res)
+})
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+const appUrl = `http://127.0.0.1:${server.address().port}/api/inngest`
+
+test.before(async () => {
+  await db.query('create table if not exists summaries (video_id text, user_id text, summary text)')
+  const synced = await fetch(appUrl, { method: 'PUT' })
+  assert.equal(synced.status, 200, await synced.text())
+})
+test.after(async () => {
+  // rowcast keeps idle connections to the app open; close them, or the server waits for them.
+  server.closeAllConnections()
+  await new Promise((resolve) => server.close(resolve))
+  await db.end()
+})
+
+/// Polls `check` until it returns something truthy, for at most `ms`.
+async function eventually(check, ms, what) {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await check()
+    if (value) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/// The runs of `fn` whose event carries `tag`.
+async function runs(fn, tag) {
+  const { rows } = await db.query(
+    `select id::text, status, user_id, attempts, output, error, message, created_at, updated_at from rowcast.jobs
+     where type = $1 and input->'event'->'data'->>'tag' = $2 order by created_at`,
+    [`ext-${fn}`, tag],
+  )
+  return rows
+}
+
+/// Waits for the one run of `fn` for `tag` to reach `status`.
+async function ended(fn, tag, status, ms = 20_000) {
+  return await eventually(async () => {
+    const [run] = await runs(fn, tag)
+    return run?.status === status ? run : null
+  }, ms, `the ${fn} run for ${tag} to be ${status}`)
+}
+
+test('the summarize function runs its three steps once each as a job owned by the event user', async () => {
+  const tag = unique()
+  const videoId = `v-${tag}`
+  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-1', videoId, tag } })
+  const run = await ended('summarize', tag, 'completed')
+  assert.equal(run.user_id, 'u-1')
+  assert.deepEqual(run.output, { summary: `THE TRANSCRIPT OF ${videoId.toUpperCase()}` })
+  for (const s of ['fetch-transcript', 'generate-summary', 'save-result']) assert.equal(ran.get(`${tag}/${s}`), 1, s)
+  const { rows } = await db.query('select user_id, summary from summaries where video_id = $1', [videoId])
+  assert.deepEqual(rows, [{ user_id: 'u-1', summary: run.output.summary }])
+  const { rows: finished } = await db.query(
+    "select data from rowcast.inngest_events where name = 'inngest/function.finished' and data->>'run_id' = $1",
+    [run.id],
+  )
+  assert.deepEqual(finished.map((e) => [e.data.function_id, e.data.result]), [['ext-summarize', run.output]])
+})
+
+test('a thrown error retries the run with backoff and steps that finished are not run again', async () => {
+  const tag = unique()
+  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-2', videoId: 'v', tag, flaky: true } })
+  const run = await ended('summarize', tag, 'completed')
+  assert.equal(run.attempts, 2)
+  assert.deepEqual(
+    ['fetch-transcript', 'generate-summary', 'save-result'].map((s) => ran.get(`${tag}/${s}`)),
+    [1, 2, 1],
+  )
+})
+
+test('NonRetriableError fails the run at once and onFailure gets its event and error', async () => {
+  const tag = unique()
+  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-3', tag } })
+  const run = await ended('summarize', tag, 'failed')
+  assert.equal(run.attempts, 1)
+  // The SDK serializes a NonRetriableError thrown in a step with the name "Error".
+  assert.equal(run.error, 'Error: transcript unavailable')
+  const failure = await eventually(() => failures.get(tag), 20_000, 'the onFailure handler')
+  assert.deepEqual([failure.name, failure.message, failure.event.data.tag], ['Error', 'transcript unavailable', tag])
+  assert.equal(ran.get(`${tag}/generate-summary`), undefined)
+})
+
+test('parallel steps each run once and the function resumes after all of them', async () => {
+  const tag = unique()
+  await inngest.send({ name: 'demo/fan-out', data: { tag } })
+  const run = await ended('fan-out', tag, 'completed')
+  assert.equal(run.output, 'a+b+c')
+  for (const s of ['part-a', 'part-b', 'part-c', 'join']) assert.equal(ran.get(`${tag}/${s}`), 1, s)
+})
+
+test("rowcast.send_event starts the functions an event triggers once the caller's transaction commits", async () => {
+  const tag = unique()
+  const client = await db.connect()
+  try {
+    await client.query('begin')
+    await client.query("select rowcast.send_event('demo/fan-out', jsonb_build_object('tag', $1::text))", [tag])
+    await client.query('commit')
+  } finally {
+    client.release()
+  }
+  const run = await ended('fan-out', tag, 'completed')
+  assert.equal(run.output, 'a+b+c')
+})
+
+test('step.sendEvent chains one function to the next', async () => {
+  const tag = unique()
+  await inngest.send({ name: 'media/uploaded', data: { userId: 'u-4', file: 'talk.mp4', tag } })
+  const embedded = await ended('embed', tag, 'completed')
+  assert.deepEqual(embedded.output, { vector: 'words of talk.mp4'.length, tag })
+  assert.equal(embedded.user_id, 'u-4')
+})
+
+test("a trigger's if expression starts only the events it holds for", async () => {
+  const tag = unique()
+  await inngest.send([
+    { name: 'plan/changed', data: { plan: 'free', seats: 5, tag } },
+    { name: 'plan/changed', data: { plan: 'pro', seats: 1, tag } },
+    { name: 'plan/changed', data: { plan: 'pro', seats: 3, tag } },
+  ])
+  await ended('pro-only', tag, 'completed')
+  // Every event of the batch was dispatched in one transaction with the run above.
+  const { rows } = await db.query("select count(*)::int as n from rowcast.inngest_events where name = 'plan/changed' and data->>'tag' = $1 and dispatched_at is null", [tag])
+  assert.equal(rows[0].n, 0)
+  assert.equal((await runs('pro-only', tag)).length, 1)
+})
+
+test("a step's final failure is thrown into the function, which may catch it", async () => {
+  const tag = unique()
+  await inngest.send({ name: 'demo/catch', data: { tag } })
+  const run = await ended('catcher', tag, 'completed')
+  assert.equal(run.output, 'caught: the upstream API is down')
+})
+
+test('RetryAfterError retries no sooner than it asked', async () => {
+  const tag = unique()
+  const sent = Date.now()
+  await inngest.send({ name: 'demo/later', data: { tag } })
+  const run = await ended('patient', tag, 'completed')
+  assert.ok(run.output - sent >= 3000, `retried ${run.output - sent} ms after the event`)
+  assert.equal(ran.get(`${tag}/rate-limited`), 2)
+})
+
+test('concurrency keyed by the user runs at most two of their runs at once', async () => {
+  const tag = unique()
+  const owner = `u-busy-${tag}`
+  await inngest.send([1, 2, 3, 4].map((n) => ({ name: 'video/summarize.requested', data: { userId: owner, videoId: `v${n}`, tag, hold: true } })))
+  await eventually(async () => (await runs('summarize', tag)).filter((r) => r.status === 'running').length === 2, 20_000, 'two running')
+  await eventually(async () => ran.get(`${tag}/fetch-transcript`) === 2, 20_000, 'two steps in flight')
+  const statuses = (await runs('summarize', tag)).map((r) => r.status).sort()
+  assert.deepEqual(statuses, ['pending', 'pending', 'running', 'running'])
+  gate(tag).open()
+  await eventually(async () => (await runs('summarize', tag)).every((r) => r.status === 'completed'), 30_000, 'all four to complete')
+})
+
+test('cancelling a run between steps drops its in-flight request and stores nothing more', async () => {
+  const tag = unique()
+  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-5', videoId: 'v', tag, hold: true } })
+  await eventually(async () => ran.get(`${tag}/fetch-transcript`) === 1, 20_000, 'the first step to start')
+  const [run] = await runs('summarize', tag)
+  const cancelled = await fetch(`${process.env.INNGEST_BASE_URL}/api/jobs/${run.id}/cancel`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${process.env.SERVICE_TOKEN}` },
+  })
+  assert.equal(cancelled.status, 200, await cancelled.text())
+  // rowcast hangs up on the step's request: its answer can never arrive.
+  await eventually(() => dropped.has(run.id), 10_000, 'rowcast to drop the in-flight request')
+  gate(tag).open()
+  const { rows: cancelledEvents } = await db.query(
+    "select 1 from rowcast.inngest_events where name = 'inngest/function.cancelled' and data->>'run_id' = $1",
+    [run.id],
+  )
+  assert.equal(cancelledEvents.length, 1)
+  const { rows } = await db.query('select count(*)::int as n from rowcast.job_steps where job_id = $1', [run.id])
+  assert.equal(rows[0].n, 0)
+  assert.equal(ran.get(`${tag}/generate-summary`), undefined)
+  assert.equal((await runs('summarize', tag))[0].status, 'cancelled')
+})
