@@ -5,8 +5,11 @@
 // Run by tests/it/inngest.rs, which starts rowcast (gateway and runner) with the same keys.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { createHmac } from 'node:crypto'
 import http from 'node:http'
 import pg from 'pg'
+import WebSocket from 'ws'
+import { createClient } from '@supabase/supabase-js'
 import { Inngest, NonRetriableError, RetryAfterError } from 'inngest'
 import { serve } from 'inngest/node'
 
@@ -126,7 +129,8 @@ await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
 const appUrl = `http://127.0.0.1:${server.address().port}/api/inngest`
 
 test.before(async () => {
-  await db.query('create table if not exists summaries (video_id text, user_id text, summary text)')
+  await db.query('create table if not exists summaries (video_id text primary key, user_id text, summary text)')
+  await db.query("select rowcast.enable('public.summaries', 'user_id')")
   const synced = await fetch(appUrl, { method: 'PUT' })
   assert.equal(synced.status, 200, await synced.text())
 })
@@ -166,16 +170,68 @@ async function ended(fn, tag, status, ms = 20_000) {
   }, ms, `the ${fn} run for ${tag} to be ${status}`)
 }
 
-test('the summarize function runs its three steps once each as a job owned by the event user', async () => {
+/// An HS256 user JWT for the gateway (JWT_SECRET), as the app's auth provider would issue.
+function userToken(sub) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url')
+  const now = Math.floor(Date.now() / 1000)
+  const unsigned = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, role: 'authenticated', aud: 'authenticated', iat: now, exp: now + 3600 })}`
+  return `${unsigned}.${createHmac('sha256', process.env.JWT_SECRET).update(unsigned).digest('base64url')}`
+}
+
+/// The user's browser: supabase-js following their runs and their summaries, as the extension does.
+async function browserOf(user) {
+  const jwt = userToken(user)
+  const supabase = createClient(process.env.INNGEST_BASE_URL, process.env.ANON_KEY, {
+    accessToken: async () => jwt,
+    realtime: { transport: WebSocket },
+  })
+  await supabase.realtime.setAuth()
+  const seen = []
+  const waiters = new Set()
+  const push = (p) => {
+    seen.push(p)
+    for (const w of waiters) w(p)
+  }
+  const channel = supabase
+    .channel(`runs-${user}`)
+    .on('postgres_changes', { event: '*', schema: 'rowcast', table: 'jobs', filter: `user_id=eq.${user}` }, push)
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'summaries', filter: `user_id=eq.${user}` }, push)
+  await new Promise((resolve, reject) => channel.subscribe((state, err) => (state === 'SUBSCRIBED' ? resolve() : reject(err ?? new Error(state)))))
+  const waitFor = (predicate, what) =>
+    new Promise((resolve, reject) => {
+      const hit = seen.find(predicate)
+      if (hit) return resolve(hit)
+      const timer = setTimeout(() => reject(new Error(`the browser saw no ${what}; saw ${JSON.stringify(seen.map((p) => [p.table, p.eventType, p.new?.status]))}`)), 20_000)
+      const w = (p) => {
+        if (predicate(p)) {
+          clearTimeout(timer)
+          waiters.delete(w)
+          resolve(p)
+        }
+      }
+      waiters.add(w)
+    })
+  return { waitFor, seen, close: () => supabase.removeAllChannels() }
+}
+
+test('the summarize function runs its three steps once each, and the user follows the run and its result in their browser', async () => {
   const tag = unique()
   const videoId = `v-${tag}`
-  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-1', videoId, tag } })
+  const user = `u-1-${tag}`
+  const browser = await browserOf(user)
+  await inngest.send({ name: 'video/summarize.requested', data: { userId: user, videoId, tag } })
   const run = await ended('summarize', tag, 'completed')
-  assert.equal(run.user_id, 'u-1')
+  assert.equal(run.user_id, user)
+  const done = await browser.waitFor((p) => p.table === 'jobs' && p.new?.status === 'completed', 'completed run')
+  assert.equal(done.new.id, run.id)
+  assert.ok(browser.seen.some((p) => p.table === 'jobs' && p.new?.status === 'running'), 'the browser saw the run running')
+  const saved = await browser.waitFor((p) => p.table === 'summaries', 'summaries row')
+  assert.equal(saved.new.video_id, videoId)
+  await browser.close()
   assert.deepEqual(run.output, { summary: `THE TRANSCRIPT OF ${videoId.toUpperCase()}` })
   for (const s of ['fetch-transcript', 'generate-summary', 'save-result']) assert.equal(ran.get(`${tag}/${s}`), 1, s)
   const { rows } = await db.query('select user_id, summary from summaries where video_id = $1', [videoId])
-  assert.deepEqual(rows, [{ user_id: 'u-1', summary: run.output.summary }])
+  assert.deepEqual(rows, [{ user_id: user, summary: run.output.summary }])
   const { rows: finished } = await db.query(
     "select data from rowcast.inngest_events where name = 'inngest/function.finished' and data->>'run_id' = $1",
     [run.id],
@@ -185,7 +241,7 @@ test('the summarize function runs its three steps once each as a job owned by th
 
 test('a thrown error retries the run with backoff and steps that finished are not run again', async () => {
   const tag = unique()
-  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-2', videoId: 'v', tag, flaky: true } })
+  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-2', videoId: `v-${tag}`, tag, flaky: true } })
   const run = await ended('summarize', tag, 'completed')
   assert.equal(run.attempts, 2)
   assert.deepEqual(
@@ -269,7 +325,7 @@ test('RetryAfterError retries no sooner than it asked', async () => {
 test('concurrency keyed by the user runs at most two of their runs at once', async () => {
   const tag = unique()
   const owner = `u-busy-${tag}`
-  await inngest.send([1, 2, 3, 4].map((n) => ({ name: 'video/summarize.requested', data: { userId: owner, videoId: `v${n}`, tag, hold: true } })))
+  await inngest.send([1, 2, 3, 4].map((n) => ({ name: 'video/summarize.requested', data: { userId: owner, videoId: `v${n}-${tag}`, tag, hold: true } })))
   await eventually(async () => (await runs('summarize', tag)).filter((r) => r.status === 'running').length === 2, 20_000, 'two running')
   await eventually(async () => ran.get(`${tag}/fetch-transcript`) === 2, 20_000, 'two steps in flight')
   const statuses = (await runs('summarize', tag)).map((r) => r.status).sort()
@@ -280,7 +336,7 @@ test('concurrency keyed by the user runs at most two of their runs at once', asy
 
 test('cancelling a run between steps drops its in-flight request and stores nothing more', async () => {
   const tag = unique()
-  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-5', videoId: 'v', tag, hold: true } })
+  await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-5', videoId: `v-${tag}`, tag, hold: true } })
   await eventually(async () => ran.get(`${tag}/fetch-transcript`) === 1, 20_000, 'the first step to start')
   const [run] = await runs('summarize', tag)
   const cancelled = await fetch(`${process.env.INNGEST_BASE_URL}/api/jobs/${run.id}/cancel`, {

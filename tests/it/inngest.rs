@@ -10,7 +10,7 @@ use rowcast::config::Secret;
 use rowcast::jobs::inngest::keys::SigningKey;
 use rowcast::jobs::inngest::InngestSettings;
 
-use crate::harness::{fresh_database, spawn_configured, RunnerProcess};
+use crate::harness::{fresh_database, spawn_configured, RunnerProcess, SECRET};
 
 /// The key the gateway and the suite's apps share (`INNGEST_SIGNING_KEY`).
 const KEY: &str = "signkey-test-8ee2262a15e8d3c42d6a840db7af3de2aab08ef632b32a37a687f24b9b4e1f1e";
@@ -131,6 +131,8 @@ async fn inngest_functions_run_as_jobs_step_by_step_with_retries_failures_chains
             ("INNGEST_EVENT_KEY", EVENT_KEY.to_owned()),
             ("DATABASE_URL", app.db_url.clone()),
             ("SERVICE_TOKEN", app.token(None, "service_role")),
+            ("ANON_KEY", app.anon()),
+            ("JWT_SECRET", SECRET.to_owned()),
         ],
     )
     .await;
@@ -140,7 +142,11 @@ async fn inngest_functions_run_as_jobs_step_by_step_with_retries_failures_chains
 async fn a_run_whose_runner_is_sigkilled_mid_step_resumes_on_another_without_rerunning_finished_steps() {
     const EVENT_KEY: &str = "rowcast-test-event-key-kill";
     let db = fresh_database().await;
-    let settings = InngestSettings { signing_key: Some(SigningKey::parse(KEY).unwrap()), event_key: Some(Secret::new(EVENT_KEY)), ..InngestSettings::default() };
+    let settings = InngestSettings {
+        signing_key: Some(SigningKey::parse(KEY).unwrap()),
+        event_key: Some(Secret::new(EVENT_KEY)),
+        ..InngestSettings::default()
+    };
     // The gateway runs no jobs: two runner processes share them, and the suite kills the one holding the run.
     let app = spawn_configured(&db, move |c| {
         c.inngest = settings;
