@@ -115,7 +115,14 @@ const patient = inngest.createFunction({ id: 'patient', retries: 1 }, { event: '
   })
 })
 
-const functions = [summarize, parallel, transcribe, embed, onlyPro, catcher, patient]
+// Inngest takes five cron fields; rowcast also takes a leading seconds field, which lets this run every 2 s.
+const ticker = inngest.createFunction({ id: 'ticker' }, { cron: 'TZ=Europe/Paris */2 * * * * *' }, async ({ event }) => ({
+  name: event.name,
+  cron: event.data.cron,
+  id: event.id,
+}))
+
+const functions = [summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker]
 const handler = serve({ client: inngest, functions })
 /// Runs whose request rowcast closed before the answer was written, by run id.
 const dropped = new Set()
@@ -356,4 +363,18 @@ test('cancelling a run between steps drops its in-flight request and stores noth
   assert.equal(rows[0].n, 0)
   assert.equal(ran.get(`${tag}/generate-summary`), undefined)
   assert.equal((await runs('summarize', tag))[0].status, 'cancelled')
+})
+
+test('a cron function runs once per tick with the scheduled.timer event', async () => {
+  const { rows } = await eventually(async () => {
+    const r = await db.query("select output from rowcast.jobs where type = 'ext-ticker' and status = 'completed' order by created_at")
+    return r.rows.length >= 2 ? r : null
+  }, 20_000, 'two ticks')
+  const [first, second] = rows.map((r) => r.output)
+  assert.deepEqual([first.name, first.cron], ['inngest/scheduled.timer', 'TZ=Europe/Paris */2 * * * * *'])
+  assert.equal(Date.parse(second.id) - Date.parse(first.id), 2000)
+  const { rows: dupes } = await db.query(
+    "select input->'event'->>'id' as tick from rowcast.jobs where type = 'ext-ticker' group by 1 having count(*) > 1",
+  )
+  assert.deepEqual(dupes, [])
 })

@@ -7,7 +7,8 @@
 //!
 //! A run's owner comes from the event (`--inngest-user-key`); its priority
 //! from the function's `priority.run` expression (-600..600, higher first).
-//! Rings after commit: `rowcast_events` wakes it, a 1 s poll catches a lost ring.
+//! Rings after commit: `rowcast_events` wakes it, a 1 s poll catches a lost
+//! ring and starts due cron ticks (`cron`).
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::call::run_input;
+use super::cron;
 use super::expr::Expr;
 use super::InngestSettings;
 
@@ -108,7 +110,11 @@ impl Stored {
 /// Dispatches until `stop`.
 pub async fn run(pool: PgPool, settings: InngestSettings, stop: CancellationToken) {
     let mut listener: Option<PgListener> = None;
+    let mut ticks = cron::Ticks::default();
     loop {
+        if let Err(e) = cron::fire(&pool, &mut ticks).await {
+            warn!(error = %e, "starting Inngest cron ticks failed; retrying at the next poll");
+        }
         loop {
             match dispatch(&pool, &settings).await {
                 Ok(0) => break,

@@ -11,10 +11,12 @@
 //! - `events`: `POST /e/<event key>`, stored through `rowcast.send_event`.
 //! - `functions`: synced functions as job types (limits, how to call them).
 //! - `dispatch`: stored events -> runs of every function they trigger.
+//! - `cron`: cron triggers -> one run per tick.
 //! - `call`: one execution request and what its answer means.
 
 pub mod call;
 pub mod canonical;
+pub mod cron;
 pub mod dispatch;
 pub mod events;
 pub mod expr;
