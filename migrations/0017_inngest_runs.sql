@@ -56,8 +56,11 @@ begin
     insert into rowcast.inngest_events (name, data) values ('inngest/function.finished', base || jsonb_build_object('error', err));
     return null;
 end $$;
+-- Runs carry their event in the input (`{event, events}`); checking that in
+-- WHEN (C, no function call) keeps the trigger off every other job's end.
 create trigger jobs_inngest_run_ended after update of status on rowcast.jobs
-    for each row when (old.status is distinct from new.status and new.status in ('completed', 'failed', 'cancelled'))
+    for each row when (old.status is distinct from new.status and new.status in ('completed', 'failed', 'cancelled')
+                       and new.input ? 'event')
     execute function rowcast.inngest_run_ended();
 
 -- Trigger functions only, like every rowcast function: nothing for PUBLIC (0003).

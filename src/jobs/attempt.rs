@@ -71,6 +71,12 @@ pub async fn run(ctx: AttemptContext, job: Job, steps: Memo, signals: Signals) {
 
 async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &Signals) -> Result<(), AttemptError> {
     let work = signals.abort.child_token();
+    // An Inngest run's retries are per step: a stored step gives the next one
+    // the function's retries again, counted from this attempt.
+    let mut job = job.clone();
+    let job = &mut job;
+    let retries = matches!(ctx.handler, StepHandler::Inngest(_)).then_some(ctx.job_type.max_attempts - 1);
+    let renewed = |job: &Job| retries.map(|r| job.attempts + r);
     loop {
         if signals.draining.is_cancelled() {
             return Ok(release(&ctx.pool, job).await?);
@@ -94,14 +100,17 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &
         match outcome {
             Outcome::Step(step) => {
                 let (id, output) = (step.id.clone(), step.output.clone());
-                if !ctx.writes.store_step(step_write(job, steps.len(), step)).await? {
+                if !ctx.writes.store_step(step_write(job, steps.len(), step, renewed(job))).await? {
                     return Ok(());
                 }
                 steps.insert(id, output);
+                job.max_attempts = renewed(job).unwrap_or(job.max_attempts);
             }
             Outcome::Steps { steps: group, retry } => {
                 let kept: Vec<(String, Value)> = group.iter().map(|s| (s.id.clone(), s.output.clone())).collect();
-                let writes = group.into_iter().enumerate().map(|(i, step)| ctx.writes.store_step(step_write(job, steps.len() + i, step)));
+                let budget = renewed(job);
+                let writes =
+                    group.into_iter().enumerate().map(|(i, step)| ctx.writes.store_step(step_write(job, steps.len() + i, step, budget)));
                 for stored in futures_util::future::join_all(writes).await {
                     if !stored? {
                         return Ok(());
@@ -110,12 +119,13 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &
                 for (id, output) in kept {
                     steps.insert(id, output);
                 }
+                job.max_attempts = budget.unwrap_or(job.max_attempts);
                 if let Some((message, after)) = retry {
                     return finish(ctx, job, Transition::Retry(message, after)).await;
                 }
             }
             Outcome::Done { output, last } => {
-                let last = last.map(|step| step_write(job, steps.len(), step));
+                let last = last.map(|step| step_write(job, steps.len(), step, None));
                 return finish(ctx, job, Transition::Complete(output, last)).await;
             }
             Outcome::Fail { message } => return finish(ctx, job, Transition::Fail(message)).await,
@@ -124,8 +134,9 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &
     }
 }
 
-/// The write storing `step` as this attempt's step number `seq`.
-fn step_write(job: &Job, seq: usize, step: StepResult) -> StepWrite {
+/// The write storing `step` as this attempt's step number `seq`, renewing
+/// the job's attempts to `max_attempts` when given.
+fn step_write(job: &Job, seq: usize, step: StepResult, max_attempts: Option<i32>) -> StepWrite {
     StepWrite {
         job: job.id,
         attempt: job.attempts,
@@ -135,6 +146,7 @@ fn step_write(job: &Job, seq: usize, step: StepResult) -> StepWrite {
         progress: step.progress,
         message: step.message,
         broadcasts: Value::Array(step.broadcasts),
+        max_attempts,
     }
 }
 

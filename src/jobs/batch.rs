@@ -39,6 +39,9 @@ pub struct StepWrite {
     pub progress: Option<i32>,
     pub message: Option<String>,
     pub broadcasts: Value,
+    /// The job's new `max_attempts` when a finished step renews its retries
+    /// (an Inngest run: each step has the function's retries of its own).
+    pub max_attempts: Option<i32>,
 }
 
 /// A completion: running -> completed with `output`, storing the step
@@ -137,6 +140,7 @@ async fn store_steps(pool: PgPool, writes: Vec<StepWrite>) -> Result<Vec<bool>, 
         .bind(writes.iter().map(|w| w.seq).collect::<Vec<_>>())
         .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
         .bind(writes.iter().map(|w| &w.broadcasts).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.max_attempts).collect::<Vec<_>>())
         .fetch_all(&pool)
         .await?;
     let live: std::collections::HashSet<Uuid> = live.into_iter().map(|(id,)| id).collect();
@@ -166,14 +170,16 @@ async fn complete(pool: PgPool, writes: Vec<CompleteWrite>) -> Result<Vec<Option
     Ok(writes.iter().map(|w| by_id.remove(&w.job)).collect())
 }
 
-/// `store_steps`' statement: `$1..$8` are the writes' columns.
+/// `store_steps`' statement: `$1..$9` are the writes' columns.
 static STORE_STEPS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with input as (
-                select * from unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[])
-                    as i(id, attempt, step, progress, message, seq, output, broadcasts)),
+                select * from unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[],
+                                     $9::int[])
+                    as i(id, attempt, step, progress, message, seq, output, broadcasts, max_attempts)),
              live as (
-                update rowcast.jobs j set progress = coalesce(i.progress, j.progress), message = coalesce(i.message, j.message)
+                update rowcast.jobs j set progress = coalesce(i.progress, j.progress), message = coalesce(i.message, j.message),
+                    max_attempts = coalesce(i.max_attempts, j.max_attempts)
                 from input i where j.id = i.id and j.status = 'running' and j.attempts = i.attempt returning j.id),
              {stored}
              select id from live",

@@ -122,7 +122,27 @@ const ticker = inngest.createFunction({ id: 'ticker' }, { cron: 'TZ=Europe/Paris
   id: event.id,
 }))
 
-const functions = [summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker]
+const oncePerUser = inngest.createFunction(
+  { id: 'welcome', rateLimit: { limit: 1, period: '1h', key: 'event.data.userId' } },
+  { event: 'user/signed-in' },
+  async ({ event }) => event.data.userId,
+)
+
+const bumpy = inngest.createFunction({ id: 'bumpy', retries: 1 }, { event: 'demo/bumpy' }, async ({ event, step }) => {
+  const out = []
+  for (const s of ['one', 'two', 'three']) {
+    out.push(
+      await step.run(s, () => {
+        count(`${event.data.tag}/${s}`)
+        if (ran.get(`${event.data.tag}/${s}`) === 1) throw new Error(`${s} failed once`)
+        return s
+      }),
+    )
+  }
+  return out.join(',')
+})
+
+const functions = [summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker, oncePerUser, bumpy]
 const handler = serve({ client: inngest, functions })
 /// Runs whose request rowcast closed before the answer was written, by run id.
 const dropped = new Set()
@@ -257,6 +277,15 @@ test('a thrown error retries the run with backoff and steps that finished are no
   )
 })
 
+test("retries are each step's own, as Inngest counts them: three steps failing once each still complete with retries: 1", async () => {
+  const tag = unique()
+  await inngest.send({ name: 'demo/bumpy', data: { tag } })
+  const run = await ended('bumpy', tag, 'completed', 30_000)
+  assert.equal(run.output, 'one,two,three')
+  assert.equal(run.attempts, 4)
+  assert.deepEqual(['one', 'two', 'three'].map((s) => ran.get(`${tag}/${s}`)), [2, 2, 2])
+})
+
 test('NonRetriableError fails the run at once and onFailure gets its event and error', async () => {
   const tag = unique()
   await inngest.send({ name: 'video/summarize.requested', data: { userId: 'u-3', tag } })
@@ -311,6 +340,17 @@ test("a trigger's if expression starts only the events it holds for", async () =
   const { rows } = await db.query("select count(*)::int as n from rowcast.inngest_events where name = 'plan/changed' and data->>'tag' = $1 and dispatched_at is null", [tag])
   assert.equal(rows[0].n, 0)
   assert.equal((await runs('pro-only', tag)).length, 1)
+})
+
+test('a keyed rateLimit starts one run per user per period and skips the other events', async () => {
+  const tag = unique()
+  await inngest.send(['a', 'a', 'b', 'a'].map((u) => ({ name: 'user/signed-in', data: { userId: `${u}-${tag}`, tag } })))
+  await eventually(async () => {
+    const { rows } = await db.query("select count(*)::int as n from rowcast.inngest_events where name = 'user/signed-in' and data->>'tag' = $1 and dispatched_at is not null", [tag])
+    return rows[0].n === 4
+  }, 20_000, 'the four events to be dispatched')
+  const started = (await runs('welcome', tag)).map((r) => r.user_id).sort()
+  assert.deepEqual(started, [`a-${tag}`, `b-${tag}`])
 })
 
 test("a step's final failure is thrown into the function, which may catch it", async () => {

@@ -12,10 +12,12 @@
 //! whole group before discovering again, so no step runs twice. Every body
 //! is canonical JSON, signed when rowcast has a signing key.
 //!
-//! Retries are the job's: a `StepError` or a thrown function error retries
-//! the run after the job type's backoff (or the `Retry-After` the SDK sent),
-//! and on the run's last attempt a step's error is stored as its memo so the
-//! SDK throws it into the function, which may catch it. `NonRetriableError`
+//! Retries are per step, as Inngest's: a `StepError` or a thrown function
+//! error retries the run after the job type's backoff (or the `Retry-After`
+//! the SDK sent), and each stored step gives the next one the function's
+//! retries again (the attempt loop raises the job's `max_attempts`). On a
+//! step's last attempt its error is stored as its memo, so the SDK throws it
+//! into the function, which may catch it. `NonRetriableError`
 //! (400 with `X-Inngest-No-Retry: true`) fails the run at once. Nothing
 //! here touches the database.
 
@@ -39,6 +41,8 @@ pub struct FunctionCall {
     pub client: reqwest::Client,
     /// `dev` or `cloud`, sent as `X-Inngest-Server-Kind`.
     pub server_kind: &'static str,
+    /// Attempts each step has (the function's retries + 1).
+    pub attempts: i32,
 }
 
 impl std::fmt::Debug for FunctionCall {
@@ -101,7 +105,7 @@ impl FunctionCall {
 
     /// One signed request: discovery, or the planned step `step`.
     async fn request(&self, job: &Job, memo: &Memo, step: Option<&str>, last_attempt: bool) -> Answer {
-        let body = canonical::to_string(&request_body(job, memo, step.is_some()));
+        let body = canonical::to_string(&request_body(job, memo, step.is_some(), self.attempts));
         let url = match step {
             Some(id) => with_step(&self.url, id),
             None => self.url.clone(),
@@ -129,8 +133,11 @@ impl FunctionCall {
     }
 }
 
-/// The execution request's body (before canonicalising).
-fn request_body(job: &Job, memo: &Memo, planned: bool) -> Value {
+/// The execution request's body (before canonicalising). The job's
+/// `max_attempts` grows by a step's attempts each time a step finishes, so
+/// the attempt of the current step is the job's attempt less those before it.
+fn request_body(job: &Job, memo: &Memo, planned: bool, per_step: i32) -> Value {
+    let attempt = (job.attempts - 1 - (job.max_attempts - per_step)).max(0);
     let event = job.input.get("event").cloned().unwrap_or_else(|| json!({"name": job.job_type, "data": {}}));
     let events = job.input.get("events").cloned().unwrap_or_else(|| json!([event.clone()]));
     json!({
@@ -139,8 +146,8 @@ fn request_body(job: &Job, memo: &Memo, planned: bool) -> Value {
         "steps": memo.outputs,
         "ctx": {
             "run_id": job.id,
-            "attempt": (job.attempts - 1).max(0),
-            "max_attempts": job.max_attempts,
+            "attempt": attempt,
+            "max_attempts": per_step,
             "disable_immediate_execution": planned,
             "use_api": false,
             "stack": {"stack": memo.order, "current": memo.order.len()},

@@ -7,6 +7,7 @@
 //!
 //! A run's owner comes from the event (`--inngest-user-key`); its priority
 //! from the function's `priority.run` expression (-600..600, higher first).
+//! A function's `rateLimit` skips runs beyond `limit` per `period` per key.
 //! Rings after commit: `rowcast_events` wakes it, a 1 s poll catches a lost
 //! ring and starts due cron ticks (`cron`).
 
@@ -22,6 +23,7 @@ use uuid::Uuid;
 use super::call::run_input;
 use super::cron;
 use super::expr::Expr;
+use super::functions;
 use super::InngestSettings;
 
 /// Events taken per transaction.
@@ -36,12 +38,21 @@ struct Trigger {
     condition: Option<Expr>,
 }
 
+/// A function's `rateLimit`: at most `limit` runs per `period` per key.
+#[derive(Debug)]
+struct Rate {
+    limit: i64,
+    period: Duration,
+    key: Option<Expr>,
+}
+
 /// A function as the dispatcher matches it.
 #[derive(Debug)]
 struct Target {
     id: String,
     triggers: Vec<Trigger>,
     priority: Option<Expr>,
+    rate: Option<Rate>,
 }
 
 impl Target {
@@ -64,7 +75,23 @@ impl Target {
             })
             .collect();
         let priority = parse(config.pointer("/priority/run").and_then(Value::as_str), "priority");
-        Target { id, triggers, priority }
+        let rate = config.get("rateLimit").and_then(|r| {
+            let limit = r.get("limit").and_then(Value::as_i64).filter(|n| *n > 0)?;
+            let period = r.get("period").and_then(Value::as_str).and_then(functions::period)?;
+            Some(Rate { limit, period, key: parse(r.get("key").and_then(Value::as_str), "rateLimit key") })
+        });
+        Target { id, triggers, priority, rate }
+    }
+
+    /// The rate-limit key of a run of `event`, when the function is rate limited.
+    fn rate_key(&self, names: &Map<String, Value>) -> Option<String> {
+        let rate = self.rate.as_ref()?;
+        Some(match rate.key.as_ref().map(|k| k.eval(names)) {
+            None => String::new(),
+            Some(Ok(Value::String(s))) => s,
+            Some(Ok(v)) => v.to_string(),
+            Some(Err(_)) => "null".to_owned(),
+        })
     }
 
     /// Whether `event` (named `name`) starts a run of this function.
@@ -170,13 +197,20 @@ async fn dispatch(pool: &PgPool, settings: &InngestSettings) -> Result<usize, sq
         sqlx::query_as("select id, triggers, config from rowcast.inngest_functions order by id").fetch_all(&mut *tx).await?;
     let targets: Vec<Target> = rows.into_iter().map(|(id, triggers, config)| Target::read(id, &triggers, &config)).collect();
     let mut runs = Runs::default();
+    let mut windows = Windows::default();
     for stored in &events {
         let event = stored.event();
         let names: Map<String, Value> = [("event".to_owned(), event.clone())].into_iter().collect();
         for t in targets.iter().filter(|t| t.matches(&stored.name, &names)) {
+            if let (Some(rate), Some(key)) = (&t.rate, t.rate_key(&names)) {
+                if !windows.admit(&mut tx, &t.id, key, rate).await? {
+                    continue;
+                }
+            }
             runs.push(&t.id, settings.owner(&event), run_input(event.clone()), t.priority(&names));
         }
     }
+    windows.record(&mut tx).await?;
     let started = runs.insert(&mut tx).await?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     sqlx::query("update rowcast.inngest_events set dispatched_at = now() where id = any($1)").bind(&ids).execute(&mut *tx).await?;
@@ -185,6 +219,57 @@ async fn dispatch(pool: &PgPool, settings: &InngestSettings) -> Result<usize, sq
         info!(events = events.len(), runs = started, "Inngest events started runs");
     }
     Ok(events.len())
+}
+
+/// Rate-limit windows one batch has counted: starts in the window so far by
+/// (function, key), and the starts this batch admitted.
+#[derive(Default)]
+struct Windows {
+    counted: std::collections::HashMap<(String, String), i64>,
+    admitted: Vec<(String, String)>,
+}
+
+impl Windows {
+    /// Whether one more run of `function` for `key` fits its rate limit; counts it if so.
+    async fn admit(&mut self, tx: &mut sqlx::PgConnection, function: &str, key: String, rate: &Rate) -> Result<bool, sqlx::Error> {
+        let slot = (function.to_owned(), key);
+        if !self.counted.contains_key(&slot) {
+            let (n,): (i64,) = sqlx::query_as(
+                "select count(*) from (select pg_advisory_xact_lock(hashtext('rowcast.rate:' || $1 || ':' || $2))) l,
+                        rowcast.inngest_rate_starts s
+                 where s.function_id = $1 and s.key = $2 and s.started_at > now() - make_interval(secs => $3)",
+            )
+            .bind(&slot.0)
+            .bind(&slot.1)
+            .bind(rate.period.as_secs_f64())
+            .fetch_one(&mut *tx)
+            .await?;
+            self.counted.insert(slot.clone(), n);
+        }
+        let n = self.counted.get_mut(&slot).expect("counted above");
+        if *n >= rate.limit {
+            return Ok(false);
+        }
+        *n += 1;
+        self.admitted.push(slot);
+        Ok(true)
+    }
+
+    /// Stores the admitted starts, and forgets starts older than any period (24 h).
+    async fn record(&self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        if self.admitted.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "with gone as (delete from rowcast.inngest_rate_starts where started_at < now() - interval '24 hours')
+             insert into rowcast.inngest_rate_starts (function_id, key) select * from unnest($1::text[], $2::text[])",
+        )
+        .bind(self.admitted.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>())
+        .bind(self.admitted.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// The runs one batch starts, column by column.

@@ -5,7 +5,8 @@
 //! What maps: `retries` (attempts = retries + 1, 5 when absent, as Inngest),
 //! `concurrency` as a number or `{limit}` (the function's limit) and
 //! `{limit, key}` with the owner key (`--inngest-user-key`) as the per-user
-//! limit, and `throttle` keyed by the owner as the per-user start rate.
+//! limit, and `throttle` keyed by the owner as the per-user start rate
+//! (`rateLimit` is the dispatcher's: it decides whether a run starts at all).
 //! Other keys, scopes and flow controls are reported by `limits` so the sync
 //! can log them; they do not limit anything yet.
 
@@ -60,7 +61,7 @@ pub fn limits(config: &Value, user_keys: &[UserKey]) -> Limits {
             _ => l.unsupported.push("throttle without the owner key".into()),
         }
     }
-    for other in ["rateLimit", "debounce", "batchEvents", "idempotency", "singleton", "cancel", "timeouts"] {
+    for other in ["debounce", "batchEvents", "idempotency", "singleton", "cancel", "timeouts"] {
         if config.get(other).is_some_and(|v| !v.is_null()) {
             l.unsupported.push(other.into());
         }
@@ -102,7 +103,13 @@ pub async fn load(pool: &PgPool, settings: &InngestSettings, client: &reqwest::C
         .filter_map(|(id, config)| {
             let url = config.pointer("/steps/step/runtime/url").and_then(Value::as_str)?.to_owned();
             let l = limits(&config, &keys);
-            let call = FunctionCall { url, key: settings.signing_key.clone(), client: client.clone(), server_kind: settings.server_kind() };
+            let call = FunctionCall {
+                url,
+                key: settings.signing_key.clone(),
+                client: client.clone(),
+                server_kind: settings.server_kind(),
+                attempts: l.max_attempts,
+            };
             Some(Function { job_type: job_type(id, &l), call })
         })
         .collect())
