@@ -406,6 +406,7 @@ pub fn inngest_settings(args: &InngestArgs) -> anyhow::Result<InngestSettings> {
         event_key: args.inngest_event_key.clone(),
         apps: args.inngest_apps.clone(),
         user_key,
+        max_active_per_user: args.inngest_max_active_per_user,
     })
 }
 

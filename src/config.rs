@@ -344,6 +344,10 @@ pub struct InngestArgs {
     /// e.g. `event.data.userId`. Default: `event.data.userId`, then `event.user.id`.
     #[arg(long, env = "ROWCAST_INNGEST_USER_KEY")]
     pub inngest_user_key: Option<String>,
+    /// Most pending or running runs of one function per owner: an event that would start one
+    /// more is refused with 429 (from SQL, its run is skipped and logged). Default: no cap.
+    #[arg(long, env = "ROWCAST_INNGEST_MAX_ACTIVE_PER_USER", value_parser = clap::value_parser!(i32).range(1..))]
+    pub inngest_max_active_per_user: Option<i32>,
 }
 
 /// Job runner settings.

@@ -171,3 +171,27 @@ async fn a_run_whose_runner_is_sigkilled_mid_step_resumes_on_another_without_rer
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_owner_past_the_active_run_cap_is_refused_with_429_when_sending_and_skipped_from_sql() {
+    const EVENT_KEY: &str = "rowcast-test-event-key-admission";
+    let db = fresh_database().await;
+    let settings = InngestSettings {
+        signing_key: Some(SigningKey::parse(KEY).unwrap()),
+        event_key: Some(Secret::new(EVENT_KEY)),
+        max_active_per_user: Some(2),
+        ..InngestSettings::default()
+    };
+    let app = spawn_configured(&db, move |c| c.inngest = settings).await;
+    run_suite(
+        "admission.test.mjs",
+        &[
+            ("INNGEST_DEV", "0".to_owned()),
+            ("INNGEST_BASE_URL", format!("http://{}", app.addr)),
+            ("INNGEST_SIGNING_KEY", KEY.to_owned()),
+            ("INNGEST_EVENT_KEY", EVENT_KEY.to_owned()),
+            ("DATABASE_URL", app.db_url.clone()),
+        ],
+    )
+    .await;
+}

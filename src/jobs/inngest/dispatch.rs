@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::admit;
 use super::call::run_input;
 use super::cron;
 use super::expr::Expr;
@@ -180,7 +181,8 @@ async fn rung(listener: &mut Option<PgListener>) -> bool {
     }
 }
 
-/// One batch: starts the runs its events trigger; how many events it took.
+/// One batch of undispatched events: starts the runs they trigger (runs an
+/// owner has no room for are skipped and logged); how many events it took.
 async fn dispatch(pool: &PgPool, settings: &InngestSettings) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let events: Vec<Stored> = sqlx::query_as(
@@ -193,83 +195,85 @@ async fn dispatch(pool: &PgPool, settings: &InngestSettings) -> Result<usize, sq
     if events.is_empty() {
         return Ok(0);
     }
-    let rows: Vec<(String, Value, Value)> =
-        sqlx::query_as("select id, triggers, config from rowcast.inngest_functions order by id").fetch_all(&mut *tx).await?;
-    let targets: Vec<Target> = rows.into_iter().map(|(id, triggers, config)| Target::read(id, &triggers, &config)).collect();
-    let mut runs = Runs::default();
-    let mut windows = Windows::default();
-    for stored in &events {
-        let event = stored.event();
-        let names: Map<String, Value> = [("event".to_owned(), event.clone())].into_iter().collect();
-        for t in targets.iter().filter(|t| t.matches(&stored.name, &names)) {
-            if let (Some(rate), Some(key)) = (&t.rate, t.rate_key(&names)) {
-                if !windows.admit(&mut tx, &t.id, key, rate).await? {
-                    continue;
-                }
-            }
-            runs.push(&t.id, settings.owner(&event), run_input(event.clone()), t.priority(&names));
-        }
+    match start_runs(&mut tx, settings, &events, Full::Skip).await {
+        Ok(()) | Err(DispatchError::Full { .. }) => {}
+        Err(DispatchError::Db(e)) => return Err(e),
     }
-    windows.record(&mut tx).await?;
-    let started = runs.insert(&mut tx).await?;
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    sqlx::query("update rowcast.inngest_events set dispatched_at = now() where id = any($1)").bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
-    if started > 0 {
-        info!(events = events.len(), runs = started, "Inngest events started runs");
-    }
     Ok(events.len())
 }
 
-/// Rate-limit windows one batch has counted: starts in the window so far by
-/// (function, key), and the starts this batch admitted.
-#[derive(Default)]
-struct Windows {
-    counted: std::collections::HashMap<(String, String), i64>,
-    admitted: Vec<(String, String)>,
+/// Starts the runs of the just-stored events `ids` in the sender's
+/// transaction (`POST /e/<key>`): when an owner has no room for one, nothing
+/// is started or stored and the sender hears why (429).
+pub async fn dispatch_now(tx: &mut sqlx::PgConnection, settings: &InngestSettings, ids: &[Uuid]) -> Result<(), DispatchError> {
+    let events: Vec<Stored> = sqlx::query_as(
+        "select id, name, data, \"user\", ts, v from rowcast.inngest_events where id = any($1) and dispatched_at is null
+         order by received_at, id for update",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    start_runs(tx, settings, &events, Full::Refuse).await
 }
 
-impl Windows {
-    /// Whether one more run of `function` for `key` fits its rate limit; counts it if so.
-    async fn admit(&mut self, tx: &mut sqlx::PgConnection, function: &str, key: String, rate: &Rate) -> Result<bool, sqlx::Error> {
-        let slot = (function.to_owned(), key);
-        if !self.counted.contains_key(&slot) {
-            let (n,): (i64,) = sqlx::query_as(
-                "select count(*) from (select pg_advisory_xact_lock(hashtext('rowcast.rate:' || $1 || ':' || $2))) l,
-                        rowcast.inngest_rate_starts s
-                 where s.function_id = $1 and s.key = $2 and s.started_at > now() - make_interval(secs => $3)",
-            )
-            .bind(&slot.0)
-            .bind(&slot.1)
-            .bind(rate.period.as_secs_f64())
-            .fetch_one(&mut *tx)
-            .await?;
-            self.counted.insert(slot.clone(), n);
-        }
-        let n = self.counted.get_mut(&slot).expect("counted above");
-        if *n >= rate.limit {
-            return Ok(false);
-        }
-        *n += 1;
-        self.admitted.push(slot);
-        Ok(true)
-    }
+/// What to do with a run whose owner is at `max_active_per_user`.
+#[derive(Clone, Copy, PartialEq)]
+enum Full {
+    Skip,
+    Refuse,
+}
 
-    /// Stores the admitted starts, and forgets starts older than any period (24 h).
-    async fn record(&self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-        if self.admitted.is_empty() {
-            return Ok(());
+/// Why events started no runs.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("too many active {function} runs: at most {limit} may be pending or running per user")]
+    Full { function: String, limit: i32 },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Starts the runs `events` trigger and marks them dispatched.
+async fn start_runs(tx: &mut sqlx::PgConnection, settings: &InngestSettings, events: &[Stored], full: Full) -> Result<(), DispatchError> {
+    let rows: Vec<(String, Value, Value, Option<i32>)> = sqlx::query_as(
+        "select f.id, f.triggers, f.config, t.max_active_per_user
+         from rowcast.inngest_functions f left join rowcast.job_types t on t.type = f.id order by f.id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let targets: Vec<(Target, Option<i32>)> =
+        rows.into_iter().map(|(id, triggers, config, cap)| (Target::read(id, &triggers, &config), cap)).collect();
+    let (mut runs, mut windows, mut active) = (Runs::default(), admit::Windows::default(), admit::Active::default());
+    for stored in events {
+        let event = stored.event();
+        let names: Map<String, Value> = [("event".to_owned(), event.clone())].into_iter().collect();
+        let owner = settings.owner(&event);
+        for (t, cap) in targets.iter().filter(|(t, _)| t.matches(&stored.name, &names)) {
+            if let (Some(limit), Some(user)) = (cap, &owner) {
+                if !active.admit(&mut *tx, &t.id, user, *limit).await? {
+                    if full == Full::Refuse {
+                        return Err(DispatchError::Full { function: t.id.clone(), limit: *limit });
+                    }
+                    warn!(function = %t.id, limit, "an event's run was not started: its owner has the most active runs allowed");
+                    continue;
+                }
+            }
+            if let (Some(rate), Some(key)) = (&t.rate, t.rate_key(&names)) {
+                if !windows.admit(&mut *tx, &t.id, key, rate.limit, rate.period).await? {
+                    continue;
+                }
+            }
+            runs.push(&t.id, owner.clone(), run_input(event.clone()), t.priority(&names));
         }
-        sqlx::query(
-            "with gone as (delete from rowcast.inngest_rate_starts where started_at < now() - interval '24 hours')
-             insert into rowcast.inngest_rate_starts (function_id, key) select * from unnest($1::text[], $2::text[])",
-        )
-        .bind(self.admitted.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>())
-        .bind(self.admitted.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
     }
+    windows.record(&mut *tx).await?;
+    let started = runs.insert(&mut *tx).await?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    sqlx::query("update rowcast.inngest_events set dispatched_at = now() where id = any($1)").bind(&ids).execute(&mut *tx).await?;
+    if started > 0 {
+        info!(events = events.len(), runs = started, "Inngest events started runs");
+    }
+    Ok(())
 }
 
 /// The runs one batch starts, column by column.

@@ -3,7 +3,9 @@
 //! The body is one event or an array of them (`{name, data?, user?, id?,
 //! ts?, v?}`); all are stored in one transaction through
 //! `rowcast.send_event` (migration 0015), which keeps an event with a
-//! sender's `id` once per 24 hours. The answer is what the SDK checks:
+//! sender's `id` once per 24 hours, and the runs they trigger start in the
+//! same transaction, so an owner past `--inngest-max-active-per-user` gets
+//! 429 and nothing is stored. The answer is what the SDK checks:
 //! `{"ids": [...], "status": 200}`, or `{"ids": [], "status": 4xx, "error"}`.
 //! Outside dev mode the key in the path must be `--inngest-event-key`.
 
@@ -17,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use super::dispatch::{dispatch_now, DispatchError};
 use super::sync::SyncState;
 
 /// `POST /e/{key}`.
@@ -46,8 +49,19 @@ enum EventsError {
     NoKey,
     #[error("the events are not valid: {0}")]
     Body(String),
+    #[error("{0}")]
+    Full(String),
     #[error("storing the events failed")]
     Db(sqlx::Error),
+}
+
+impl From<DispatchError> for EventsError {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::Full { .. } => EventsError::Full(e.to_string()),
+            DispatchError::Db(e) => EventsError::Db(e),
+        }
+    }
 }
 
 impl From<sqlx::Error> for EventsError {
@@ -65,6 +79,7 @@ impl IntoResponse for EventsError {
         let status = match &self {
             EventsError::WrongKey | EventsError::NoKey => StatusCode::UNAUTHORIZED,
             EventsError::Body(_) => StatusCode::BAD_REQUEST,
+            EventsError::Full(_) => StatusCode::TOO_MANY_REQUESTS,
             EventsError::Db(e) => {
                 tracing::warn!(error = %e, "storing Inngest events failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -107,8 +122,10 @@ async fn receive(State(s): State<SyncState>, Path(key): Path<String>, body: Byte
             .bind(&e.v)
             .fetch_one(&mut *tx)
             .await?;
-        ids.push(id.to_string());
+        ids.push(id);
     }
+    dispatch_now(&mut tx, &s.settings, &ids).await?;
     tx.commit().await?;
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     Ok(Json(json!({"ids": ids, "status": 200})))
 }

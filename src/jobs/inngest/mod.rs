@@ -10,10 +10,12 @@
 //!   pinger that PUTs each `--inngest-app` URL so it registers.
 //! - `events`: `POST /e/<event key>`, stored through `rowcast.send_event`.
 //! - `functions`: synced functions as job types (limits, how to call them).
-//! - `dispatch`: stored events -> runs of every function they trigger.
+//! - `dispatch`: stored events -> runs of every function they trigger;
+//!   `admit`: its rate-limit windows and per-user caps.
 //! - `cron`: cron triggers -> one run per tick.
 //! - `call`: one execution request and what its answer means.
 
+pub mod admit;
 pub mod call;
 pub mod canonical;
 pub mod cron;
@@ -72,6 +74,8 @@ pub struct InngestSettings {
     pub apps: Vec<String>,
     /// The event field naming a run's owner; `None` reads `event.data.userId`, then `event.user.id`.
     pub user_key: Option<UserKey>,
+    /// Most pending or running runs of one function per owner; an event past it is refused (429).
+    pub max_active_per_user: Option<i32>,
 }
 
 impl InngestSettings {

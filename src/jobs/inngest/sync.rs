@@ -184,11 +184,12 @@ async fn store_limits(pool: &PgPool, settings: &InngestSettings, functions: &[Fu
         warn!(function = %f.id, unsupported = ?l.unsupported, "an Inngest function asks for flow control rowcast does not enforce yet");
     }
     sqlx::query(
-        "insert into rowcast.job_types (type, max_attempts, concurrency, concurrency_per_user, rate_count, rate_window_secs)
-         select * from unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::float8[])
+        "insert into rowcast.job_types (type, max_attempts, concurrency, concurrency_per_user, rate_count, rate_window_secs,
+                                        max_active_per_user)
+         select t.*, $7 from unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::float8[]) t
          on conflict (type) do update set max_attempts = excluded.max_attempts, concurrency = excluded.concurrency,
             concurrency_per_user = excluded.concurrency_per_user, rate_count = excluded.rate_count,
-            rate_window_secs = excluded.rate_window_secs, updated_at = now()",
+            rate_window_secs = excluded.rate_window_secs, max_active_per_user = excluded.max_active_per_user, updated_at = now()",
     )
     .bind(functions.iter().map(|f| f.id.as_str()).collect::<Vec<_>>())
     .bind(limits.iter().map(|l| l.max_attempts).collect::<Vec<_>>())
@@ -196,6 +197,7 @@ async fn store_limits(pool: &PgPool, settings: &InngestSettings, functions: &[Fu
     .bind(limits.iter().map(|l| l.concurrency_per_user).collect::<Vec<_>>())
     .bind(limits.iter().map(|l| l.rate.map(|r| r.0)).collect::<Vec<_>>())
     .bind(limits.iter().map(|l| l.rate.map(|r| r.1.as_secs_f64())).collect::<Vec<_>>())
+    .bind(settings.max_active_per_user)
     .execute(pool)
     .await?;
     Ok(())

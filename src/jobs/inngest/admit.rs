@@ -1,0 +1,96 @@
+//! The dispatcher's two admission checks, each counted once per batch under
+//! an advisory lock so dispatchers on several runners (and `POST /e/<key>`)
+//! agree: `rateLimit` windows (runs started per key per period; beyond the
+//! limit an event starts no run, as Inngest skips it), and the per-user cap
+//! on active runs (`max_active_per_user`, the same lock and count as
+//! `rowcast.enqueue`'s admission).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Rate-limit windows one batch has counted: starts in the window so far by
+/// (function, key), and the starts this batch admitted.
+#[derive(Default)]
+pub struct Windows {
+    counted: HashMap<(String, String), i64>,
+    admitted: Vec<(String, String)>,
+}
+
+impl Windows {
+    /// Whether one more run of `function` for `key` fits `limit` per `period`; counts it if so.
+    pub async fn admit(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        function: &str,
+        key: String,
+        limit: i64,
+        period: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let slot = (function.to_owned(), key);
+        if !self.counted.contains_key(&slot) {
+            let (n,): (i64,) = sqlx::query_as(
+                "select count(*) from (select pg_advisory_xact_lock(hashtext('rowcast.rate:' || $1 || ':' || $2))) l,
+                        rowcast.inngest_rate_starts s
+                 where s.function_id = $1 and s.key = $2 and s.started_at > now() - make_interval(secs => $3)",
+            )
+            .bind(&slot.0)
+            .bind(&slot.1)
+            .bind(period.as_secs_f64())
+            .fetch_one(&mut *tx)
+            .await?;
+            self.counted.insert(slot.clone(), n);
+        }
+        let n = self.counted.get_mut(&slot).expect("counted above");
+        if *n >= limit {
+            return Ok(false);
+        }
+        *n += 1;
+        self.admitted.push(slot);
+        Ok(true)
+    }
+
+    /// Stores the admitted starts, and forgets starts older than any period (24 h).
+    pub async fn record(&self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        if self.admitted.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "with gone as (delete from rowcast.inngest_rate_starts where started_at < now() - interval '24 hours')
+             insert into rowcast.inngest_rate_starts (function_id, key) select * from unnest($1::text[], $2::text[])",
+        )
+        .bind(self.admitted.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>())
+        .bind(self.admitted.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Active runs per (function, owner) as one batch has counted them.
+#[derive(Default)]
+pub struct Active(HashMap<(String, String), i64>);
+
+impl Active {
+    /// Whether `owner` has room for one more active run of `function`; counts it if so.
+    pub async fn admit(&mut self, tx: &mut sqlx::PgConnection, function: &str, owner: &str, limit: i32) -> Result<bool, sqlx::Error> {
+        let slot = (function.to_owned(), owner.to_owned());
+        if !self.0.contains_key(&slot) {
+            let (n,): (i64,) = sqlx::query_as(
+                "select count(*) from (select pg_advisory_xact_lock(hashtext('rowcast.admit:' || $1 || ':' || $2))) l,
+                        rowcast.jobs j
+                 where j.type = $1 and j.user_id = $2 and j.status in ('pending', 'running')",
+            )
+            .bind(function)
+            .bind(owner)
+            .fetch_one(&mut *tx)
+            .await?;
+            self.0.insert(slot.clone(), n);
+        }
+        let n = self.0.get_mut(&slot).expect("counted above");
+        if *n >= i64::from(limit) {
+            return Ok(false);
+        }
+        *n += 1;
+        Ok(true)
+    }
+}
