@@ -142,7 +142,17 @@ const bumpy = inngest.createFunction({ id: 'bumpy', retries: 1 }, { event: 'demo
   return out.join(',')
 })
 
-const functions = [summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker, oncePerUser, bumpy]
+const hoarder = inngest.createFunction({ id: 'hoarder' }, { event: 'demo/hoard' }, async ({ step }) => {
+  return await step.run('too-big', () => 'x'.repeat(5 * 1024 * 1024))
+})
+
+/// Every failed run's error, as a plain function triggered by inngest/function.failed sees it.
+const failedRuns = new Map()
+const watcher = inngest.createFunction({ id: 'failure-watcher' }, { event: 'inngest/function.failed' }, async ({ event }) => {
+  failedRuns.set(event.data.run_id, { fn: event.data.function_id, message: event.data.error.message })
+})
+
+const functions = [summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker, oncePerUser, bumpy, hoarder, watcher]
 const handler = serve({ client: inngest, functions })
 /// Runs whose request rowcast closed before the answer was written, by run id.
 const dropped = new Set()
@@ -296,6 +306,17 @@ test('NonRetriableError fails the run at once and onFailure gets its event and e
   const failure = await eventually(() => failures.get(tag), 20_000, 'the onFailure handler')
   assert.deepEqual([failure.name, failure.message, failure.event.data.tag], ['Error', 'transcript unavailable', tag])
   assert.equal(ran.get(`${tag}/generate-summary`), undefined)
+})
+
+test('a step answering more than 4 MiB fails the run at once, and functions on inngest/function.failed hear of it', async () => {
+  const tag = unique()
+  await inngest.send({ name: 'demo/hoard', data: { tag } })
+  const run = await ended('hoarder', tag, 'failed')
+  assert.equal(run.attempts, 1)
+  assert.match(run.error, /larger than 4 MiB/)
+  const seen = await eventually(() => failedRuns.get(run.id), 20_000, 'the failure watcher')
+  assert.equal(seen.fn, 'ext-hoarder')
+  assert.match(seen.message, /larger than 4 MiB/)
 })
 
 test('parallel steps each run once and the function resumes after all of them', async () => {

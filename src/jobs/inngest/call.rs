@@ -77,6 +77,9 @@ enum Answer {
 impl FunctionCall {
     /// Calls the function once for `job`, with the steps it has finished.
     pub async fn call(&self, job: &Job, memo: &Memo) -> Outcome {
+        if memo.len() >= MAX_STEPS {
+            return Outcome::Fail { message: format!("the run stored {MAX_STEPS} steps, the most one run may have") };
+        }
         let last_attempt = job.attempts >= job.max_attempts;
         match self.request(job, memo, None, last_attempt).await {
             Answer::Returned(output) => Outcome::Done { output, last: None },
@@ -128,8 +131,34 @@ impl FunctionCall {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let body = match read_capped(response).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            Err(message) => return Answer::Error { message, last: true, after: None },
+        };
         interpret(status, &headers, body, last_attempt)
+    }
+}
+
+/// Largest answer rowcast reads from an app: Inngest's limit on a step's or
+/// a function's output is 4 MB, and a run's stored state is sent with every
+/// call, so an answer past it fails the run instead of growing every request.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// Most steps one run may store (Inngest's limit is 1,000 per function).
+pub const MAX_STEPS: usize = 1000;
+
+/// The answer's body, or why it is refused (too large, or cut off).
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > MAX_ANSWER_BYTES => {
+                return Err(format!("the function's answer is larger than {} MiB", MAX_ANSWER_BYTES >> 20));
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return Ok(body),
+            // Cut off mid-body: read what came as no answer at all (retried).
+            Err(_) => return Ok(Vec::new()),
+        }
     }
 }
 
@@ -300,6 +329,53 @@ mod tests {
         assert!(retry_after(&soon).is_some_and(|d| d > Duration::from_secs(25) && d <= Duration::from_secs(30)));
         assert_eq!(retry_after("2000-01-01T00:00:00Z"), Some(Duration::ZERO));
         assert_eq!(retry_after("soon"), None);
+    }
+
+    fn run_job(attempts: i32, max_attempts: i32) -> Job {
+        let now = chrono::Utc::now();
+        Job {
+            id: uuid::Uuid::new_v4(),
+            job_type: "app-f".into(),
+            user_id: None,
+            status: crate::jobs::model::JobStatus::Running,
+            progress: 0,
+            message: None,
+            input: run_input(json!({"name": "a/b", "data": {}})),
+            output: None,
+            error: None,
+            attempts,
+            max_attempts,
+            idempotency_key: None,
+            run_at: now,
+            priority: 0,
+            parent_id: None,
+            created_at: now,
+            started_at: Some(now),
+            completed_at: None,
+            updated_at: now,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_at_the_step_limit_fails_without_calling_the_app() {
+        // Nothing listens on port 9: a call would answer "unreachable", a retry.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let f =
+            FunctionCall { url: "http://127.0.0.1:9/".into(), key: None, client: reqwest::Client::new(), server_kind: "dev", attempts: 4 };
+        let memo = Memo::from_ordered((0..MAX_STEPS).map(|i| (format!("s{i}"), json!({"data": i}))).collect());
+        assert!(matches!(f.call(&run_job(1, 4), &memo).await, Outcome::Fail { message } if message.contains("1000 steps")));
+    }
+
+    #[test]
+    fn each_step_is_told_its_own_attempt_out_of_the_functions_attempts() {
+        // retries: 3 (4 attempts a step); the first step failed twice, then finished on attempt 3,
+        // which renewed the run's budget to 3 + 3 = 6; the next step failed on attempt 3 too, so
+        // attempt 4 is its second.
+        let body = request_body(&run_job(4, 6), &Memo::default(), false, 4);
+        assert_eq!((body["ctx"]["attempt"].clone(), body["ctx"]["max_attempts"].clone()), (json!(1), json!(4)));
+        let first = request_body(&run_job(1, 4), &Memo::default(), false, 4);
+        assert_eq!(first["ctx"]["attempt"], json!(0));
+        assert_eq!(first["event"]["name"], "a/b");
     }
 
     #[test]
