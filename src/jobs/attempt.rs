@@ -129,6 +129,7 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &
                 return finish(ctx, job, Transition::Complete(output, last)).await;
             }
             Outcome::Fail { message } => return finish(ctx, job, Transition::Fail(message)).await,
+            Outcome::Defer { message, after } => return Ok(hand_back(&ctx.pool, job, after, &message).await?),
             Outcome::Retry { message, after } => return finish(ctx, job, Transition::Retry(message, after)).await,
         }
     }
@@ -230,15 +231,21 @@ fn ended_as(job: &Job, row: Option<Job>) -> Option<Job> {
 
 /// Hands a job back at shutdown without spending an attempt.
 async fn release(pool: &PgPool, job: &Job) -> Result<(), sqlx::Error> {
-    let set = "status = 'pending', attempts = attempts - 1, run_at = now(), message = 'released by a stopping runner'";
-    let sql = format!(
-        "with moved as (update rowcast.jobs set {set} where id = $1 and status = 'running' and attempts = $2 returning id, type),
-         freed as (delete from rowcast.job_leases where job_id in (select id from moved)),
-         rang as (select pg_notify('rowcast_jobs', type) from moved)
-         select count(*) from rang"
-    );
-    sqlx::query(&sql).bind(job.id).bind(job.attempts).execute(pool).await?;
+    hand_back(pool, job, Duration::ZERO, "released by a stopping runner").await?;
     info!(job.id = %job.id, "job released for another runner");
+    Ok(())
+}
+
+/// Hands a job back without spending an attempt, to be claimed again after
+/// `after` (the doorbell rings at once only when that is now).
+async fn hand_back(pool: &PgPool, job: &Job, after: Duration, message: &str) -> Result<(), sqlx::Error> {
+    let sql = "with moved as (
+            update rowcast.jobs set status = 'pending', attempts = attempts - 1, run_at = now() + make_interval(secs => $3), message = $4
+            where id = $1 and status = 'running' and attempts = $2 returning id, type),
+         freed as (delete from rowcast.job_leases where job_id in (select id from moved)),
+         rang as (select pg_notify('rowcast_jobs', type) from moved where $3 = 0)
+         select count(*) from rang";
+    sqlx::query(sql).bind(job.id).bind(job.attempts).bind(after.as_secs_f64()).bind(message).execute(pool).await?;
     Ok(())
 }
 

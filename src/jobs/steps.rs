@@ -91,6 +91,9 @@ pub enum Outcome {
     Fail { message: String },
     /// Retry this step after a backoff (or after `after`).
     Retry { message: String, after: Option<Duration> },
+    /// Not now (a concurrency limit is full): hand the job back, attempt
+    /// unspent, to be claimed again after `after`.
+    Defer { message: String, after: Duration },
 }
 
 /// How a type's steps run.

@@ -152,7 +152,27 @@ const watcher = inngest.createFunction({ id: 'failure-watcher' }, { event: 'inng
   failedRuns.set(event.data.run_id, { fn: event.data.function_id, message: event.data.error.message })
 })
 
-const functions = [summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker, oncePerUser, bumpy, hoarder, watcher]
+/// In-flight and most-ever-in-flight render steps, by team.
+const inFlight = new Map()
+const teamRender = inngest.createFunction(
+  { id: 'team-render', concurrency: { limit: 1, key: 'event.data.teamId' } },
+  { event: 'team/render' },
+  async ({ event, step }) => {
+    const { teamId, tag } = event.data
+    return await step.run('render', async () => {
+      const f = inFlight.get(teamId) ?? { now: 0, most: 0 }
+      f.now += 1
+      f.most = Math.max(f.most, f.now)
+      inFlight.set(teamId, f)
+      count(`${tag}/${teamId}`)
+      await gate(`${tag}/${teamId}`).opened
+      f.now -= 1
+      return teamId
+    })
+  },
+)
+
+const functions = [teamRender, summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker, oncePerUser, bumpy, hoarder, watcher]
 const handler = serve({ client: inngest, functions })
 /// Runs whose request rowcast closed before the answer was written, by run id.
 const dropped = new Set()
@@ -400,6 +420,23 @@ test('concurrency keyed by the user runs at most two of their runs at once', asy
   assert.deepEqual(statuses, ['pending', 'pending', 'running', 'running'])
   gate(tag).open()
   await eventually(async () => (await runs('summarize', tag)).every((r) => r.status === 'completed'), 30_000, 'all four to complete')
+})
+
+test('concurrency keyed by another field runs one step per key at once and does not hold other keys back', async () => {
+  const tag = unique()
+  const [a, b] = [`team-a-${tag}`, `team-b-${tag}`]
+  await inngest.send([a, a, a, b].map((teamId) => ({ name: 'team/render', data: { teamId, tag } })))
+  await eventually(() => ran.get(`${tag}/${a}`) === 1 && ran.get(`${tag}/${b}`) === 1, 20_000, 'one render per team')
+  const waiting = await eventually(async () => {
+    const rows = (await runs('team-render', tag)).filter((r) => r.status === 'pending')
+    return rows.length === 2 && rows.every((r) => r.message === 'waiting for a concurrency slot') ? rows : null
+  }, 20_000, "team a's other two runs to wait")
+  assert.ok(waiting.every((r) => r.attempts === 0), 'waiting spends no attempt')
+  gate(`${tag}/${a}`).open()
+  gate(`${tag}/${b}`).open()
+  await eventually(async () => (await runs('team-render', tag)).every((r) => r.status === 'completed'), 30_000, 'all four renders')
+  assert.equal(ran.get(`${tag}/${a}`), 3)
+  assert.deepEqual([inFlight.get(a).most, inFlight.get(b).most], [1, 1])
 })
 
 test('cancelling a run between steps drops its in-flight request and stores nothing more', async () => {

@@ -8,6 +8,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// Takes the transaction-scoped advisory lock named `name`. Its own
+/// statement: a count in a later statement then sees everything committed
+/// before the lock was granted (one statement's snapshot predates its wait).
+pub async fn lock(tx: &mut sqlx::PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(hashtext($1))").bind(name).execute(&mut *tx).await?;
+    Ok(())
+}
+
 /// Rate-limit windows one batch has counted: starts in the window so far by
 /// (function, key), and the starts this batch admitted.
 #[derive(Default)]
@@ -28,9 +36,9 @@ impl Windows {
     ) -> Result<bool, sqlx::Error> {
         let slot = (function.to_owned(), key);
         if !self.counted.contains_key(&slot) {
+            lock(&mut *tx, &format!("rowcast.rate:{}:{}", slot.0, slot.1)).await?;
             let (n,): (i64,) = sqlx::query_as(
-                "select count(*) from (select pg_advisory_xact_lock(hashtext('rowcast.rate:' || $1 || ':' || $2))) l,
-                        rowcast.inngest_rate_starts s
+                "select count(*) from rowcast.inngest_rate_starts s
                  where s.function_id = $1 and s.key = $2 and s.started_at > now() - make_interval(secs => $3)",
             )
             .bind(&slot.0)
@@ -75,10 +83,9 @@ impl Active {
     pub async fn admit(&mut self, tx: &mut sqlx::PgConnection, function: &str, owner: &str, limit: i32) -> Result<bool, sqlx::Error> {
         let slot = (function.to_owned(), owner.to_owned());
         if !self.0.contains_key(&slot) {
+            lock(&mut *tx, &format!("rowcast.admit:{function}:{owner}")).await?;
             let (n,): (i64,) = sqlx::query_as(
-                "select count(*) from (select pg_advisory_xact_lock(hashtext('rowcast.admit:' || $1 || ':' || $2))) l,
-                        rowcast.jobs j
-                 where j.type = $1 and j.user_id = $2 and j.status in ('pending', 'running')",
+                "select count(*) from rowcast.jobs j where j.type = $1 and j.user_id = $2 and j.status in ('pending', 'running')",
             )
             .bind(function)
             .bind(owner)

@@ -28,9 +28,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::canonical;
+use super::gate::{self, Gate};
 use super::keys::SigningKey;
 use crate::jobs::model::Job;
-use crate::jobs::steps::{Memo, Outcome, StepResult};
+use crate::jobs::steps::{random_unit, Memo, Outcome, StepResult};
 
 /// One synced function, as the runner calls it.
 #[derive(Clone)]
@@ -43,6 +44,8 @@ pub struct FunctionCall {
     pub server_kind: &'static str,
     /// Attempts each step has (the function's retries + 1).
     pub attempts: i32,
+    /// Keyed concurrency limits to enter before calling, if any.
+    pub gate: Option<Gate>,
 }
 
 impl std::fmt::Debug for FunctionCall {
@@ -79,6 +82,14 @@ impl FunctionCall {
     pub async fn call(&self, job: &Job, memo: &Memo) -> Outcome {
         if memo.len() >= MAX_STEPS {
             return Outcome::Fail { message: format!("the run stored {MAX_STEPS} steps, the most one run may have") };
+        }
+        if let Some(gate) = &self.gate {
+            let after = gate::WAIT.mul_f64(1.0 + random_unit());
+            match gate.enter(job).await {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Defer { message: "waiting for a concurrency slot".into(), after },
+                Err(_) => return Outcome::Defer { message: "could not take a concurrency slot; trying again".into(), after },
+            }
         }
         let last_attempt = job.attempts >= job.max_attempts;
         match self.request(job, memo, None, last_attempt).await {
@@ -360,8 +371,14 @@ mod tests {
     async fn a_run_at_the_step_limit_fails_without_calling_the_app() {
         // Nothing listens on port 9: a call would answer "unreachable", a retry.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let f =
-            FunctionCall { url: "http://127.0.0.1:9/".into(), key: None, client: reqwest::Client::new(), server_kind: "dev", attempts: 4 };
+        let f = FunctionCall {
+            url: "http://127.0.0.1:9/".into(),
+            key: None,
+            client: reqwest::Client::new(),
+            server_kind: "dev",
+            attempts: 4,
+            gate: None,
+        };
         let memo = Memo::from_ordered((0..MAX_STEPS).map(|i| (format!("s{i}"), json!({"data": i}))).collect());
         assert!(matches!(f.call(&run_job(1, 4), &memo).await, Outcome::Fail { message } if message.contains("1000 steps")));
     }

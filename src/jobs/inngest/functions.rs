@@ -5,7 +5,8 @@
 //! What maps: `retries` (attempts = retries + 1, 5 when absent, as Inngest),
 //! `concurrency` as a number or `{limit}` (the function's limit) and
 //! `{limit, key}` with the owner key (`--inngest-user-key`) as the per-user
-//! limit, and `throttle` keyed by the owner as the per-user start rate
+//! limit, other keys and wider scopes through `gate` (slots taken before a
+//! call), and `throttle` keyed by the owner as the per-user start rate
 //! (`rateLimit` is the dispatcher's: it decides whether a run starts at all).
 //! Other keys, scopes and flow controls are reported by `limits` so the sync
 //! can log them; they do not limit anything yet.
@@ -15,7 +16,11 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use tracing::warn;
+
 use super::call::FunctionCall;
+use super::expr::Expr;
+use super::gate::{Gate, Keyed};
 use super::{InngestSettings, UserKey};
 use crate::jobs::config::{Enqueuer, Handler, JobType};
 
@@ -27,12 +32,15 @@ pub struct Limits {
     pub concurrency_per_user: Option<i32>,
     /// Starts per window, per owner.
     pub rate: Option<(i32, Duration)>,
+    /// Concurrency keyed by another expression, or shared wider than the
+    /// function: (scope, key expression, limit), enforced by `gate`.
+    pub keyed: Vec<(String, String, i32)>,
     /// What the config asks for that rowcast does not enforce yet.
     pub unsupported: Vec<String>,
 }
 
 /// The limits `config` (a function's register entry) declares.
-pub fn limits(config: &Value, user_keys: &[UserKey]) -> Limits {
+pub fn limits(id: &str, config: &Value, user_keys: &[UserKey]) -> Limits {
     let retries = config.pointer("/steps/step/retries/attempts").and_then(Value::as_i64).unwrap_or(4).clamp(0, 20) as i32;
     let mut l = Limits { max_attempts: retries + 1, ..Limits::default() };
     let is_owner = |key: &str| user_keys.iter().any(|k| same_key(k.text(), key));
@@ -47,10 +55,10 @@ pub fn limits(config: &Value, user_keys: &[UserKey]) -> Limits {
         let scope = c.get("scope").and_then(Value::as_str).unwrap_or("fn");
         match (limit, key) {
             (None, _) => {}
-            (Some(_), _) if scope != "fn" => l.unsupported.push(format!("concurrency scope {scope:?}")),
+            (Some(n), key) if scope != "fn" => l.keyed.push((scope.to_owned(), key.unwrap_or("''").to_owned(), n)),
             (Some(n), None) => l.concurrency = Some(l.concurrency.map_or(n, |c| c.min(n))),
             (Some(n), Some(k)) if is_owner(k) => l.concurrency_per_user = Some(l.concurrency_per_user.map_or(n, |c| c.min(n))),
-            (Some(_), Some(k)) => l.unsupported.push(format!("concurrency key {k:?}")),
+            (Some(n), Some(k)) => l.keyed.push((id.to_owned(), k.to_owned(), n)),
         }
     }
     if let Some(t) = config.get("throttle") {
@@ -102,13 +110,26 @@ pub async fn load(pool: &PgPool, settings: &InngestSettings, client: &reqwest::C
         .into_iter()
         .filter_map(|(id, config)| {
             let url = config.pointer("/steps/step/runtime/url").and_then(Value::as_str)?.to_owned();
-            let l = limits(&config, &keys);
+            let l = limits(&id, &config, &keys);
+            let keyed: Vec<Keyed> = l
+                .keyed
+                .iter()
+                .filter_map(|(scope, key, limit)| match Expr::parse(key) {
+                    Ok(key) => Some(Keyed { scope: scope.clone(), key, limit: *limit }),
+                    Err(e) => {
+                        warn!(function = %id, error = %e, "an Inngest concurrency key is not understood; that limit is not enforced");
+                        None
+                    }
+                })
+                .collect();
+            let gate = (!keyed.is_empty()).then(|| Gate { pool: pool.clone(), limits: keyed });
             let call = FunctionCall {
                 url,
                 key: settings.signing_key.clone(),
                 client: client.clone(),
                 server_kind: settings.server_kind(),
                 attempts: l.max_attempts,
+                gate,
             };
             Some(Function { job_type: job_type(id, &l), call })
         })
@@ -147,19 +168,24 @@ mod tests {
 
     #[test]
     fn retries_become_attempts_and_default_to_inngests_four() {
-        assert_eq!(limits(&json!({"steps": {"step": {"retries": {"attempts": 3}}}}), &keys()).max_attempts, 4);
-        assert_eq!(limits(&json!({"steps": {"step": {"retries": {"attempts": 0}}}}), &keys()).max_attempts, 1);
-        assert_eq!(limits(&json!({}), &keys()).max_attempts, 5);
+        assert_eq!(limits("app-f", &json!({"steps": {"step": {"retries": {"attempts": 3}}}}), &keys()).max_attempts, 4);
+        assert_eq!(limits("app-f", &json!({"steps": {"step": {"retries": {"attempts": 0}}}}), &keys()).max_attempts, 1);
+        assert_eq!(limits("app-f", &json!({}), &keys()).max_attempts, 5);
     }
 
     #[test]
     fn concurrency_by_the_owner_key_is_per_user_and_a_bare_limit_is_the_functions() {
-        let l = limits(&json!({"concurrency": [{"limit": 2, "key": "event.data.userId"}, 10]}), &keys());
+        let l = limits("app-f", &json!({"concurrency": [{"limit": 2, "key": "event.data.userId"}, 10]}), &keys());
         assert_eq!((l.concurrency, l.concurrency_per_user), (Some(10), Some(2)));
-        let l = limits(&json!({"concurrency": {"limit": 3, "key": "event.data.teamId"}}), &keys());
+        let l = limits(
+            "app-f",
+            &json!({"concurrency": [{"limit": 3, "key": "event.data.teamId"}, {"limit": 9, "key": "event.data.region", "scope": "env"}]}),
+            &keys(),
+        );
         assert_eq!((l.concurrency, l.concurrency_per_user), (None, None));
-        assert_eq!(l.unsupported, vec!["concurrency key \"event.data.teamId\"".to_owned()]);
-        let l = limits(&json!({"throttle": {"limit": 5, "period": "1m30s", "key": "event.user.id"}}), &keys());
+        assert_eq!(l.keyed, vec![("app-f".into(), "event.data.teamId".into(), 3), ("env".into(), "event.data.region".into(), 9)]);
+        assert!(l.unsupported.is_empty());
+        let l = limits("app-f", &json!({"throttle": {"limit": 5, "period": "1m30s", "key": "event.user.id"}}), &keys());
         assert_eq!(l.rate, Some((5, Duration::from_secs(90))));
     }
 

@@ -13,7 +13,8 @@
 //! - `dispatch`: stored events -> runs of every function they trigger;
 //!   `admit`: its rate-limit windows and per-user caps.
 //! - `cron`: cron triggers -> one run per tick.
-//! - `call`: one execution request and what its answer means.
+//! - `call`: one execution request and what its answer means; `gate`: the
+//!   keyed concurrency slots a run takes before it calls.
 
 pub mod admit;
 pub mod call;
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod events;
 pub mod expr;
 pub mod functions;
+pub mod gate;
 pub mod keys;
 pub mod sync;
 
