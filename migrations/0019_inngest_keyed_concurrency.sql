@@ -14,3 +14,19 @@ create table rowcast.inngest_slots (
     primary key (scope, key, job_id)
 );
 create index inngest_slots_job on rowcast.inngest_slots (job_id);
+
+-- Inngest `throttle {limit, period, burst?, key?}` keyed by anything but the
+-- owner (the owner's is the job type's start rate, enforced at claim): a run
+-- records its start here before its first call; a run that finds `limit +
+-- burst` starts in the last `period` waits back in pending until the oldest
+-- of them leaves the window. One row per run, so a retried first call does
+-- not start it twice.
+create table rowcast.inngest_throttle_starts (
+    scope      text not null,
+    key        text not null,
+    job_id     uuid not null,
+    started_at timestamptz not null default now(),
+    primary key (scope, key, job_id)
+);
+create index inngest_throttle_starts_window on rowcast.inngest_throttle_starts (scope, key, started_at);
+create index inngest_throttle_starts_age on rowcast.inngest_throttle_starts (started_at);

@@ -172,7 +172,21 @@ const teamRender = inngest.createFunction(
   },
 )
 
-const functions = [teamRender, summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker, oncePerUser, bumpy, hoarder, watcher]
+/// When each throttled run started, by shop.
+const throttledStarts = new Map()
+const syncShop = inngest.createFunction(
+  { id: 'sync-shop', throttle: { limit: 1, period: '2s', key: 'event.data.shop' } },
+  { event: 'shop/sync' },
+  async ({ event, step }) =>
+    await step.run('sync', () => {
+      const list = throttledStarts.get(event.data.shop) ?? []
+      list.push(Date.now())
+      throttledStarts.set(event.data.shop, list)
+      return list.length
+    }),
+)
+
+const functions = [syncShop, teamRender, summarize, parallel, transcribe, embed, onlyPro, catcher, patient, ticker, oncePerUser, bumpy, hoarder, watcher]
 const handler = serve({ client: inngest, functions })
 /// Runs whose request rowcast closed before the answer was written, by run id.
 const dropped = new Set()
@@ -437,6 +451,19 @@ test('concurrency keyed by another field runs one step per key at once and does 
   await eventually(async () => (await runs('team-render', tag)).every((r) => r.status === 'completed'), 30_000, 'all four renders')
   assert.equal(ran.get(`${tag}/${a}`), 3)
   assert.deepEqual([inFlight.get(a).most, inFlight.get(b).most], [1, 1])
+})
+
+test('a throttle keyed by another field spaces one key\'s starts by its period and leaves other keys alone', async () => {
+  const tag = unique()
+  const [a, b] = [`shop-a-${tag}`, `shop-b-${tag}`]
+  const sent = Date.now()
+  await inngest.send([a, a, a, b].map((shop) => ({ name: 'shop/sync', data: { shop, tag } })))
+  await eventually(async () => (await runs('sync-shop', tag)).every((r) => r.status === 'completed'), 30_000, 'all four syncs')
+  const starts = throttledStarts.get(a)
+  assert.equal(starts.length, 3)
+  const gaps = starts.slice(1).map((t, i) => t - starts[i])
+  assert.ok(gaps.every((g) => g >= 1900), `shop a's starts ${gaps.join(', ')} ms apart`)
+  assert.ok(throttledStarts.get(b)[0] - sent < 1900, 'shop b started without waiting for shop a')
 })
 
 test('cancelling a run between steps drops its in-flight request and stores nothing more', async () => {

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::canonical;
-use super::gate::{self, Gate};
+use super::gate::{self, Entry, Gate};
 use super::keys::SigningKey;
 use crate::jobs::model::Job;
 use crate::jobs::steps::{random_unit, Memo, Outcome, StepResult};
@@ -85,9 +85,10 @@ impl FunctionCall {
         }
         if let Some(gate) = &self.gate {
             let after = gate::WAIT.mul_f64(1.0 + random_unit());
-            match gate.enter(job).await {
-                Ok(true) => {}
-                Ok(false) => return Outcome::Defer { message: "waiting for a concurrency slot".into(), after },
+            match gate.enter(job, memo.is_empty()).await {
+                Ok(Entry::In) => {}
+                Ok(Entry::Full) => return Outcome::Defer { message: "waiting for a concurrency slot".into(), after },
+                Ok(Entry::Throttled(wait)) => return Outcome::Defer { message: "throttled".into(), after: wait },
                 Err(_) => return Outcome::Defer { message: "could not take a concurrency slot; trying again".into(), after },
             }
         }

@@ -6,7 +6,8 @@
 //! `concurrency` as a number or `{limit}` (the function's limit) and
 //! `{limit, key}` with the owner key (`--inngest-user-key`) as the per-user
 //! limit, other keys and wider scopes through `gate` (slots taken before a
-//! call), and `throttle` keyed by the owner as the per-user start rate
+//! call), `throttle` keyed by the owner as the per-user start rate and any
+//! other throttle through `gate`
 //! (`rateLimit` is the dispatcher's: it decides whether a run starts at all).
 //! Other keys, scopes and flow controls are reported by `limits` so the sync
 //! can log them; they do not limit anything yet.
@@ -20,7 +21,7 @@ use tracing::warn;
 
 use super::call::FunctionCall;
 use super::expr::Expr;
-use super::gate::{Gate, Keyed};
+use super::gate::{Gate, Keyed, Throttle};
 use super::{InngestSettings, UserKey};
 use crate::jobs::config::{Enqueuer, Handler, JobType};
 
@@ -35,6 +36,9 @@ pub struct Limits {
     /// Concurrency keyed by another expression, or shared wider than the
     /// function: (scope, key expression, limit), enforced by `gate`.
     pub keyed: Vec<(String, String, i32)>,
+    /// A throttle keyed by another expression, or by none: (key expression,
+    /// limit, burst, period), enforced by `gate`.
+    pub throttle: Option<(String, i32, i32, Duration)>,
     /// What the config asks for that rowcast does not enforce yet.
     pub unsupported: Vec<String>,
 }
@@ -64,9 +68,11 @@ pub fn limits(id: &str, config: &Value, user_keys: &[UserKey]) -> Limits {
     if let Some(t) = config.get("throttle") {
         let limit = t.get("limit").and_then(Value::as_i64).filter(|n| *n > 0);
         let period = t.get("period").and_then(Value::as_str).and_then(period);
-        match (limit, period, t.get("key").and_then(Value::as_str)) {
-            (Some(n), Some(p), Some(k)) if is_owner(k) => l.rate = Some((n.min(i32::MAX as i64) as i32, p)),
-            _ => l.unsupported.push("throttle without the owner key".into()),
+        let burst = t.get("burst").and_then(Value::as_i64).unwrap_or(0).clamp(0, i32::MAX as i64) as i32;
+        match (limit.map(|n| n.min(i32::MAX as i64) as i32), period, t.get("key").and_then(Value::as_str)) {
+            (Some(n), Some(p), Some(k)) if is_owner(k) && burst == 0 => l.rate = Some((n, p)),
+            (Some(n), Some(p), key) => l.throttle = Some((key.unwrap_or("''").to_owned(), n, burst, p)),
+            _ => l.unsupported.push("throttle without a limit and a period".into()),
         }
     }
     for other in ["debounce", "batchEvents", "idempotency", "singleton", "cancel", "timeouts"] {
@@ -122,7 +128,19 @@ pub async fn load(pool: &PgPool, settings: &InngestSettings, client: &reqwest::C
                     }
                 })
                 .collect();
-            let gate = (!keyed.is_empty()).then(|| Gate { pool: pool.clone(), limits: keyed });
+            let throttle = l.throttle.as_ref().and_then(|(key, limit, burst, period)| match Expr::parse(key) {
+                Ok(key) => Some(Throttle { key, limit: *limit, burst: *burst, period: *period }),
+                Err(e) => {
+                    warn!(function = %id, error = %e, "an Inngest throttle key is not understood; the throttle is not enforced");
+                    None
+                }
+            });
+            let gate = (!keyed.is_empty() || throttle.is_some()).then(|| Gate {
+                pool: pool.clone(),
+                function: id.clone(),
+                limits: keyed,
+                throttle,
+            });
             let call = FunctionCall {
                 url,
                 key: settings.signing_key.clone(),
@@ -187,6 +205,8 @@ mod tests {
         assert!(l.unsupported.is_empty());
         let l = limits("app-f", &json!({"throttle": {"limit": 5, "period": "1m30s", "key": "event.user.id"}}), &keys());
         assert_eq!(l.rate, Some((5, Duration::from_secs(90))));
+        let l = limits("app-f", &json!({"throttle": {"limit": 2, "period": "10s", "burst": 1, "key": "event.data.shop"}}), &keys());
+        assert_eq!((l.rate, l.throttle), (None, Some(("event.data.shop".into(), 2, 1, Duration::from_secs(10)))));
     }
 
     #[test]

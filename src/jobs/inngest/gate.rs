@@ -1,10 +1,11 @@
-//! Concurrency keyed by anything but the run's owner: `concurrency: {limit,
-//! key: 'event.data.teamId', scope?}`. Before it calls its function, a run
-//! takes a slot for each such limit (migration 0019); a slot counts while its
-//! job is running. A run that finds a limit full is handed back to wait
-//! (`Outcome::Defer`) without spending an attempt, so it holds no runner
-//! slot while it waits. Inngest counts in-flight steps; a running job is
-//! one about to call or calling, so this counts the same runs.
+//! Limits keyed by anything but the run's owner (migration 0019):
+//! `concurrency: {limit, key: 'event.data.teamId', scope?}`, for which a run
+//! takes a slot before each call (a slot counts while its job is running;
+//! Inngest counts in-flight steps, and a running job is one about to call or
+//! calling), and `throttle: {limit, period, burst?, key?}`, for which a run
+//! records its start before its first call. A run that finds a limit full is
+//! handed back to wait (`Outcome::Defer`) without spending an attempt, so it
+//! holds no runner slot while it waits.
 
 use std::time::Duration;
 
@@ -27,36 +28,97 @@ pub struct Keyed {
     pub limit: i32,
 }
 
+/// A keyed throttle: at most `limit + burst` runs of the function start per `period` per key.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    pub key: Expr,
+    pub limit: i32,
+    pub burst: i32,
+    pub period: Duration,
+}
+
 /// A function's keyed limits and where their slots live.
 #[derive(Clone)]
 pub struct Gate {
     pub pool: PgPool,
+    /// The function's id (the throttle's scope).
+    pub function: String,
     pub limits: Vec<Keyed>,
+    pub throttle: Option<Throttle>,
+}
+
+/// Whether a run may call now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Entry {
+    In,
+    /// A concurrency limit is full: try again after a short wait.
+    Full,
+    /// The throttle's window is full for this long.
+    Throttled(Duration),
 }
 
 impl Gate {
-    /// Takes `job`'s slot under every limit; `Ok(false)` (and nothing taken) when one is full.
-    pub async fn enter(&self, job: &Job) -> Result<bool, sqlx::Error> {
+    /// Takes `job`'s slot under every limit, and records its start under
+    /// the throttle when `starting`; nothing is taken unless all admit it.
+    pub async fn enter(&self, job: &Job, starting: bool) -> Result<Entry, sqlx::Error> {
         let event = job.input.get("event").cloned().unwrap_or(Value::Null);
         let names: Map<String, Value> = [("event".to_owned(), event)].into_iter().collect();
         let mut tx = self.pool.begin().await?;
+        if let (Some(t), true) = (&self.throttle, starting) {
+            let key = key_of(&t.key, &names);
+            super::admit::lock(&mut tx, &format!("rowcast.throttle:{}:{key}", self.function)).await?;
+            let (wait,): (Option<f64>,) = sqlx::query_as(THROTTLE)
+                .bind(&self.function)
+                .bind(&key)
+                .bind(job.id)
+                .bind(t.limit + t.burst)
+                .bind(t.period.as_secs_f64())
+                .fetch_one(&mut *tx)
+                .await?;
+            if let Some(secs) = wait {
+                return Ok(Entry::Throttled(Duration::from_secs_f64(secs.max(0.05))));
+            }
+        }
         for limit in &self.limits {
-            let key = match limit.key.eval(&names) {
-                Ok(Value::String(s)) => s,
-                Ok(v) => v.to_string(),
-                Err(_) => "null".to_owned(),
-            };
+            let key = key_of(&limit.key, &names);
             super::admit::lock(&mut tx, &format!("rowcast.slot:{}:{key}", limit.scope)).await?;
             let (room,): (bool,) =
                 sqlx::query_as(TAKE).bind(&limit.scope).bind(&key).bind(job.id).bind(limit.limit).fetch_one(&mut *tx).await?;
             if !room {
-                return Ok(false);
+                return Ok(Entry::Full);
             }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Entry::In)
     }
 }
+
+/// A key expression's value for a run, as text.
+fn key_of(key: &Expr, names: &Map<String, Value>) -> String {
+    match key.eval(names) {
+        Ok(Value::String(s)) => s,
+        Ok(v) => v.to_string(),
+        Err(_) => "null".to_owned(),
+    }
+}
+
+/// Run under the throttle's (function, key) lock: null when the run may
+/// start (its start is recorded, once), else the seconds until the oldest
+/// start in the window leaves it. `$1` function, `$2` key, `$3` the job,
+/// `$4` starts allowed per window, `$5` the window in seconds.
+const THROTTLE: &str = "with window_starts as (
+        select started_at from rowcast.inngest_throttle_starts
+        where scope = $1 and key = $2 and job_id <> $3 and started_at > now() - make_interval(secs => $5)),
+     verdict as (
+        select case when exists (select 1 from rowcast.inngest_throttle_starts where scope = $1 and key = $2 and job_id = $3) then null
+                    when (select count(*) from window_starts) < $4 then null
+                    else extract(epoch from (select min(started_at) from window_starts) + make_interval(secs => $5) - now())::float8
+               end as wait),
+     gone as (delete from rowcast.inngest_throttle_starts where started_at < now() - interval '24 hours'),
+     started as (
+        insert into rowcast.inngest_throttle_starts (scope, key, job_id) select $1, $2, $3 from verdict where wait is null
+        on conflict do nothing returning 1)
+     select wait from verdict";
 
 /// Run under the (scope, key) lock, taken by the statement before: sweeps
 /// slots whose job no longer runs, counts the others' running slots, and
