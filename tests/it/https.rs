@@ -10,8 +10,18 @@ use serde_json::{json, Value};
 use crate::harness::{eventually, fresh_database, jobs_config, spawn_configured, TestApp};
 use crate::step_server::{step, Call, Event, Reply, StepServer};
 
-/// A private CA (its PEM) and a TLS acceptor whose certificate for localhost it signed.
-fn private_ca() -> (String, tokio_rustls::TlsAcceptor) {
+/// A private CA's PEM, and a certificate for localhost it signed with that
+/// certificate's key, both as PEM and as DER.
+pub(crate) struct PrivateCa {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+/// Makes a CA and a localhost certificate it signed.
+pub(crate) fn make_private_ca() -> PrivateCa {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, "rowcast test CA");
@@ -21,14 +31,26 @@ fn private_ca() -> (String, tokio_rustls::TlsAcceptor) {
     let issuer = Issuer::from_params(&ca, &ca_key);
     let leaf_key = KeyPair::generate().unwrap();
     let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    PrivateCa {
+        ca_pem,
+        cert_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
+        cert_der: leaf.der().clone(),
+        key_der: leaf_key.serialize_der(),
+    }
+}
+
+/// A private CA (its PEM) and a TLS acceptor whose certificate for localhost it signed.
+fn private_ca() -> (String, tokio_rustls::TlsAcceptor) {
+    let ca = make_private_ca();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.key_der));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
+        .with_single_cert(vec![ca.cert_der], key)
         .unwrap();
-    (ca_pem, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    (ca.ca_pem, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// One type whose steps and failure hook are `url`, signed.
@@ -48,7 +70,7 @@ async fn app_trusting(toml: &str, ca_file: Option<std::path::PathBuf>) -> TestAp
     .await
 }
 
-fn ca_file(pem: &str) -> (tempfile_dir::Dir, std::path::PathBuf) {
+pub(crate) fn ca_file(pem: &str) -> (tempfile_dir::Dir, std::path::PathBuf) {
     let dir = tempfile_dir::Dir::new();
     let path = dir.path().join("ca.pem");
     std::fs::write(&path, pem).unwrap();
@@ -56,7 +78,7 @@ fn ca_file(pem: &str) -> (tempfile_dir::Dir, std::path::PathBuf) {
 }
 
 /// A directory removed when dropped (the tests' own, to keep dev-dependencies lean).
-mod tempfile_dir {
+pub(crate) mod tempfile_dir {
     pub struct Dir(std::path::PathBuf);
     impl Dir {
         pub fn new() -> Dir {

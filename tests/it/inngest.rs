@@ -26,7 +26,7 @@ fn suite_dir() -> PathBuf {
 }
 
 /// Runs `node --test <file>` in tests/inngest with `env`; panics with its output on failure.
-async fn run_suite(file: &str, env: &[(&str, String)]) {
+pub(crate) async fn run_suite(file: &str, env: &[(&str, String)]) {
     let mut node = tokio::process::Command::new("node");
     node.args(["--test", "--test-reporter=spec", "--test-concurrency=1", file]).current_dir(suite_dir()).kill_on_drop(true);
     for (k, v) in env {
@@ -190,6 +190,43 @@ async fn an_owner_past_the_active_run_cap_is_refused_with_429_when_sending_and_s
             ("INNGEST_BASE_URL", format!("http://{}", app.addr)),
             ("INNGEST_SIGNING_KEY", KEY.to_owned()),
             ("INNGEST_EVENT_KEY", EVENT_KEY.to_owned()),
+            ("DATABASE_URL", app.db_url.clone()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_inngest_app_served_over_https_by_a_private_ca_syncs_by_inngest_app_and_runs() {
+    const EVENT_KEY: &str = "rowcast-test-event-key-https";
+    let ca = crate::https::make_private_ca();
+    let (dir, ca_path) = crate::https::ca_file(&ca.ca_pem);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &ca.cert_pem).unwrap();
+    std::fs::write(&key, &ca.key_pem).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let db = fresh_database().await;
+    let settings = InngestSettings {
+        signing_key: Some(SigningKey::parse(KEY).unwrap()),
+        event_key: Some(Secret::new(EVENT_KEY)),
+        apps: vec![format!("https://localhost:{port}/api/inngest")],
+        ..InngestSettings::default()
+    };
+    let app = spawn_configured(&db, move |c| {
+        c.inngest = settings;
+        c.ca_file = Some(ca_path);
+    })
+    .await;
+    run_suite(
+        "https.test.mjs",
+        &[
+            ("INNGEST_DEV", "0".to_owned()),
+            ("INNGEST_BASE_URL", format!("http://{}", app.addr)),
+            ("INNGEST_SIGNING_KEY", KEY.to_owned()),
+            ("INNGEST_EVENT_KEY", EVENT_KEY.to_owned()),
+            ("INNGEST_APP_PORT", port.to_string()),
+            ("TLS_CERT", cert.display().to_string()),
+            ("TLS_KEY", key.display().to_string()),
             ("DATABASE_URL", app.db_url.clone()),
         ],
     )
