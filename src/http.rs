@@ -34,6 +34,7 @@ use tower_http::services::{ServeDir, ServeFile};
 use tungstenite::handshake::derive_accept_key;
 
 use crate::auth::{AuthError, Minter, Principal};
+use crate::jobs::admin as job_admin;
 use crate::jobs::handlers::{self as job_routes, JobsState};
 use crate::jobs::inngest::sync::{self as inngest_sync, SyncState};
 use crate::metrics;
@@ -81,7 +82,8 @@ pub fn router(state: AppState) -> Router {
     let files = ServeDir::new(&state.web_dir).append_index_html_on_directories(true);
     router
         .with_state(state.clone())
-        .merge(job_routes::router(state.jobs))
+        .merge(job_routes::router(state.jobs.clone()))
+        .merge(job_admin::router(state.jobs))
         .merge(rest_routes::router(state.rest))
         .merge(broadcast_api::router(state.broadcast))
         .merge(inngest_sync::router(state.inngest))

@@ -49,7 +49,7 @@ pub fn router(state: JobsState) -> Router {
 }
 
 /// A refused request, as a status and `{"error": ...}`.
-struct Refusal(StatusCode, serde_json::Value);
+pub(super) struct Refusal(StatusCode, serde_json::Value);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -57,7 +57,7 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+pub(super) fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal(status, json!({ "error": message.into() }))
 }
 
@@ -80,7 +80,7 @@ impl From<ApiError> for Refusal {
     }
 }
 
-async fn caller(state: &JobsState, headers: &HeaderMap) -> Result<Caller, Refusal> {
+pub(super) async fn caller(state: &JobsState, headers: &HeaderMap) -> Result<Caller, Refusal> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let token = request_token(header("authorization"), header("apikey"))
         .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <jwt>"))?;

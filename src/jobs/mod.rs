@@ -7,12 +7,14 @@
 //! - `config`: TOML job types, cron entries, runner settings (pure).
 //! - `model`: the job row.
 //! - `steps`: the HTTP step protocol, the demo handler, backoff (no database).
-//! - `api`: enqueue/get/list/cancel/retry SQL; `handlers`: its REST routes.
+//! - `api`: enqueue/get/list/cancel/retry SQL; `handlers`: its REST routes;
+//!   `admin`: the runs dashboard's routes (service role only).
 //! - `attempt`: running one claimed attempt; `runner`: claiming;
 //!   `batch`: group commits of step stores and completions.
 //! - `scheduler`: rescue, expiry, cron, retention; `hooks`: on_failure.
 //! - `inngest`: the Inngest SDK protocol (apps syncing, so far).
 
+pub mod admin;
 pub mod api;
 pub mod attempt;
 pub mod batch;

@@ -39,6 +39,7 @@ async fn the_demo_page_and_the_extension_work_in_chromium() {
         .current_dir(root)
         .env("ROWCAST_URL", format!("http://{addr}"))
         .env("ARTIFACTS_DIR", &artifacts)
+        .env("JWT_SECRET", SECRET)
         .kill_on_drop(true)
         .output()
         .await
