@@ -33,6 +33,7 @@ use crate::changes::listener::{Listener, ListenerConfig};
 use crate::changes::tables::Tables;
 use crate::config::{DatabaseUrl, InngestArgs, JwksArgs, Limits, Secret};
 use crate::http::{self, AppState};
+use crate::jobs::alerts::Watcher;
 use crate::jobs::config::JobsConfig;
 use crate::jobs::handlers::JobsState;
 use crate::jobs::hooks::Hooks;
@@ -135,6 +136,7 @@ struct JobRunner {
     hooks: Hooks,
     /// For the dispatcher that turns stored Inngest events into runs.
     inngest: InngestSettings,
+    watcher: Watcher,
 }
 
 /// A built, bound, not yet running app.
@@ -165,7 +167,9 @@ impl App {
             let inngest = config.inngest.clone();
             let runner = Runner::new(pool.clone(), jobs.clone(), client.clone(), hooks.clone(), metrics.jobs.clone(), inngest.clone());
             let scheduler = Scheduler::new(pool.clone(), jobs.clone(), hooks.clone(), metrics.jobs.clone());
-            Some(JobRunner { runner, scheduler, hooks, inngest })
+            let watcher =
+                Watcher { pool: pool.clone(), alerts: jobs.alerts.clone(), secret: jobs.signing_secret.clone(), client: client.clone() };
+            Some(JobRunner { runner, scheduler, hooks, inngest, watcher })
         } else {
             None
         };
@@ -196,7 +200,8 @@ impl App {
         }
         let mut runner_tasks = Vec::new();
         let hooks = runner.as_ref().map(|r| r.hooks.clone());
-        if let Some(JobRunner { runner, scheduler, inngest, .. }) = runner {
+        if let Some(JobRunner { runner, scheduler, inngest, watcher, .. }) = runner {
+            runner_tasks.push(tracker.spawn(watcher.run(runner_stop.clone())));
             runner_tasks.push(tracker.spawn(runner.run(runner_stop.clone())));
             runner_tasks.push(tracker.spawn(scheduler.run(runner_stop.clone())));
             runner_tasks.push(tracker.spawn(inngest_dispatch::run(pool.clone(), inngest, runner_stop.clone())));
@@ -285,8 +290,13 @@ async fn build_gateway(
         live: live_rx,
         shutdown: root.child_token(),
     };
-    let jobs =
-        JobsState { pool: pool.clone(), keyring: keyring.clone(), types: Arc::new(jobs.types.clone()), metrics: metrics.jobs.clone() };
+    let jobs = JobsState {
+        pool: pool.clone(),
+        keyring: keyring.clone(),
+        types: Arc::new(jobs.types.clone()),
+        metrics: metrics.jobs.clone(),
+        alerts: jobs.alerts.clone(),
+    };
     let rest = RestState { pool: pool.clone(), keyring: keyring.clone(), tables: sockets.tables.clone() };
     let demo = config.jwt_secret.as_ref().filter(|_| config.demo).map(|s| Minter::new(s.expose()));
     let admission = Admission::new(config.limits.max_sockets, config.limits.max_sockets_per_ip);

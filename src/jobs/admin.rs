@@ -8,8 +8,8 @@
 //! - `POST /api/admin/jobs/cancel` and `/retry` with `{ids: [...]}`: many at
 //!   once; each id that could not change is reported with why.
 //! - `GET /api/admin/types`: per type, the live figures (pending, running,
-//!   oldest pending) and the last hour's (created, completed, failed,
-//!   failure rate, p95 run time).
+//!   oldest pending), the last hour's (created, completed, failed, failure
+//!   rate, p95 run time, stuck) and the alert thresholds it is past.
 //! - `GET /api/admin/inngest`: synced Inngest apps and their functions.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -21,13 +21,13 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::api::{self, Caller};
 use super::handlers::{caller, refuse, JobsState, Refusal};
 use super::inngest::sync;
 use super::model::{Job, COLUMNS};
+use super::{alert_rules, alerts};
 
 /// Most ids one bulk action takes.
 const MAX_IDS: usize = 500;
@@ -166,53 +166,19 @@ async fn retry_many(State(s): State<JobsState>, headers: HeaderMap, body: Result
     each(ids, |id| async move { api::retry(pool, &Caller::Service, id).await }).await
 }
 
-/// One type's figures.
-#[derive(Serialize, sqlx::FromRow)]
-struct TypeFigures {
-    #[serde(rename = "type")]
-    #[sqlx(rename = "type")]
-    job_type: String,
-    pending: i64,
-    running: i64,
-    oldest_pending_secs: Option<f64>,
-    created_1h: i64,
-    completed_1h: i64,
-    failed_1h: i64,
-    p95_secs_1h: Option<f64>,
-}
-
 async fn types(State(s): State<JobsState>, headers: HeaderMap) -> Result<Response, Refusal> {
     operator(&s, &headers).await?;
-    let rows: Vec<TypeFigures> = figures(&s.pool).await.map_err(db_error)?;
+    let rows = alerts::figures(&s.pool).await.map_err(db_error)?;
     let out: Vec<Value> = rows
         .into_iter()
-        .map(|t| {
-            let ended = t.completed_1h + t.failed_1h;
-            let rate = (ended > 0).then(|| t.failed_1h as f64 / ended as f64);
-            let mut v = serde_json::to_value(t).expect("figures serialize");
-            v["failure_rate_1h"] = json!(rate);
+        .map(|f| {
+            let mut v = serde_json::to_value(&f).expect("figures serialize");
+            v["failure_rate_1h"] = json!(f.failure_rate());
+            v["alerts"] = json!(alert_rules::crossed(&f, &s.alerts));
             v
         })
         .collect();
     Ok(Json(out).into_response())
-}
-
-/// Per-type figures from `rowcast.jobs`: live counts and the last hour's.
-async fn figures(pool: &PgPool) -> Result<Vec<TypeFigures>, sqlx::Error> {
-    sqlx::query_as(
-        "select type,
-                count(*) filter (where status = 'pending') as pending,
-                count(*) filter (where status = 'running') as running,
-                extract(epoch from now() - min(run_at) filter (where status = 'pending' and run_at <= now()))::float8 as oldest_pending_secs,
-                count(*) filter (where created_at > now() - interval '1 hour') as created_1h,
-                count(*) filter (where status = 'completed' and completed_at > now() - interval '1 hour') as completed_1h,
-                count(*) filter (where status = 'failed' and completed_at > now() - interval '1 hour') as failed_1h,
-                (percentile_cont(0.95) within group (order by extract(epoch from completed_at - started_at))
-                    filter (where status = 'completed' and completed_at > now() - interval '1 hour'))::float8 as p95_secs_1h
-         from rowcast.jobs where type <> 'bulk' group by type order by type",
-    )
-    .fetch_all(pool)
-    .await
 }
 
 async fn inngest(State(s): State<JobsState>, headers: HeaderMap) -> Result<Response, Refusal> {

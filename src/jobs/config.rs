@@ -135,6 +135,8 @@ pub struct JobsConfig {
     pub keep_completed: Duration,
     pub keep_failed: Duration,
     pub runner: RunnerSettings,
+    /// Alert thresholds and where crossings are sent.
+    pub alerts: super::alert_rules::Alerts,
 }
 
 #[derive(Deserialize, Default)]
@@ -149,6 +151,8 @@ struct RawFile {
     retention: RawRetention,
     #[serde(default)]
     runner: RawRunner,
+    #[serde(default)]
+    alerts: super::alert_rules::RawAlerts,
     /// `[realtime]` belongs to the gateway (`realtime::topic_rules`), not to jobs.
     #[serde(default, rename = "realtime")]
     _realtime: Option<serde::de::IgnoredAny>,
@@ -262,6 +266,10 @@ impl JobsConfig {
             |t: Option<String>, d: Duration| duration(t.as_deref(), d, "retention").map_err(|e| ConfigError::Type("retention".into(), e));
         let r = raw.runner;
         let runner_err = |e: String| ConfigError::Type("runner".into(), e);
+        let alerts = super::alert_rules::Alerts::read(raw.alerts).map_err(|e| ConfigError::Type("alerts".into(), e))?;
+        if alerts.webhook.is_some() && signing_secret.is_none() {
+            return Err(ConfigError::Type("alerts".into(), "the webhook is an HTTP URL but signing_secret is not set".into()));
+        }
         Ok(JobsConfig {
             types,
             cron,
@@ -274,6 +282,7 @@ impl JobsConfig {
                 poll: duration(r.poll.as_deref(), Duration::from_secs(1), "poll").map_err(runner_err)?,
                 shutdown_grace: duration(r.shutdown_grace.as_deref(), Duration::from_secs(30), "shutdown_grace").map_err(runner_err)?,
             },
+            alerts,
         })
     }
 

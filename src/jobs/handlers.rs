@@ -35,6 +35,8 @@ pub struct JobsState {
     pub types: Arc<BTreeMap<String, JobType>>,
     /// Jobs created and cancelled through these routes are counted here.
     pub metrics: metrics::Jobs,
+    /// The thresholds the dashboard marks as crossed.
+    pub alerts: super::alert_rules::Alerts,
 }
 
 /// The `/api/jobs` routes.

@@ -12,9 +12,13 @@
 //! - `attempt`: running one claimed attempt; `runner`: claiming;
 //!   `batch`: group commits of step stores and completions.
 //! - `scheduler`: rescue, expiry, cron, retention; `hooks`: on_failure.
+//! - `alert_rules`: thresholds and crossings (pure); `alerts`: the figures
+//!   and the watcher that posts crossings to the webhook.
 //! - `inngest`: the Inngest SDK protocol (apps syncing, so far).
 
 pub mod admin;
+pub mod alert_rules;
+pub mod alerts;
 pub mod api;
 pub mod attempt;
 pub mod batch;

@@ -1,8 +1,8 @@
 // The runs dashboard (/dashboard/) in Chromium against a running `rowcast demo`: a user's token
 // is refused with the gateway's reason and shows nothing; the service role's key shows every
 // user's runs live, filters them by status and user, finds one by the start of its id, shows a
-// run's steps, error and timings, and cancels and retries several at once, each change arriving
-// through realtime. Screenshots go to ARTIFACTS_DIR (dashboard-*.png).
+// run's steps, error and timings, marks a type past an alert threshold, and cancels and
+// retries several at once, each change arriving through realtime. Screenshots go to ARTIFACTS_DIR (dashboard-*.png).
 //
 // Needs ROWCAST_URL, ARTIFACTS_DIR and JWT_SECRET (the gateway's, to mint the service key).
 
@@ -79,6 +79,12 @@ test('an operator sees every run live, filters, finds, inspects, cancels and ret
   await until(() => statusOf(page, failing.id), (s) => s === 'failed', { what: "bob's run failing, live" })
   await until(() => statusOf(page, slow.id), (s) => s === 'running', { what: "alice's slow run running, live" })
   await until(() => page.$$eval('#types tbody tr[data-type="demo"] td', (tds) => Number(tds[6].textContent)), (n) => n >= 1, { what: 'a failure in the figures' })
+  // The gateway's [alerts] say min_ended = 1: one failure in three ended runs is past the 20 % rate.
+  await until(
+    () => page.$eval('#types tbody tr[data-type="demo"]', (tr) => [tr.classList.contains('alert'), tr.querySelector('td.alerts').textContent]),
+    ([marked, text]) => marked && /failure rate \d+ %/.test(text),
+    { what: 'the failure rate alert marked on the demo type' },
+  )
   await screenshot(page, 'dashboard-runs')
 
   await page.selectOption('#f-status', 'failed')

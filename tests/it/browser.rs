@@ -23,7 +23,8 @@ async fn the_demo_page_and_the_extension_work_in_chromium() {
     );
     let db = fresh_database().await;
     let mut config = AppConfig::new(db.clone(), "127.0.0.1:0".parse().unwrap(), Some(Secret::new(SECRET)));
-    config.jobs = jobs_config("");
+    // A failure rate alert after a single failed run, for the dashboard suite to show.
+    config.jobs = jobs_config("[alerts]\nmin_ended = 1\n");
     config.demo = true;
     config.web_dir = root.join("web-demo");
     let app = App::build(config).await.expect("building the demo app");

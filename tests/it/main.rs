@@ -4,6 +4,7 @@
 mod harness;
 mod step_server;
 
+mod alerts;
 mod authz;
 mod broadcast;
 mod browser;

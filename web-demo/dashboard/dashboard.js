@@ -59,10 +59,11 @@ async function loadTypes() {
     ...types.map((t) => {
       const tr = document.createElement('tr')
       tr.dataset.type = t.type
-      // Failure rate over the last hour above a fifth, or work waiting over five minutes.
-      if ((t.failure_rate_1h ?? 0) > 0.2 || (t.oldest_pending_secs ?? 0) > 300) tr.classList.add('alert')
-      const cells = [t.type, t.pending, t.running, secs(t.oldest_pending_secs), t.created_1h, t.completed_1h, t.failed_1h, pct(t.failure_rate_1h), secs(t.p95_secs_1h)]
-      tr.append(...cells.map(cell))
+      // The thresholds of the job config's [alerts] this type is past.
+      if (t.alerts.length > 0) tr.classList.add('alert')
+      const alerts = t.alerts.map((a) => `${a.alert.replace('_', ' ')} ${a.alert === 'failure_rate' ? pct(a.value) : a.alert === 'p95' ? secs(a.value) : a.value}`).join(', ')
+      const cells = [t.type, t.pending, t.running, secs(t.oldest_pending_secs), t.created_1h, t.completed_1h, t.failed_1h, pct(t.failure_rate_1h), secs(t.p95_secs_1h), t.stuck_1h]
+      tr.append(...cells.map((c) => cell(c)), cell(alerts, 'alerts'))
       return tr
     }),
   )
