@@ -9,6 +9,8 @@ import pg from 'pg'
 import { Inngest } from 'inngest'
 import { serve } from 'inngest/node'
 
+import { eventually, listen, stop } from './helpers.mjs'
+
 const db = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 2 })
 const inngest = new Inngest({ id: 'admit' })
 let open
@@ -20,10 +22,9 @@ const render = inngest.createFunction({ id: 'render' }, { event: 'video/render' 
 })
 
 const server = http.createServer(serve({ client: inngest, functions: [render] }))
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+await listen(server)
 test.after(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(resolve))
+  await stop(server)
   await db.end()
 })
 
@@ -52,28 +53,15 @@ test("an owner's run past the cap is refused with 429 on send and skipped from S
   assert.equal(await active('idle'), 1, 'another owner is not held back')
 
   await db.query("select rowcast.send_event('video/render', '{\"userId\": \"busy\", \"from\": \"sql\"}')")
-  await new Promise((resolve, reject) => {
-    const deadline = Date.now() + 10_000
-    const poll = async () => {
-      const { rows } = await db.query("select dispatched_at from rowcast.inngest_events where data->>'from' = 'sql'")
-      if (rows[0]?.dispatched_at) return resolve()
-      if (Date.now() > deadline) return reject(new Error('the SQL event was not dispatched'))
-      setTimeout(poll, 50)
-    }
-    poll()
-  })
+  await eventually(
+    async () => (await db.query("select dispatched_at from rowcast.inngest_events where data->>'from' = 'sql'")).rows[0]?.dispatched_at,
+    10_000,
+    'the SQL event to be dispatched',
+  )
   assert.equal(await active('busy'), 2, 'the SQL event past the cap started no run')
 
   open()
-  await new Promise((resolve, reject) => {
-    const deadline = Date.now() + 20_000
-    const poll = async () => {
-      if ((await active('busy')) === 0) return resolve()
-      if (Date.now() > deadline) return reject(new Error('the runs did not finish'))
-      setTimeout(poll, 50)
-    }
-    poll()
-  })
+  await eventually(async () => (await active('busy')) === 0, 20_000, "busy's runs to finish")
   const again = await inngest.send({ name: 'video/render', data: { userId: 'busy' } })
   assert.equal(again.ids.length, 1, 'with room again, the owner may start a run')
 })

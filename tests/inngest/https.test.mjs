@@ -9,6 +9,8 @@ import pg from 'pg'
 import { Inngest } from 'inngest'
 import { serve } from 'inngest/node'
 
+import { eventually, listen, stop } from './helpers.mjs'
+
 const db = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 2 })
 const inngest = new Inngest({ id: 'tls' })
 const secure = inngest.createFunction({ id: 'secure' }, { event: 'tls/ping' }, async ({ event, step }) => {
@@ -19,22 +21,11 @@ const server = https.createServer(
   { cert: readFileSync(process.env.TLS_CERT), key: readFileSync(process.env.TLS_KEY) },
   serve({ client: inngest, functions: [secure] }),
 )
-await new Promise((resolve) => server.listen(Number(process.env.INNGEST_APP_PORT), '127.0.0.1', resolve))
+await listen(server, Number(process.env.INNGEST_APP_PORT))
 test.after(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(resolve))
+  await stop(server)
   await db.end()
 })
-
-async function eventually(check, ms, what) {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await check()
-    if (value) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
 
 test('rowcast syncs and runs a function whose serve route is https', async () => {
   const synced = await eventually(async () => {

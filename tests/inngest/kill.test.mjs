@@ -9,6 +9,8 @@ import pg from 'pg'
 import { Inngest } from 'inngest'
 import { serve } from 'inngest/node'
 
+import { eventually, listen, stop } from './helpers.mjs'
+
 const db = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 2 })
 const inngest = new Inngest({ id: 'kill' })
 const ran = { first: 0, second: 0, third: 0 }
@@ -39,23 +41,12 @@ const pipeline = inngest.createFunction({ id: 'pipeline', retries: 3 }, { event:
 
 const handler = serve({ client: inngest, functions: [pipeline] })
 const server = http.createServer(handler)
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+await listen(server)
 const appUrl = `http://127.0.0.1:${server.address().port}/api/inngest`
 test.after(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(resolve))
+  await stop(server)
   await db.end()
 })
-
-async function eventually(check, ms, what) {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await check()
-    if (value) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
 
 test('a SIGKILLed runner mid-step: the run resumes elsewhere and no finished step runs twice', async () => {
   assert.equal((await fetch(appUrl, { method: 'PUT' })).status, 200)

@@ -13,6 +13,8 @@ import { createClient } from '@supabase/supabase-js'
 import { Inngest, NonRetriableError, RetryAfterError } from 'inngest'
 import { serve } from 'inngest/node'
 
+import { eventually, listen, stop } from './helpers.mjs'
+
 const db = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 4 })
 const inngest = new Inngest({ id: 'ext' })
 const unique = () => `${Date.now()}-${Math.random().toString(36).slice(2, 8)}`
@@ -196,7 +198,7 @@ const server = http.createServer((req, res) => {
   })
   return handler(req, res)
 })
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+await listen(server)
 const appUrl = `http://127.0.0.1:${server.address().port}/api/inngest`
 
 test.before(async () => {
@@ -206,22 +208,9 @@ test.before(async () => {
   assert.equal(synced.status, 200, await synced.text())
 })
 test.after(async () => {
-  // rowcast keeps idle connections to the app open; close them, or the server waits for them.
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(resolve))
+  await stop(server)
   await db.end()
 })
-
-/// Polls `check` until it returns something truthy, for at most `ms`.
-async function eventually(check, ms, what) {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await check()
-    if (value) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
 
 /// The runs of `fn` whose event carries `tag`.
 async function runs(fn, tag) {

@@ -9,6 +9,8 @@ import pg from 'pg'
 import { Inngest, NonRetriableError } from 'inngest'
 import { serve } from 'inngest/node'
 
+import { eventually, listen, stop } from './helpers.mjs'
+
 const db = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 2 })
 test.after(() => db.end())
 
@@ -18,9 +20,9 @@ async function serveApp(id, functions, { port = 0, signingKey } = {}) {
   const client = new Inngest({ id })
   const handler = serve({ client, functions: functions(client), ...(signingKey ? { signingKey } : {}) })
   const server = http.createServer(handler)
-  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve))
+  await listen(server, port)
   const url = `http://127.0.0.1:${server.address().port}/api/inngest`
-  return { url, stop: () => new Promise((resolve) => server.close(resolve)) }
+  return { url, stop: () => stop(server) }
 }
 
 /// The summarize function of an extension backend, as Inngest's docs write such a function.
@@ -42,17 +44,6 @@ const summarizer = (inngest) => [
 async function functionsOf(app) {
   const { rows } = await db.query('select id, name, triggers, config from rowcast.inngest_functions where app_id = $1 order by id', [app])
   return rows
-}
-
-/// Polls `check` until it returns something truthy, for at most `ms`.
-async function eventually(check, ms, what) {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await check()
-    if (value) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
 }
 
 test("a PUT to the app's serve route registers its functions with rowcast, triggers and options intact", async () => {

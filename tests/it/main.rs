@@ -18,6 +18,7 @@ mod fuzz;
 mod hardening;
 mod https;
 mod inngest;
+mod inngest_runs;
 mod interop;
 mod jobs_api;
 mod jobs_runners;
