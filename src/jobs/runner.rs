@@ -9,7 +9,7 @@
 //! slots with SKIP LOCKED and enforces the type's limits, so any number of
 //! runners can share a database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ pub struct Runner {
     running: Arc<DashMap<Uuid, CancellationToken>>,
     slots: Arc<Semaphore>,
     freed: Arc<Notify>,
+    /// Types that may have claimable work: rung for, or found some at their last claim.
+    active: HashSet<String>,
 }
 
 /// What every type's attempts share.
@@ -85,6 +87,7 @@ impl Runner {
             running: Arc::default(),
             slots: Arc::new(Semaphore::new(config.runner.slots)),
             freed: Arc::default(),
+            active: HashSet::new(),
         };
         for t in config.types.values() {
             let handler = match &t.handler {
@@ -167,24 +170,28 @@ impl Runner {
         let abort = CancellationToken::new();
         let mut listener: Option<PgListener> = None;
         let mut turn = 0usize;
+        let mut all = true;
         info!(worker = %self.worker, types = ?self.contexts.keys().collect::<Vec<_>>(), "job runner started");
         loop {
             turn += 1;
             self.reload_inngest().await;
-            self.claim_while_free(&tasks, &draining, &abort, turn).await;
+            self.claim_while_free(&tasks, &draining, &abort, turn, all).await;
             if listener.is_none() {
                 listener = self.listen().await;
             }
-            tokio::select! {
+            all = tokio::select! {
                 // SIGTERM: stop claiming.
                 _ = shutdown.cancelled() => break,
-                // A slot was freed: claim again.
-                _ = self.freed.notified() => {}
-                // Fallback poll (also picks up delayed retries and run_at).
-                _ = tokio::time::sleep(self.config.runner.poll) => {}
-                // The doorbell: new work, or a cancellation to pass on.
-                note = next_note(&mut listener) => if let Some(note) = note { self.on_note(&note) },
-            }
+                // A slot was freed: claim the types that may have work.
+                _ = self.freed.notified() => false,
+                // Fallback poll (also picks up delayed retries and run_at): every type.
+                _ = tokio::time::sleep(self.config.runner.poll) => true,
+                // The doorbell: new work of a type, or a cancellation to pass on.
+                note = next_note(&mut listener) => match note {
+                    Some(note) => self.on_note(&note),
+                    None => true,
+                },
+            };
         }
         self.drain(tasks, draining, abort).await;
     }
@@ -195,18 +202,36 @@ impl Runner {
         Some(listener)
     }
 
-    fn on_note(&self, note: &sqlx::postgres::PgNotification) {
+    /// Acts on a notification; true when every type should be claimed (a
+    /// ring that names no type of this runner, e.g. after a rescue).
+    fn on_note(&mut self, note: &sqlx::postgres::PgNotification) -> bool {
         if note.channel() != "rowcast_job_cancel" {
-            return;
+            if !self.contexts.contains_key(note.payload()) {
+                return true;
+            }
+            self.active.insert(note.payload().to_owned());
+            return false;
         }
         if let Some(token) = note.payload().parse().ok().and_then(|id: Uuid| self.running.get(&id).map(|t| t.clone())) {
             token.cancel();
         }
+        false
     }
 
-    /// Fills free slots, one claim statement per type while jobs keep coming.
-    async fn claim_while_free(&self, tasks: &TaskTracker, draining: &CancellationToken, abort: &CancellationToken, turn: usize) {
-        let names: Vec<&String> = self.contexts.keys().collect();
+    /// Fills free slots, one claim statement per type while jobs keep coming:
+    /// of every type when `all`, else of the types that may have work (rung
+    /// for, or whose last claim found some), so a runner with many types
+    /// (synced Inngest functions) does not query each idle one on every wake.
+    async fn claim_while_free(
+        &mut self,
+        tasks: &TaskTracker,
+        draining: &CancellationToken,
+        abort: &CancellationToken,
+        turn: usize,
+        all: bool,
+    ) {
+        let mut names: Vec<String> = self.contexts.keys().filter(|name| all || self.active.contains(name.as_str())).cloned().collect();
+        names.sort();
         if names.is_empty() {
             return;
         }
@@ -217,12 +242,16 @@ impl Runner {
             if free == 0 {
                 return;
             }
-            let name = names[i % names.len()];
+            let name = &names[i % names.len()];
             i += 1;
             match self.claim(name, free).await {
-                Ok(jobs) if jobs.is_empty() => idle_types += 1,
+                Ok(jobs) if jobs.is_empty() => {
+                    idle_types += 1;
+                    self.active.remove(name.as_str());
+                }
                 Ok(jobs) => {
                     idle_types = 0;
+                    self.active.insert(name.clone());
                     for Claimed { job, steps } in jobs {
                         // Only this loop takes permits, so the ones counted free are still there.
                         let permit = self.slots.clone().try_acquire_owned().expect("a slot counted free is free");
