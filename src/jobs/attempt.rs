@@ -58,10 +58,10 @@ pub struct Signals {
 
 /// Runs `job` (already claimed as `job.attempts`, its finished `steps`
 /// loaded) until it ends or is handed back.
-pub async fn run(ctx: AttemptContext, job: Job, steps: Memo, signals: Signals) {
+pub async fn run(ctx: AttemptContext, mut job: Job, steps: Memo, signals: Signals) {
     let claimed = std::time::Instant::now();
     let heartbeat = tokio::spawn(heartbeat(ctx.pool.clone(), job.id, job.attempts, ctx.lease, signals.cancel.clone()));
-    let result = steps_loop(&ctx, &job, steps, &signals).await;
+    let result = steps_loop(&ctx, &mut job, steps, &signals).await;
     heartbeat.abort();
     ctx.metrics.run_seconds.get_or_create(&metrics::JobType::of(&job.job_type)).observe(claimed.elapsed().as_secs_f64());
     if let Err(e) = result {
@@ -69,14 +69,10 @@ pub async fn run(ctx: AttemptContext, job: Job, steps: Memo, signals: Signals) {
     }
 }
 
-async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &Signals) -> Result<(), AttemptError> {
+/// Calls the handler and acts on each answer; `job.max_attempts` follows
+/// what the stored steps renewed.
+async fn steps_loop(ctx: &AttemptContext, job: &mut Job, mut steps: Memo, signals: &Signals) -> Result<(), AttemptError> {
     let work = signals.abort.child_token();
-    // An Inngest run's retries are per step: a stored step gives the next one
-    // the function's retries again, counted from this attempt.
-    let mut job = job.clone();
-    let job = &mut job;
-    let retries = matches!(ctx.handler, StepHandler::Inngest(_)).then_some(ctx.job_type.max_attempts - 1);
-    let renewed = |job: &Job| retries.map(|r| job.attempts + r);
     loop {
         if signals.draining.is_cancelled() {
             return Ok(release(&ctx.pool, job).await?);
@@ -99,27 +95,14 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &
         };
         match outcome {
             Outcome::Step(step) => {
-                let (id, output) = (step.id.clone(), step.output.clone());
-                if !ctx.writes.store_step(step_write(job, steps.len(), step, renewed(job))).await? {
+                if !store(ctx, job, &mut steps, vec![step]).await? {
                     return Ok(());
                 }
-                steps.insert(id, output);
-                job.max_attempts = renewed(job).unwrap_or(job.max_attempts);
             }
             Outcome::Steps { steps: group, retry } => {
-                let kept: Vec<(String, Value)> = group.iter().map(|s| (s.id.clone(), s.output.clone())).collect();
-                let budget = renewed(job);
-                let writes =
-                    group.into_iter().enumerate().map(|(i, step)| ctx.writes.store_step(step_write(job, steps.len() + i, step, budget)));
-                for stored in futures_util::future::join_all(writes).await {
-                    if !stored? {
-                        return Ok(());
-                    }
+                if !store(ctx, job, &mut steps, group).await? {
+                    return Ok(());
                 }
-                for (id, output) in kept {
-                    steps.insert(id, output);
-                }
-                job.max_attempts = budget.unwrap_or(job.max_attempts);
                 if let Some((message, after)) = retry {
                     return finish(ctx, job, Transition::Retry(message, after)).await;
                 }
@@ -133,6 +116,26 @@ async fn steps_loop(ctx: &AttemptContext, job: &Job, mut steps: Memo, signals: &
             Outcome::Retry { message, after } => return finish(ctx, job, Transition::Retry(message, after)).await,
         }
     }
+}
+
+/// Stores finished `group` (one step, or parallel ones) in `steps` and the
+/// database; false if the job is no longer this attempt's. An Inngest run's
+/// retries are per step: a stored step gives the next one the function's
+/// retries again, counted from this attempt, so `job.max_attempts` grows.
+async fn store(ctx: &AttemptContext, job: &mut Job, steps: &mut Memo, group: Vec<StepResult>) -> Result<bool, AttemptError> {
+    let renewed = matches!(ctx.handler, StepHandler::Inngest(_)).then(|| job.attempts + ctx.job_type.max_attempts - 1);
+    let kept: Vec<(String, Value)> = group.iter().map(|s| (s.id.clone(), s.output.clone())).collect();
+    let writes = group.into_iter().enumerate().map(|(i, step)| ctx.writes.store_step(step_write(job, steps.len() + i, step, renewed)));
+    for stored in futures_util::future::join_all(writes).await {
+        if !stored? {
+            return Ok(false);
+        }
+    }
+    for (id, output) in kept {
+        steps.insert(id, output);
+    }
+    job.max_attempts = renewed.unwrap_or(job.max_attempts);
+    Ok(true)
 }
 
 /// The write storing `step` as this attempt's step number `seq`, renewing
