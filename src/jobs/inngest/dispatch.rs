@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::admit;
 use super::call::run_input;
 use super::cron;
-use super::expr::Expr;
+use super::expr::{self, Expr};
 use super::functions;
 use super::InngestSettings;
 
@@ -87,12 +87,7 @@ impl Target {
     /// The rate-limit key of a run of `event`, when the function is rate limited.
     fn rate_key(&self, names: &Map<String, Value>) -> Option<String> {
         let rate = self.rate.as_ref()?;
-        Some(match rate.key.as_ref().map(|k| k.eval(names)) {
-            None => String::new(),
-            Some(Ok(Value::String(s))) => s,
-            Some(Ok(v)) => v.to_string(),
-            Some(Err(_)) => "null".to_owned(),
-        })
+        Some(rate.key.as_ref().map_or_else(String::new, |k| k.key(names)))
     }
 
     /// Whether `event` (named `name`) starts a run of this function.
@@ -246,8 +241,8 @@ async fn start_runs(tx: &mut sqlx::PgConnection, settings: &InngestSettings, eve
     let (mut runs, mut windows, mut active) = (Runs::default(), admit::Windows::default(), admit::Active::default());
     for stored in events {
         let event = stored.event();
-        let names: Map<String, Value> = [("event".to_owned(), event.clone())].into_iter().collect();
-        let owner = settings.owner(&event);
+        let names = expr::about(event.clone());
+        let owner = settings.owner(&names);
         for (t, cap) in targets.iter().filter(|(t, _)| t.matches(&stored.name, &names)) {
             if let (Some(limit), Some(user)) = (cap, &owner) {
                 if !active.admit(&mut *tx, &t.id, user, *limit).await? {
@@ -322,10 +317,6 @@ impl Runs {
 mod tests {
     use super::*;
 
-    fn names(event: Value) -> Map<String, Value> {
-        [("event".to_owned(), event)].into_iter().collect()
-    }
-
     #[test]
     fn a_function_runs_for_its_event_name_a_prefix_pattern_and_only_when_its_if_holds() {
         let t = Target::read(
@@ -333,17 +324,17 @@ mod tests {
             &json!([{"event": "video/summarize.requested", "expression": "event.data.plan == 'pro'"}, {"event": "audio/*"}]),
             &json!({"priority": {"run": "event.data.vip ? 100 : 0"}}),
         );
-        let pro = names(json!({"name": "video/summarize.requested", "data": {"plan": "pro", "vip": true}}));
+        let pro = expr::about(json!({"name": "video/summarize.requested", "data": {"plan": "pro", "vip": true}}));
         assert!(t.matches("video/summarize.requested", &pro));
         assert_eq!(t.priority(&pro), 100);
-        assert!(!t.matches("video/summarize.requested", &names(json!({"data": {"plan": "free"}}))));
-        assert!(t.matches("audio/uploaded", &names(json!({"data": {}}))));
+        assert!(!t.matches("video/summarize.requested", &expr::about(json!({"data": {"plan": "free"}}))));
+        assert!(t.matches("audio/uploaded", &expr::about(json!({"data": {}}))));
         assert!(!t.matches("video/other", &pro));
     }
 
     #[test]
     fn an_expression_rowcast_cannot_read_never_matches() {
         let t = Target::read("app-f".into(), &json!([{"event": "a/b", "expression": "event.data.x =~ 1"}]), &json!({}));
-        assert!(!t.matches("a/b", &names(json!({"data": {"x": 1}}))));
+        assert!(!t.matches("a/b", &expr::about(json!({"data": {"x": 1}}))));
     }
 }

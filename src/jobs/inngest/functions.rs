@@ -116,7 +116,7 @@ pub async fn load(pool: &PgPool, settings: &InngestSettings, client: &reqwest::C
         .into_iter()
         .filter_map(|(id, config)| {
             let url = config.pointer("/steps/step/runtime/url").and_then(Value::as_str)?.to_owned();
-            let l = limits(&id, &config, &keys);
+            let l = limits(&id, &config, keys);
             let keyed: Vec<Keyed> = l
                 .keyed
                 .iter()
@@ -181,7 +181,7 @@ mod tests {
     use serde_json::json;
 
     fn keys() -> Vec<UserKey> {
-        InngestSettings::default().user_keys()
+        InngestSettings::default().user_keys().to_vec()
     }
 
     #[test]

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 
-use super::expr::Expr;
+use super::expr::{self, Expr};
 use crate::jobs::model::Job;
 
 /// How long a run that found its key full waits before it is claimed again
@@ -65,11 +65,10 @@ impl Gate {
         if self.limits.is_empty() && !(starting && self.throttle.is_some()) {
             return Ok(Entry::In);
         }
-        let event = job.input.get("event").cloned().unwrap_or(Value::Null);
-        let names: Map<String, Value> = [("event".to_owned(), event)].into_iter().collect();
+        let names = expr::about(job.input.get("event").cloned().unwrap_or(Value::Null));
         let mut tx = self.pool.begin().await?;
         if let (Some(t), true) = (&self.throttle, starting) {
-            let key = key_of(&t.key, &names);
+            let key = t.key.key(&names);
             super::admit::lock(&mut tx, &format!("rowcast.throttle:{}:{key}", self.function)).await?;
             let (wait,): (Option<f64>,) = sqlx::query_as(THROTTLE)
                 .bind(&self.function)
@@ -84,7 +83,7 @@ impl Gate {
             }
         }
         for limit in &self.limits {
-            let key = key_of(&limit.key, &names);
+            let key = limit.key.key(&names);
             super::admit::lock(&mut tx, &format!("rowcast.slot:{}:{key}", limit.scope)).await?;
             let (room,): (bool,) =
                 sqlx::query_as(TAKE).bind(&limit.scope).bind(&key).bind(job.id).bind(limit.limit).fetch_one(&mut *tx).await?;
@@ -94,15 +93,6 @@ impl Gate {
         }
         tx.commit().await?;
         Ok(Entry::In)
-    }
-}
-
-/// A key expression's value for a run, as text.
-fn key_of(key: &Expr, names: &Map<String, Value>) -> String {
-    match key.eval(names) {
-        Ok(Value::String(s)) => s,
-        Ok(v) => v.to_string(),
-        Err(_) => "null".to_owned(),
     }
 }
 

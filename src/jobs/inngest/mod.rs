@@ -28,6 +28,8 @@ pub mod gate;
 pub mod keys;
 pub mod sync;
 
+use std::sync::LazyLock;
+
 use serde_json::{Map, Value};
 
 use crate::config::Secret;
@@ -52,16 +54,19 @@ impl UserKey {
         &self.text
     }
 
-    /// The owner it names in `event`, if a string or a number.
-    pub fn owner(&self, event: &Value) -> Option<String> {
-        let names: Map<String, Value> = [("event".to_owned(), event.clone())].into_iter().collect();
-        match self.expr.eval(&names).ok()? {
+    /// The owner it names in an event's `names` (`expr::about`), if a string or a number.
+    pub fn owner(&self, names: &Map<String, Value>) -> Option<String> {
+        match self.expr.eval(names).ok()? {
             Value::String(s) if !s.is_empty() => Some(s),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         }
     }
 }
+
+/// Without `--inngest-user-key`: `event.data.userId`, then `event.user.id`.
+static DEFAULT_USER_KEYS: LazyLock<[UserKey; 2]> =
+    LazyLock::new(|| ["event.data.userId", "event.user.id"].map(|k| UserKey::parse(k).expect("the default keys parse")));
 
 /// How this rowcast meets Inngest apps.
 #[derive(Debug, Clone, Default)]
@@ -91,15 +96,15 @@ impl InngestSettings {
     }
 
     /// The keys tried, in order, for a run's owner.
-    pub fn user_keys(&self) -> Vec<UserKey> {
+    pub fn user_keys(&self) -> &[UserKey] {
         match &self.user_key {
-            Some(k) => vec![k.clone()],
-            None => ["event.data.userId", "event.user.id"].iter().map(|k| UserKey::parse(k).expect("the default keys parse")).collect(),
+            Some(k) => std::slice::from_ref(k),
+            None => &DEFAULT_USER_KEYS[..],
         }
     }
 
-    /// The owner of a run of `event`: the first user key that names one.
-    pub fn owner(&self, event: &Value) -> Option<String> {
-        self.user_keys().iter().find_map(|k| k.owner(event))
+    /// The owner of a run of an event (its `names`, `expr::about`): the first user key that names one.
+    pub fn owner(&self, names: &Map<String, Value>) -> Option<String> {
+        self.user_keys().iter().find_map(|k| k.owner(names))
     }
 }

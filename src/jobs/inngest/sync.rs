@@ -179,7 +179,7 @@ async fn store(
 /// rowcast does not enforce yet.
 async fn store_limits(pool: &PgPool, settings: &InngestSettings, functions: &[Function]) -> Result<(), sqlx::Error> {
     let keys = settings.user_keys();
-    let limits: Vec<Limits> = functions.iter().map(|f| limits(&f.id, &f.config, &keys)).collect();
+    let limits: Vec<Limits> = functions.iter().map(|f| limits(&f.id, &f.config, keys)).collect();
     for (f, l) in functions.iter().zip(&limits).filter(|(_, l)| !l.unsupported.is_empty()) {
         warn!(function = %f.id, unsupported = ?l.unsupported, "an Inngest function asks for flow control rowcast does not enforce yet");
     }

@@ -32,6 +32,11 @@ pub enum ExprError {
     Eval(String),
 }
 
+/// The names an expression about one event sees: `event`.
+pub fn about(event: Value) -> Map<String, Value> {
+    [("event".to_owned(), event)].into_iter().collect()
+}
+
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expr(Node);
@@ -90,6 +95,17 @@ impl Expr {
     /// Whether the expression is true (anything else, errors included, is false).
     pub fn holds(&self, names: &Map<String, Value>) -> bool {
         matches!(self.eval(names), Ok(Value::Bool(true)))
+    }
+
+    /// The value as a key runs are grouped by: a string as itself, any
+    /// other value as its JSON, and an expression that cannot be evaluated
+    /// as `null` (so those runs share one key).
+    pub fn key(&self, names: &Map<String, Value>) -> String {
+        match self.eval(names) {
+            Ok(Value::String(s)) => s,
+            Ok(v) => v.to_string(),
+            Err(_) => "null".to_owned(),
+        }
     }
 }
 
