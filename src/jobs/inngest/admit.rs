@@ -5,6 +5,7 @@
 //! on active runs (`max_active_per_user`, the same lock and count as
 //! `rowcast.enqueue`'s admission).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -16,11 +17,44 @@ pub async fn lock(tx: &mut sqlx::PgConnection, name: &str) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// Counts per (function, key) one batch has taken: each read from the
+/// database once, after its advisory lock, then kept in memory as the batch
+/// admits more.
+#[derive(Default)]
+struct Tally(HashMap<(String, String), i64>);
+
+impl Tally {
+    /// Whether one more fits under `limit` for `slot`, counting it if so.
+    /// The first time, takes the lock `lock_name` and reads the committed
+    /// count with `count` (its own statement, after the lock).
+    async fn admit(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        lock_name: &str,
+        slot: &(String, String),
+        limit: i64,
+        count: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<i64, sqlx::Error>,
+    ) -> Result<bool, sqlx::Error> {
+        let n = match self.0.entry(slot.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                lock(&mut *tx, lock_name).await?;
+                v.insert(count(&mut *tx).await?)
+            }
+        };
+        if *n >= limit {
+            return Ok(false);
+        }
+        *n += 1;
+        Ok(true)
+    }
+}
+
 /// Rate-limit windows one batch has counted: starts in the window so far by
 /// (function, key), and the starts this batch admitted.
 #[derive(Default)]
 pub struct Windows {
-    counted: HashMap<(String, String), i64>,
+    tally: Tally,
     admitted: Vec<(String, String)>,
 }
 
@@ -35,8 +69,8 @@ impl Windows {
         period: Duration,
     ) -> Result<bool, sqlx::Error> {
         let slot = (function.to_owned(), key);
-        if !self.counted.contains_key(&slot) {
-            lock(&mut *tx, &format!("rowcast.rate:{}:{}", slot.0, slot.1)).await?;
+        let lock_name = format!("rowcast.rate:{}:{}", slot.0, slot.1);
+        let count = async |tx: &mut sqlx::PgConnection| {
             let (n,): (i64,) = sqlx::query_as(
                 "select count(*) from rowcast.inngest_rate_starts s
                  where s.function_id = $1 and s.key = $2 and s.started_at > now() - make_interval(secs => $3)",
@@ -46,15 +80,13 @@ impl Windows {
             .bind(period.as_secs_f64())
             .fetch_one(&mut *tx)
             .await?;
-            self.counted.insert(slot.clone(), n);
+            Ok(n)
+        };
+        let admitted = self.tally.admit(tx, &lock_name, &slot, limit, count).await?;
+        if admitted {
+            self.admitted.push(slot);
         }
-        let n = self.counted.get_mut(&slot).expect("counted above");
-        if *n >= limit {
-            return Ok(false);
-        }
-        *n += 1;
-        self.admitted.push(slot);
-        Ok(true)
+        Ok(admitted)
     }
 
     /// Stores the admitted starts, and forgets starts older than any period (24 h).
@@ -76,14 +108,12 @@ impl Windows {
 
 /// Active runs per (function, owner) as one batch has counted them.
 #[derive(Default)]
-pub struct Active(HashMap<(String, String), i64>);
+pub struct Active(Tally);
 
 impl Active {
     /// Whether `owner` has room for one more active run of `function`; counts it if so.
     pub async fn admit(&mut self, tx: &mut sqlx::PgConnection, function: &str, owner: &str, limit: i32) -> Result<bool, sqlx::Error> {
-        let slot = (function.to_owned(), owner.to_owned());
-        if !self.0.contains_key(&slot) {
-            lock(&mut *tx, &format!("rowcast.admit:{function}:{owner}")).await?;
+        let count = async |tx: &mut sqlx::PgConnection| {
             let (n,): (i64,) = sqlx::query_as(
                 "select count(*) from rowcast.jobs j where j.type = $1 and j.user_id = $2 and j.status in ('pending', 'running')",
             )
@@ -91,13 +121,9 @@ impl Active {
             .bind(owner)
             .fetch_one(&mut *tx)
             .await?;
-            self.0.insert(slot.clone(), n);
-        }
-        let n = self.0.get_mut(&slot).expect("counted above");
-        if *n >= i64::from(limit) {
-            return Ok(false);
-        }
-        *n += 1;
-        Ok(true)
+            Ok(n)
+        };
+        let slot = (function.to_owned(), owner.to_owned());
+        self.0.admit(tx, &format!("rowcast.admit:{function}:{owner}"), &slot, i64::from(limit), count).await
     }
 }
