@@ -17,8 +17,6 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use tracing::warn;
-
 use super::call::FunctionCall;
 use super::expr::Expr;
 use super::gate::{Gate, Keyed, Throttle};
@@ -34,11 +32,10 @@ pub struct Limits {
     /// Starts per window, per owner.
     pub rate: Option<(i32, Duration)>,
     /// Concurrency keyed by another expression, or shared wider than the
-    /// function: (scope, key expression, limit), enforced by `gate`.
-    pub keyed: Vec<(String, String, i32)>,
-    /// A throttle keyed by another expression, or by none: (key expression,
-    /// limit, burst, period), enforced by `gate`.
-    pub throttle: Option<(String, i32, i32, Duration)>,
+    /// function, enforced by `gate`.
+    pub keyed: Vec<Keyed>,
+    /// A throttle keyed by another expression, or by none, enforced by `gate`.
+    pub throttle: Option<Throttle>,
     /// What the config asks for that rowcast does not enforce yet.
     pub unsupported: Vec<String>,
 }
@@ -59,10 +56,18 @@ pub fn limits(id: &str, config: &Value, user_keys: &[UserKey]) -> Limits {
         let scope = c.get("scope").and_then(Value::as_str).unwrap_or("fn");
         match (limit, key) {
             (None, _) => {}
-            (Some(n), key) if scope != "fn" => l.keyed.push((scope.to_owned(), key.unwrap_or("''").to_owned(), n)),
+            (Some(n), k) if scope != "fn" => {
+                l.keyed.extend(parse_key(k.unwrap_or("''"), "concurrency", &mut l.unsupported).map(|key| Keyed {
+                    scope: scope.into(),
+                    key,
+                    limit: n,
+                }))
+            }
             (Some(n), None) => l.concurrency = Some(l.concurrency.map_or(n, |c| c.min(n))),
             (Some(n), Some(k)) if is_owner(k) => l.concurrency_per_user = Some(l.concurrency_per_user.map_or(n, |c| c.min(n))),
-            (Some(n), Some(k)) => l.keyed.push((id.to_owned(), k.to_owned(), n)),
+            (Some(n), Some(k)) => {
+                l.keyed.extend(parse_key(k, "concurrency", &mut l.unsupported).map(|key| Keyed { scope: id.into(), key, limit: n }))
+            }
         }
     }
     if let Some(t) = config.get("throttle") {
@@ -71,7 +76,10 @@ pub fn limits(id: &str, config: &Value, user_keys: &[UserKey]) -> Limits {
         let burst = t.get("burst").and_then(Value::as_i64).unwrap_or(0).clamp(0, i32::MAX as i64) as i32;
         match (limit.map(|n| n.min(i32::MAX as i64) as i32), period, t.get("key").and_then(Value::as_str)) {
             (Some(n), Some(p), Some(k)) if is_owner(k) && burst == 0 => l.rate = Some((n, p)),
-            (Some(n), Some(p), key) => l.throttle = Some((key.unwrap_or("''").to_owned(), n, burst, p)),
+            (Some(n), Some(p), k) => {
+                l.throttle =
+                    parse_key(k.unwrap_or("''"), "throttle", &mut l.unsupported).map(|key| Throttle { key, limit: n, burst, period: p })
+            }
             _ => l.unsupported.push("throttle without a limit and a period".into()),
         }
     }
@@ -81,6 +89,18 @@ pub fn limits(id: &str, config: &Value, user_keys: &[UserKey]) -> Limits {
         }
     }
     l
+}
+
+/// A key expression, or `None` with why in `unsupported`: a key rowcast
+/// cannot read limits nothing, and the sync logs it with the rest.
+fn parse_key(text: &str, what: &str, unsupported: &mut Vec<String>) -> Option<Expr> {
+    match Expr::parse(text) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            unsupported.push(format!("{what} key {text:?}: {e}"));
+            None
+        }
+    }
 }
 
 /// Two key expressions that differ only in spacing or quotes.
@@ -117,29 +137,11 @@ pub async fn load(pool: &PgPool, settings: &InngestSettings, client: &reqwest::C
         .filter_map(|(id, config)| {
             let url = config.pointer("/steps/step/runtime/url").and_then(Value::as_str)?.to_owned();
             let l = limits(&id, &config, keys);
-            let keyed: Vec<Keyed> = l
-                .keyed
-                .iter()
-                .filter_map(|(scope, key, limit)| match Expr::parse(key) {
-                    Ok(key) => Some(Keyed { scope: scope.clone(), key, limit: *limit }),
-                    Err(e) => {
-                        warn!(function = %id, error = %e, "an Inngest concurrency key is not understood; that limit is not enforced");
-                        None
-                    }
-                })
-                .collect();
-            let throttle = l.throttle.as_ref().and_then(|(key, limit, burst, period)| match Expr::parse(key) {
-                Ok(key) => Some(Throttle { key, limit: *limit, burst: *burst, period: *period }),
-                Err(e) => {
-                    warn!(function = %id, error = %e, "an Inngest throttle key is not understood; the throttle is not enforced");
-                    None
-                }
-            });
-            let gate = (!keyed.is_empty() || throttle.is_some()).then(|| Gate {
+            let gate = (!l.keyed.is_empty() || l.throttle.is_some()).then(|| Gate {
                 pool: pool.clone(),
                 function: id.clone(),
-                limits: keyed,
-                throttle,
+                limits: l.keyed.clone(),
+                throttle: l.throttle.clone(),
             });
             let call = FunctionCall {
                 url,
@@ -201,12 +203,20 @@ mod tests {
             &keys(),
         );
         assert_eq!((l.concurrency, l.concurrency_per_user), (None, None));
-        assert_eq!(l.keyed, vec![("app-f".into(), "event.data.teamId".into(), 3), ("env".into(), "event.data.region".into(), 9)]);
+        let key = |k: &str| Expr::parse(k).unwrap();
+        assert_eq!(
+            l.keyed,
+            vec![
+                Keyed { scope: "app-f".into(), key: key("event.data.teamId"), limit: 3 },
+                Keyed { scope: "env".into(), key: key("event.data.region"), limit: 9 }
+            ]
+        );
         assert!(l.unsupported.is_empty());
         let l = limits("app-f", &json!({"throttle": {"limit": 5, "period": "1m30s", "key": "event.user.id"}}), &keys());
         assert_eq!(l.rate, Some((5, Duration::from_secs(90))));
         let l = limits("app-f", &json!({"throttle": {"limit": 2, "period": "10s", "burst": 1, "key": "event.data.shop"}}), &keys());
-        assert_eq!((l.rate, l.throttle), (None, Some(("event.data.shop".into(), 2, 1, Duration::from_secs(10)))));
+        let shop = Throttle { key: key("event.data.shop"), limit: 2, burst: 1, period: Duration::from_secs(10) };
+        assert_eq!((l.rate, l.throttle), (None, Some(shop)));
     }
 
     #[test]

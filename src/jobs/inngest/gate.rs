@@ -20,7 +20,7 @@ use crate::jobs::model::Job;
 pub const WAIT: Duration = Duration::from_millis(500);
 
 /// One keyed limit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Keyed {
     /// The function's id (scope "fn") or "env"/"account": who shares the key.
     pub scope: String,
@@ -29,7 +29,7 @@ pub struct Keyed {
 }
 
 /// A keyed throttle: at most `limit + burst` runs of the function start per `period` per key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Throttle {
     pub key: Expr,
     pub limit: i32,
