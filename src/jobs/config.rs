@@ -205,6 +205,11 @@ struct RawRunner {
     shutdown_grace: Option<String>,
 }
 
+/// A cron schedule: five fields as in crontab; a sixth, leading seconds field is allowed.
+pub fn parse_cron(fields: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).build().parse(fields)
+}
+
 /// Whether `url` is one the HTTP client calls (http, or https through rustls).
 pub fn is_http(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
@@ -373,9 +378,7 @@ fn cron_entry(c: RawCron, types: &BTreeMap<String, JobType>) -> Result<CronEntry
     if !types.contains_key(&c.job_type) {
         return Err(err(format!("unknown job type {:?}", c.job_type)));
     }
-    // Five fields as in crontab; a sixth, leading seconds field is allowed.
-    let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).build();
-    let schedule = parser.parse(&c.schedule).map_err(|e| err(format!("schedule {:?}: {e}", c.schedule)))?;
+    let schedule = parse_cron(&c.schedule).map_err(|e| err(format!("schedule {:?}: {e}", c.schedule)))?;
     let input = match c.input {
         Some(v) => serde_json::to_value(v).map_err(|e| err(e.to_string()))?,
         None => Value::Object(Default::default()),

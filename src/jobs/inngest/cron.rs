@@ -18,6 +18,8 @@ use sqlx::PgPool;
 use tracing::{info, warn};
 
 use super::call::run_input;
+use super::dispatch::Runs;
+use crate::jobs::config::parse_cron;
 
 /// How late a tick may still start.
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -41,8 +43,7 @@ impl Schedule {
             }
             None => (Tz::UTC, trimmed),
         };
-        let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).build();
-        let cron = parser.parse(fields).map_err(|e| format!("cron {spec:?}: {e}"))?;
+        let cron = parse_cron(fields).map_err(|e| format!("cron {spec:?}: {e}"))?;
         Ok(Schedule { spec: spec.to_owned(), zone, cron })
     }
 
@@ -95,23 +96,23 @@ async fn start(pool: &PgPool, function: &str, name: &str, schedule: &Schedule, t
         "ts": tick.timestamp_millis(),
         "user": {},
     });
-    let started: Option<(uuid::Uuid,)> = sqlx::query_as(
-        "with won as (insert into rowcast.cron_slots (name, slot) values ($1, $2) on conflict do nothing returning name),
-              started as (
-                insert into rowcast.jobs (type, input, max_attempts)
-                select $3, $4, coalesce((select t.max_attempts from rowcast.job_types t where t.type = $3), 5) from won
-                returning id, type),
-              rang as (select pg_notify('rowcast_jobs', type) from started)
-         select id from started, (select count(*) from rang) r",
-    )
-    .bind(name)
-    .bind(tick)
-    .bind(function)
-    .bind(run_input(event))
-    .fetch_optional(pool)
-    .await?;
-    if let Some((id,)) = started {
-        info!(%function, tick = %stamp, job.id = %id, "Inngest cron tick started a run");
+    // The tick's slot is a primary key: only the runner whose insert wins starts the run.
+    let mut tx = pool.begin().await?;
+    let won = sqlx::query("insert into rowcast.cron_slots (name, slot) values ($1, $2) on conflict do nothing")
+        .bind(name)
+        .bind(tick)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if won {
+        let mut runs = Runs::default();
+        runs.push(function, None, run_input(event), 0);
+        runs.insert(&mut tx).await?;
+    }
+    tx.commit().await?;
+    if won {
+        info!(%function, tick = %stamp, "Inngest cron tick started a run");
     }
     Ok(())
 }

@@ -271,9 +271,9 @@ async fn start_runs(tx: &mut sqlx::PgConnection, settings: &InngestSettings, eve
     Ok(())
 }
 
-/// The runs one batch starts, column by column.
+/// Runs to start, column by column: one batch's, or one cron tick's.
 #[derive(Default)]
-struct Runs {
+pub(super) struct Runs {
     types: Vec<String>,
     owners: Vec<Option<String>>,
     inputs: Vec<Value>,
@@ -281,7 +281,7 @@ struct Runs {
 }
 
 impl Runs {
-    fn push(&mut self, function: &str, owner: Option<String>, input: Value, priority: i32) {
+    pub(super) fn push(&mut self, function: &str, owner: Option<String>, input: Value, priority: i32) {
         self.types.push(function.to_owned());
         self.owners.push(owner);
         self.inputs.push(input);
@@ -290,7 +290,7 @@ impl Runs {
 
     /// Inserts the runs as pending jobs (attempts as the function's type
     /// says) and rings the runners once per function.
-    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
+    pub(super) async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
         if self.types.is_empty() {
             return Ok(0);
         }
