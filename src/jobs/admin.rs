@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::api::{self, Caller};
 use super::handlers::{caller, refuse, JobsState, Refusal};
 use super::inngest::sync;
-use super::model::{Job, COLUMNS};
+use super::model::Job;
 use super::{alert_rules, alerts};
 
 /// Most ids one bulk action takes.
@@ -71,31 +71,19 @@ struct Filters {
 async fn list(State(s): State<JobsState>, headers: HeaderMap, q: Result<Query<Filters>, QueryRejection>) -> Result<Response, Refusal> {
     operator(&s, &headers).await?;
     let Query(f) = q.map_err(|e| refuse(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let limit = f.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(refuse(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000"));
-    }
-    let blank = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-    let id = blank(f.id).map(|i| i.trim().to_lowercase());
+    let id = blank(&f.id).map(|i| i.trim().to_lowercase());
     if id.as_ref().is_some_and(|i| i.len() > 36 || !i.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
         return Err(refuse(StatusCode::BAD_REQUEST, "id must be a job id or the start of one (hex digits and dashes)"));
     }
-    let sql = format!(
-        "select {COLUMNS} from rowcast.jobs
-         where ($1::text is null or status = $1) and ($2::text is null or type = $2) and ($3::text is null or user_id = $3)
-           and ($4::text is null or id::text like $4 || '%')
-         order by created_at desc, id limit $5"
-    );
-    let rows: Vec<Job> = sqlx::query_as(&sql)
-        .bind(blank(f.status))
-        .bind(blank(f.job_type))
-        .bind(blank(f.user))
-        .bind(id)
-        .bind(limit)
-        .fetch_all(&s.pool)
-        .await
-        .map_err(db_error)?;
+    let narrow =
+        api::Narrow { owner: None, status: blank(&f.status), job_type: blank(&f.job_type), user: blank(&f.user), id_prefix: id.as_deref() };
+    let rows = api::select(&s.pool, &narrow, f.limit.unwrap_or(100)).await?;
     Ok(Json(rows).into_response())
+}
+
+/// A filter's value, unless it is empty or only spaces.
+fn blank(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.trim().is_empty())
 }
 
 /// A stored step, as the dashboard shows it.

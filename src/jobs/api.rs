@@ -170,15 +170,41 @@ pub struct ListQuery {
 
 /// The caller's jobs (all, for the service role), newest first.
 pub async fn list(pool: &PgPool, caller: &Caller, q: &ListQuery) -> Result<Vec<Job>, ApiError> {
-    let limit = q.limit.unwrap_or(50);
+    let narrow = Narrow { owner: caller.owner(), status: q.status.as_deref(), job_type: q.job_type.as_deref(), ..Narrow::default() };
+    select(pool, &narrow, q.limit.unwrap_or(50)).await
+}
+
+/// What a list of jobs is narrowed to; `None` is any.
+#[derive(Debug, Default)]
+pub struct Narrow<'a> {
+    /// The caller's own jobs only (a user); `None` for the service role.
+    pub owner: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub job_type: Option<&'a str>,
+    pub user: Option<&'a str>,
+    /// A whole id or the start of one, lowercase.
+    pub id_prefix: Option<&'a str>,
+}
+
+/// Jobs as `narrow` says, newest first, at most `limit` (1..=1000).
+pub async fn select(pool: &PgPool, narrow: &Narrow<'_>, limit: i64) -> Result<Vec<Job>, ApiError> {
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
     }
     let sql = format!(
         "select {COLUMNS} from rowcast.jobs where ($1::text is null or user_id = $1) and ($2::text is null or status = $2) \
-         and ($3::text is null or type = $3) order by created_at desc, id limit $4"
+         and ($3::text is null or type = $3) and ($4::text is null or user_id = $4) and ($5::text is null or id::text like $5 || '%') \
+         order by created_at desc, id limit $6"
     );
-    Ok(sqlx::query_as(&sql).bind(caller.owner()).bind(&q.status).bind(&q.job_type).bind(limit).fetch_all(pool).await?)
+    Ok(sqlx::query_as(&sql)
+        .bind(narrow.owner)
+        .bind(narrow.status)
+        .bind(narrow.job_type)
+        .bind(narrow.user)
+        .bind(narrow.id_prefix)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Cancels a pending or running job (and a bulk parent's unfinished children).
