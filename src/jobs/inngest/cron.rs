@@ -54,9 +54,15 @@ impl Schedule {
     }
 }
 
-/// The ticks this runner already started or saw started, so it asks the database once per tick.
+/// What this runner remembers between passes: each cron spec parsed once
+/// (`None` when it cannot be read, which is logged the first time only),
+/// and the ticks it already started or saw started, so it asks the
+/// database once per tick.
 #[derive(Default)]
-pub struct Ticks(HashMap<String, DateTime<Utc>>);
+pub struct Ticks {
+    schedules: HashMap<String, Option<Schedule>>,
+    fired: HashMap<String, DateTime<Utc>>,
+}
 
 /// Starts the due tick of every cron trigger not started yet.
 pub async fn fire(pool: &PgPool, seen: &mut Ticks) -> Result<(), sqlx::Error> {
@@ -67,20 +73,19 @@ pub async fn fire(pool: &PgPool, seen: &mut Ticks) -> Result<(), sqlx::Error> {
     let now = Utc::now();
     for (function, triggers) in rows {
         for spec in triggers.as_array().into_iter().flatten().filter_map(|t| t.get("cron").and_then(Value::as_str)) {
-            let schedule = match Schedule::parse(spec) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(%function, error = %e, "an Inngest cron trigger is not understood; it never fires");
-                    continue;
-                }
-            };
+            let parsed = seen.schedules.entry(spec.to_owned()).or_insert_with(|| {
+                Schedule::parse(spec)
+                    .inspect_err(|e| warn!(%function, error = %e, "an Inngest cron trigger is not understood; it never fires"))
+                    .ok()
+            });
+            let Some(schedule) = parsed.as_ref() else { continue };
             let Some(tick) = schedule.last_tick(now) else { continue };
             let name = format!("inngest:{function}:{spec}");
-            if seen.0.get(&name) == Some(&tick) || (now - tick).to_std().unwrap_or_default() > CATCH_UP {
+            if seen.fired.get(&name) == Some(&tick) || (now - tick).to_std().unwrap_or_default() > CATCH_UP {
                 continue;
             }
-            start(pool, &function, &name, &schedule, tick).await?;
-            seen.0.insert(name, tick);
+            start(pool, &function, &name, schedule, tick).await?;
+            seen.fired.insert(name, tick);
         }
     }
     Ok(())
