@@ -14,7 +14,8 @@
 //! - `scheduler`: rescue, expiry, cron, retention; `hooks`: on_failure.
 //! - `alert_rules`: thresholds and crossings (pure); `alerts`: the figures
 //!   and the watcher that posts crossings to the webhook.
-//! - `inngest`: the Inngest SDK protocol (apps syncing, so far).
+//! - `inngest`: the Inngest SDK protocol: apps syncing, events, and runs of
+//!   their functions as jobs of this runner.
 
 pub mod admin;
 pub mod alert_rules;
