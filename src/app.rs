@@ -4,8 +4,10 @@
 //! and wires the gateway (HTTP, realtime, change listener) and the job
 //! runner, either of which may be switched off. `App::run` serves until the
 //! shutdown future resolves, then stops in order: drain (`/ready` fails and
-//! new sockets are refused, for `drain_delay_secs`), close sockets with
-//! `phx_close` and a close frame (waiting for them, bounded by the write
+//! new sockets are refused, for `drain_delay_secs`), write the handoff note
+//! of the open channels (`realtime::handoff`), close sockets with the
+//! contract's "Server requested disconnect" and a close frame, so clients
+//! reconnect and rejoin elsewhere (waiting for them, bounded by the write
 //! timeout), stop HTTP, let running job steps finish within the grace period,
 //! let `on_failure` hooks in flight finish, stop the change listener, close
 //! the pool. Every task hangs off one root `CancellationToken`. `main` and
@@ -26,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::auth::{ClaimPath, Minter};
 use crate::changes::listener::{Listener, ListenerConfig};
@@ -49,6 +51,7 @@ use crate::ops::Ops;
 use crate::realtime::admission::Admission;
 use crate::realtime::broadcast_api::BroadcastApi;
 use crate::realtime::cluster::Cluster;
+use crate::realtime::handoff::Handoffs;
 use crate::realtime::policies::PolicyCheck;
 use crate::realtime::registry::Registry;
 use crate::realtime::socket::SocketContext;
@@ -247,6 +250,14 @@ impl App {
 /// and waits for them, at most as long as one stalled write may take.
 async fn close_sockets(state: &AppState) {
     let sockets = &state.sockets;
+    // Read while every channel is still live: each got every change up to it.
+    let from = state.ops.settled.load(std::sync::atomic::Ordering::Acquire) + 1;
+    let keys = sockets.registry.handoff_keys();
+    match sockets.handoffs.hand_off(&state.pool, from, &keys).await {
+        Ok(()) if !keys.is_empty() && sockets.handoffs.enabled() => info!(channels = keys.len(), from, "handed off channels"),
+        Ok(()) => {}
+        Err(e) => warn!(error = %e, "channels closed without a handoff note; changes until they rejoin are not replayed"),
+    }
     sockets.shutdown.cancel();
     state.socket_tasks.close();
     let grace = sockets.limits.write_timeout() + Duration::from_secs(1);
@@ -268,10 +279,17 @@ async fn build_gateway(
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let (live_tx, live_rx) = watch::channel(false);
     let tables = Tables::with_pool(pool.clone());
-    let registry = Registry::with_metrics(config.limits.max_record_bytes, metrics.realtime.clone());
+    let handoff_ttl = Duration::from_secs(config.limits.handoff_ttl_secs);
+    let registry = Registry::keeping_recent(config.limits.max_record_bytes, metrics.realtime.clone(), handoff_ttl);
+    let handoffs = Handoffs::new(handoff_ttl);
+    match handoffs.load_recent(pool).await {
+        Ok(0) => {}
+        Ok(notes) => info!(notes, "channels handed off lately by a gateway will resume here"),
+        Err(e) => warn!(error = %e, "reading recent handoff notes failed; channels handed off before this start do not replay"),
+    }
     // Other gateways on this database hear this one's presence and broadcasts through the log.
     let presence_timeout = Duration::from_secs(config.limits.presence_timeout_secs);
-    let (cluster, sink) = Cluster::new(pool.clone(), &registry, presence_timeout, live_rx.clone());
+    let (cluster, sink) = Cluster::new(pool.clone(), &registry, handoffs.clone(), presence_timeout, live_rx.clone());
     let listener_config = ListenerConfig {
         poll: Duration::from_millis(config.limits.poll_ms.max(1)),
         retention: Duration::from_secs(config.limits.change_retention_secs),
@@ -289,6 +307,7 @@ async fn build_gateway(
         limits: Arc::new(config.limits.clone()),
         live: live_rx,
         shutdown: root.child_token(),
+        handoffs,
     };
     let jobs = JobsState {
         pool: pool.clone(),
@@ -314,6 +333,7 @@ async fn build_gateway(
         admission: admission.clone(),
         live: sockets.live.clone(),
         delivered_through: change_listener.delivered_through(),
+        settled: change_listener.settled(),
         draining: CancellationToken::new(),
         max_lag: Duration::from_secs(config.limits.ready_max_lag_secs),
     };

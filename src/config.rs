@@ -187,6 +187,8 @@ mod defaults {
     pub const MESSAGE_RETENTION_SECS: u64 = 3 * 86_400;
     pub const READY_MAX_LAG_SECS: u64 = 10;
     pub const DRAIN_DELAY_SECS: u64 = 0;
+    /// supabase-js retries a closed socket after 1, 2, 5 and 10 s: 18 s in all.
+    pub const HANDOFF_TTL_SECS: u64 = 30;
     pub const JWKS_TIMEOUT_MS: u64 = 3_000;
     pub const JWKS_REFRESH_SECS: u64 = 600;
 }
@@ -250,6 +252,11 @@ pub struct Limits {
     /// before open sockets are told to go (time for a load balancer to notice).
     #[arg(long, env = "ROWCAST_DRAIN_DELAY_SECS", default_value_t = defaults::DRAIN_DELAY_SECS)]
     pub drain_delay_secs: u64,
+    /// Seconds during which a channel closed by a draining gateway, rejoined here or on
+    /// another gateway by the same token with the same bindings, first gets the changes it
+    /// missed meanwhile. 0: no handoffs. Replays reach back at most the change retention.
+    #[arg(long, env = "ROWCAST_HANDOFF_TTL_SECS", default_value_t = defaults::HANDOFF_TTL_SECS)]
+    pub handoff_ttl_secs: u64,
     /// With several gateways on one database: seconds after its last heartbeat that a gateway
     /// which stopped without saying so (killed, cut off) is presumed dead and its clients'
     /// presence leaves everyone's lists.
@@ -295,6 +302,7 @@ impl Default for Limits {
             message_retention_secs: defaults::MESSAGE_RETENTION_SECS,
             ready_max_lag_secs: defaults::READY_MAX_LAG_SECS,
             drain_delay_secs: defaults::DRAIN_DELAY_SECS,
+            handoff_ttl_secs: defaults::HANDOFF_TTL_SECS,
             presence_timeout_secs: defaults::PRESENCE_TIMEOUT_SECS,
         }
     }

@@ -29,7 +29,10 @@ use super::window::{Snapshot, Window};
 /// sent from SQL, in delivery order.
 pub trait ChangeSink: Send + Sync + 'static {
     /// Called once per change; must not block.
-    fn deliver(&self, change: &Change, meta: &TableMeta);
+    fn deliver(&self, change: &Arc<Change>, meta: &Arc<TableMeta>);
+    /// Called once, before the first change: nothing at or below `high_water`
+    /// was delivered by this reader, except ids that were still in flight then.
+    fn starting_at(&self, _high_water: i64) {}
     /// Called once per `realtime.messages` row (a broadcast sent from SQL); must not block.
     fn deliver_message(&self, message: &Change);
     /// Called once per row of the gateways' own tables (`rowcast.nodes`,
@@ -42,7 +45,7 @@ const MESSAGES: (&str, &str) = ("realtime", "messages");
 /// The marker a change to the enabled tables leaves in the log (migration 0011).
 const TABLES_MARKER: (&str, &str) = ("rowcast", "tables");
 /// The tables many gateways on one database talk through (migration 0010).
-const CLUSTER_TABLES: [&str; 3] = ["nodes", "presence", "broadcast"];
+const CLUSTER_TABLES: [&str; 4] = ["nodes", "presence", "broadcast", "handoff"];
 
 /// Reader settings.
 #[derive(Debug, Clone)]
@@ -106,6 +109,9 @@ pub struct Listener {
     window: Option<Window>,
     /// The highest change id delivered so far (for readiness and metrics).
     delivered_through: Arc<AtomicI64>,
+    /// Every change at or below this id was delivered (or will never be):
+    /// where a channel closed now would have to resume (`realtime::handoff`).
+    settled: Arc<AtomicI64>,
 }
 
 #[derive(Deserialize)]
@@ -157,7 +163,22 @@ struct Session {
 impl Listener {
     /// A reader publishing its liveness on `live`.
     pub fn new(pool: PgPool, tables: Tables, sink: Arc<dyn ChangeSink>, live: watch::Sender<bool>, config: ListenerConfig) -> Self {
-        Listener { pool, tables, sink, live, config, id: Uuid::new_v4(), window: None, delivered_through: Arc::default() }
+        Listener {
+            pool,
+            tables,
+            sink,
+            live,
+            config,
+            id: Uuid::new_v4(),
+            window: None,
+            delivered_through: Arc::default(),
+            settled: Arc::default(),
+        }
+    }
+
+    /// Every change at or below this id has been handed to the sink, updated after every read.
+    pub fn settled(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.settled)
     }
 
     /// The highest change id this reader has delivered, updated after every read.
@@ -211,6 +232,9 @@ impl Listener {
             let (max, missing): (i64, Vec<i64>) = sqlx::query_as(STARTING_POINT).fetch_one(&mut conn).await?;
             self.window = Some(Window::starting_with_gaps(max, &missing, Instant::now(), GAP_STALE, GAP_FORGET));
             self.delivered_through.store(max, Ordering::Relaxed);
+            let settled = self.window().settled();
+            self.settled.store(settled, Ordering::Release);
+            self.sink.starting_at(max);
         }
         sqlx::query(
             "insert into rowcast.listeners (id, cursor) values ($1, $2) on conflict (id) do update set idle = false, seen_at = now()",
@@ -368,12 +392,16 @@ impl Listener {
         self.deliver(s, pass.deliver).await?;
         let through = self.window().high_water();
         self.delivered_through.store(through, Ordering::Relaxed);
+        // Stored after the pass's changes were delivered: a reader of it may count on them.
+        let settled = self.window().settled();
+        self.settled.store(settled, Ordering::Release);
         Ok(PassResult { full, delivered })
     }
 
     async fn deliver(&mut self, s: &mut Session, changes: Vec<Change>) -> Result<(), ListenerError> {
         let mut reloaded = false;
         for change in changes {
+            let change = Arc::new(change);
             if (change.schema.as_str(), change.table.as_str()) == MESSAGES {
                 self.sink.deliver_message(&change);
                 continue;
@@ -402,6 +430,35 @@ impl Listener {
         }
         Ok(())
     }
+}
+
+/// Most changes `read_since` returns.
+pub const READ_SINCE_LIMIT: i64 = 10_000;
+
+/// The changes of enabled tables committed so far with ids from `from` on,
+/// in id order, at most `READ_SINCE_LIMIT` rows read: what a channel that
+/// resumes after a handoff may have missed, when the registry's recent
+/// changes do not reach back that far (`realtime::handoff`). A change that
+/// commits after this read is delivered live.
+pub async fn read_since(pool: &PgPool, tables: &Tables, from: i64) -> Result<Vec<(Arc<Change>, Arc<TableMeta>)>, sqlx::Error> {
+    let (rows,): (sqlx::types::Json<Vec<Row>>,) = sqlx::query_as(
+        "select coalesce(json_agg(c order by c.id), '[]'::json) from (
+            select id, changed_at, schema_name, table_name, op, owner, record, old_record
+            from rowcast.changes where id >= $1 order by id limit $2) c",
+    )
+    .bind(from)
+    .bind(READ_SINCE_LIMIT)
+    .fetch_one(pool)
+    .await?;
+    if rows.0.len() as i64 >= READ_SINCE_LIMIT {
+        warn!(from, limit = READ_SINCE_LIMIT, "a resuming channel missed more changes than one replay reads; the rest are not replayed");
+    }
+    Ok(rows
+        .0
+        .into_iter()
+        .filter_map(Row::into_change)
+        .filter_map(|change| tables.get(&change.schema, &change.table).map(|meta| (Arc::new(change), meta)))
+        .collect())
 }
 
 /// The newest id, and the ids among the 1,000 below it that are not visible

@@ -6,8 +6,9 @@
 //! nodes whose heartbeat is older than the presence timeout with their
 //! presence rows, and turning what the change listener reads of other
 //! gateways' rows back into presence and broadcasts for this gateway's
-//! channels (`ClusterSink`). Every gateway reads the same log in the same
-//! order, so no other protocol or service is involved.
+//! channels (`ClusterSink`), and other gateways' handoff notes into
+//! `Handoffs`. Every gateway reads the same log in the same order, so no
+//! other protocol or service is involved.
 //!
 //! Broadcasts go into the log only while another gateway's heartbeat has
 //! been read within the timeout, so a single gateway writes nothing for
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use super::handoff::Handoffs;
 use super::registry::{Origin, Outgoing, Registry, SubId};
 use crate::changes::change::{Change, Op, TableMeta};
 use crate::changes::listener::ChangeSink;
@@ -55,6 +57,7 @@ pub struct ClusterSink {
     node: Uuid,
     registry: Registry,
     peers: Arc<PeerClock>,
+    handoffs: Handoffs,
 }
 
 impl ClusterSink {
@@ -65,8 +68,12 @@ impl ClusterSink {
 }
 
 impl ChangeSink for ClusterSink {
-    fn deliver(&self, change: &Change, meta: &TableMeta) {
+    fn deliver(&self, change: &Arc<Change>, meta: &Arc<TableMeta>) {
         self.registry.deliver(change, meta);
+    }
+
+    fn starting_at(&self, high_water: i64) {
+        self.registry.starting_at(high_water);
     }
 
     fn deliver_message(&self, message: &Change) {
@@ -90,6 +97,11 @@ impl ChangeSink for ClusterSink {
                 let Some(node) = self.peer_of(row, "node") else { return };
                 if let Some(sub) = row.get("sub").and_then(Value::as_i64) {
                     self.registry.peer_untrack((node, sub));
+                }
+            }
+            ("handoff", Op::Insert) => {
+                if let Some(row) = &change.record {
+                    self.handoffs.note(row, Duration::ZERO);
                 }
             }
             ("broadcast", Op::Insert) => {
@@ -188,12 +200,18 @@ impl Cluster {
     /// This gateway's task, with a new node id, and the sink its change
     /// listener delivers to. From now on `registry` hands its presence and
     /// broadcasts to the task; `live` is the change listener's.
-    pub fn new(pool: PgPool, registry: &Registry, timeout: Duration, live: watch::Receiver<bool>) -> (Cluster, ClusterSink) {
+    pub fn new(
+        pool: PgPool,
+        registry: &Registry,
+        handoffs: Handoffs,
+        timeout: Duration,
+        live: watch::Receiver<bool>,
+    ) -> (Cluster, ClusterSink) {
         let node = Uuid::new_v4();
         let (to_cluster, outgoing) = mpsc::channel(QUEUE);
         registry.set_cluster(to_cluster);
         let peers = Arc::new(PeerClock::default());
-        let sink = ClusterSink { node, registry: registry.clone(), peers: Arc::clone(&peers) };
+        let sink = ClusterSink { node, registry: registry.clone(), peers: Arc::clone(&peers), handoffs };
         let timeout = timeout.max(Duration::from_secs(1));
         let cluster = Cluster { pool, registry: registry.clone(), node, timeout, outgoing, peers, live, published: HashMap::new() };
         (cluster, sink)

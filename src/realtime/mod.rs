@@ -7,6 +7,7 @@
 //! - `channel`: join planning and subscription notices (pure).
 //! - `policies`: what a private channel's token may do, from the RLS policies on `realtime.messages`.
 //! - `presence`: who is present on a topic; state and diff payloads (pure).
+//! - `handoff`: channels closed by a draining gateway resume elsewhere with the changes they missed.
 //! - `replay`: broadcasts sent from the database that a private join asks to see again.
 //! - `registry`: live subscriptions, change fan-out, broadcast and presence delivery.
 //! - `outbox`: one socket's bounded outgoing queue and its slow-consumer rule.
@@ -21,6 +22,7 @@ pub mod broadcast_api;
 pub mod channel;
 pub mod cluster;
 pub mod filter;
+pub mod handoff;
 pub mod outbox;
 pub mod payload;
 pub mod policies;

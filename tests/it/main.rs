@@ -15,6 +15,7 @@ mod delivery;
 mod example_handler;
 mod faults;
 mod fuzz;
+mod handoff;
 mod hardening;
 mod https;
 mod inngest;

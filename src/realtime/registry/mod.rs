@@ -13,13 +13,15 @@
 //! queues (see `outbox`); it never waits on a socket.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
 
 use super::filter::{self, Compiled, Condition};
+use super::handoff::HandoffKey;
 use super::outbox::Outbox;
 use super::payload::render_data;
 use super::presence::Roster;
@@ -32,8 +34,15 @@ use crate::metrics::{self, Metrics};
 
 mod members;
 mod peers;
+mod recent;
 
 pub use peers::{Outgoing, PeerMember};
+pub use recent::{Delivered, Since};
+use recent::{Recent, MAX_RECENT};
+
+/// Most changes a resuming channel holds back while its replay is read;
+/// past it the socket is let go as a slow consumer.
+const MAX_HELD: usize = 10_000;
 
 /// Identifies one subscription (one joined channel).
 pub type SubId = u64;
@@ -161,6 +170,11 @@ pub struct Subscription {
     join_ref: Option<String>,
     /// Joined with `config.private`: a namespace apart from the public topic of the same name.
     private: bool,
+    /// What a rejoin of this channel on another gateway is recognised by (`handoff`).
+    handoff: Option<HandoffKey>,
+    /// Set while a resuming channel's replay is being read: its changes wait in `held`.
+    holding: AtomicBool,
+    held: Mutex<Option<Vec<(i64, Bytes)>>>,
 }
 
 /// A topic in its namespace (private or public): what broadcasts and presence are addressed to.
@@ -184,7 +198,45 @@ impl Subscription {
             presence_key: String::new(),
             join_ref: None,
             private: false,
+            handoff: None,
+            holding: AtomicBool::new(false),
+            held: Mutex::new(None),
         }
+    }
+
+    /// Sets the key a rejoin of this channel elsewhere is recognised by.
+    pub fn handoff(mut self, key: Option<HandoffKey>) -> Self {
+        self.handoff = key;
+        self
+    }
+
+    /// Queues the frame of change `id`, or holds it while a replay is being read.
+    fn send(&self, id: i64, frame: Bytes) {
+        if self.holding.load(Ordering::Acquire) {
+            let mut held = self.held.lock().expect("held lock poisoned");
+            if let Some(frames) = held.as_mut() {
+                if frames.len() < MAX_HELD {
+                    frames.push((id, frame));
+                } else {
+                    *held = None;
+                    self.holding.store(false, Ordering::Release);
+                    self.route.outbox.let_go(super::outbox::Slow::QueueFull);
+                }
+                return;
+            }
+        }
+        self.route.outbox.push(frame);
+    }
+
+    /// The frames of `change` for this channel, if it may see it and a binding matches.
+    fn frames_for(&self, change: &Change, meta: &TableMeta, max_record_bytes: usize) -> Vec<Bytes> {
+        let mut frames = Vec::new();
+        self.matching(change, meta, |selection, ids| {
+            let data = render_data(change, meta, max_record_bytes, selection);
+            let payload = protocol::postgres_changes(ids, &data);
+            frames.push(Bytes::from(protocol::encode(self.route.vsn, None, None, &self.topic, "postgres_changes", &payload)));
+        });
+        frames
     }
 
     /// Marks the subscription private (`config.private`), authorised by the topic's policies.
@@ -285,6 +337,10 @@ struct Inner {
     /// id they have in the rosters, and their topic. Locked after `presence`.
     remote: std::sync::Mutex<HashMap<PeerMember, (u64, TopicKey)>>,
     next_remote: AtomicU64,
+    /// Changes delivered lately, for channels resuming after a handoff. Held
+    /// while a change is delivered, so a resuming join sees each change either
+    /// here or live.
+    recent: Mutex<Recent>,
 }
 
 #[derive(Clone, Copy)]
@@ -301,7 +357,14 @@ impl Registry {
 
     /// A registry that counts into `metrics`.
     pub fn with_metrics(max_record_bytes: usize, metrics: metrics::Realtime) -> Self {
+        Registry::keeping_recent(max_record_bytes, metrics, Duration::ZERO)
+    }
+
+    /// A registry that also keeps the changes it delivered for `keep_for`
+    /// (the handoff ttl), so channels resuming from a handoff replay them.
+    pub fn keeping_recent(max_record_bytes: usize, metrics: metrics::Realtime, keep_for: Duration) -> Self {
         let inner = Inner {
+            recent: Mutex::new(Recent::new(keep_for, MAX_RECENT)),
             metrics,
             subs: DashMap::new(),
             by_topic: DashMap::new(),
@@ -359,6 +422,58 @@ impl Registry {
     /// The realtime metrics this registry counts into.
     pub fn metrics(&self) -> &metrics::Realtime {
         &self.inner.metrics
+    }
+
+    /// The handoff keys of every live channel that has one, for a draining gateway's note.
+    pub fn handoff_keys(&self) -> Vec<HandoffKey> {
+        let mut keys: Vec<HandoffKey> = self.inner.subs.iter().filter_map(|e| e.value().handoff).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Joins `sub` like `join`, for a channel resuming from change `from`
+    /// after a handoff: its changes are held from now on, and it gets the
+    /// delivered changes it may have missed that are still kept. Call
+    /// `release` next, with the log's changes when the kept ones are not complete.
+    pub fn join_resuming(&self, sub: Subscription, outbox: &Outbox, frames: Vec<Bytes>, from: i64) -> (SubId, Since) {
+        *sub.held.lock().expect("held lock poisoned") = Some(Vec::new());
+        sub.holding.store(true, Ordering::Release);
+        let recent = self.inner.recent.lock().expect("recent lock poisoned");
+        let id = self.join(sub, outbox, frames);
+        let since = recent.since(from);
+        (id, since)
+    }
+
+    /// Queues a resuming channel's replay (`older`, read from the log, then
+    /// the kept `since`, each change once), then what was held meanwhile and
+    /// not replayed, and makes it live. Returns how many changes it replayed.
+    pub fn release(&self, id: SubId, older: Vec<Delivered>, since: Since) -> usize {
+        let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return 0 };
+        let mut sent = HashSet::new();
+        let mut frames = Vec::new();
+        for (change, meta) in older.iter().chain(&since.changes) {
+            if sent.insert(change.id) {
+                let mine = sub.frames_for(change, meta, self.inner.max_record_bytes);
+                if !mine.is_empty() {
+                    frames.push(mine);
+                }
+            }
+        }
+        let replayed = frames.len();
+        let mut held = sub.held.lock().expect("held lock poisoned");
+        for frame in frames.into_iter().flatten() {
+            sub.route.outbox.push(frame);
+        }
+        for (change, frame) in held.take().unwrap_or_default() {
+            if !sent.contains(&change) {
+                sub.route.outbox.push(frame);
+            }
+        }
+        sub.holding.store(false, Ordering::Release);
+        drop(held);
+        self.count_deliveries("handoff_replay", replayed as u64);
+        replayed
     }
 
     /// Number of live subscriptions.
@@ -521,7 +636,14 @@ impl FrameCache {
 }
 
 impl ChangeSink for Registry {
-    fn deliver(&self, change: &Change, meta: &TableMeta) {
+    fn starting_at(&self, high_water: i64) {
+        self.inner.recent.lock().expect("recent lock poisoned").starting_at(high_water);
+    }
+
+    fn deliver(&self, change: &Arc<Change>, meta: &Arc<TableMeta>) {
+        // Held through the fan-out: a resuming join sees this change kept or live, never neither.
+        let mut recent = self.inner.recent.lock().expect("recent lock poisoned");
+        recent.push((Arc::clone(change), Arc::clone(meta)), Instant::now());
         let all_columns: OnceLock<Arc<str>> = OnceLock::new();
         let mut shaped: Vec<(Selection, Arc<str>)> = Vec::new();
         let mut frames = FrameCache::default();
@@ -548,10 +670,11 @@ impl ChangeSink for Registry {
                 let frame = frames.get(&sub.topic, ids, vsn, || {
                     protocol::encode(vsn, None, None, &sub.topic, "postgres_changes", &protocol::postgres_changes(ids, data))
                 });
-                sub.route.outbox.push(frame);
+                sub.send(change.id, frame);
                 sent += 1;
             });
         }
+        drop(recent);
         self.count_deliveries("postgres_changes", sent);
         let age = (chrono::Utc::now() - change.changed_at).num_microseconds().unwrap_or(i64::MAX);
         self.inner.metrics.change_latency.observe(age.max(0) as f64 / 1e6);

@@ -25,6 +25,10 @@ fn change(owner: &str) -> Change {
     }
 }
 
+fn deliver(r: &Registry, change: Change, meta: TableMeta) {
+    r.deliver(&Arc::new(change), &Arc::new(meta));
+}
+
 fn principal(role: &str, sub: Option<&str>) -> Principal {
     Principal::new(role, sub, i64::MAX)
 }
@@ -62,7 +66,7 @@ fn an_owned_change_reaches_its_owner_and_the_service_role_only() {
     let (bob, _) = subscribe(&r, "realtime:b", principal("authenticated", Some("bob")), Vsn::V2);
     let (service, _) = subscribe(&r, "realtime:s", principal("service_role", None), Vsn::V2);
     let (anon, _) = subscribe(&r, "realtime:n", principal("anon", None), Vsn::V2);
-    r.deliver(&change("alice"), &meta(false));
+    deliver(&r, change("alice"), meta(false));
     let frames = drain(&alice);
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0][2], "realtime:a");
@@ -77,7 +81,7 @@ fn a_public_change_reaches_everyone_in_each_ones_serializer() {
     let r = Registry::new(1 << 20);
     let (v1, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V1);
     let (v2, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
-    r.deliver(&change("x"), &meta(true));
+    deliver(&r, change("x"), meta(true));
     assert_eq!(drain(&v1)[0]["event"], "postgres_changes");
     assert_eq!(drain(&v2)[0][3], "postgres_changes");
 }
@@ -87,7 +91,7 @@ fn sockets_on_one_channel_share_one_encoded_frame() {
     let r = Registry::new(1 << 20);
     let (a, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
     let (b, _) = subscribe(&r, "realtime:p", principal("anon", None), Vsn::V2);
-    r.deliver(&change("x"), &meta(true));
+    deliver(&r, change("x"), meta(true));
     let take = |o: &Outbox| o.take_frames().pop().expect("a frame");
     assert_eq!(take(&a).as_ptr(), take(&b).as_ptr(), "one buffer, not a copy per socket");
 }
@@ -97,7 +101,7 @@ fn a_removed_subscription_gets_nothing_and_leaves_no_index_behind() {
     let r = Registry::new(1 << 20);
     let (alice, id) = subscribe(&r, "realtime:a", principal("authenticated", Some("alice")), Vsn::V2);
     r.remove(id);
-    r.deliver(&change("alice"), &meta(false));
+    deliver(&r, change("alice"), meta(false));
     assert!(drain(&alice).is_empty());
     assert!(r.is_empty());
     assert!(r.inner.by_owner.is_empty());
@@ -108,9 +112,9 @@ fn a_new_principal_moves_the_subscription_to_the_new_owner() {
     let r = Registry::new(1 << 20);
     let (socket, id) = subscribe(&r, "realtime:a", principal("authenticated", Some("alice")), Vsn::V2);
     r.set_principal(id, principal("authenticated", Some("bob")));
-    r.deliver(&change("alice"), &meta(false));
+    deliver(&r, change("alice"), meta(false));
     assert!(drain(&socket).is_empty(), "alice's rows are no longer this channel's");
-    r.deliver(&change("bob"), &meta(false));
+    deliver(&r, change("bob"), meta(false));
     assert_eq!(drain(&socket).len(), 1);
     assert!(!r.inner.by_owner.contains_key(&(ClaimPath::sub(), "alice".to_owned())));
 }
@@ -131,15 +135,15 @@ fn a_change_owned_by_an_organisation_reaches_its_members_joined_before_the_claim
     let (ann, _) = subscribe(&r, "realtime:a", member_of("ann", "acme", &[]), Vsn::V2);
     let (ben, _) = subscribe(&r, "realtime:b", member_of("ben", "acme", &[]), Vsn::V2);
     let (eve, _) = subscribe(&r, "realtime:e", member_of("eve", "evil", &[]), Vsn::V2);
-    r.deliver(&change("acme"), &owned_by_claim("app_metadata.org_id"));
+    deliver(&r, change("acme"), owned_by_claim("app_metadata.org_id"));
     assert_eq!((drain(&ann).len(), drain(&ben).len()), (1, 1));
     assert!(drain(&eve).is_empty());
     // Joined after: indexed under the claim at insert.
     let (cat, _) = subscribe(&r, "realtime:c", member_of("cat", "acme", &[]), Vsn::V2);
-    r.deliver(&change("acme"), &owned_by_claim("app_metadata.org_id"));
+    deliver(&r, change("acme"), owned_by_claim("app_metadata.org_id"));
     assert_eq!(drain(&cat).len(), 1);
     // A user id equal to the org id sees nothing through `sub`-owned tables of that id.
-    r.deliver(&change("acme"), &meta(false));
+    deliver(&r, change("acme"), meta(false));
     assert!(drain(&cat).is_empty());
 }
 
@@ -148,12 +152,12 @@ fn an_array_claim_means_membership_and_a_table_whose_claim_does_not_parse_shows_
     let r = Registry::new(1 << 20);
     let (ann, _) = subscribe(&r, "realtime:a", member_of("ann", "acme", &["red", "blue"]), Vsn::V2);
     let (service, _) = subscribe(&r, "realtime:s", principal("service_role", None), Vsn::V2);
-    r.deliver(&change("blue"), &owned_by_claim("app_metadata.team_ids"));
-    r.deliver(&change("green"), &owned_by_claim("app_metadata.team_ids"));
+    deliver(&r, change("blue"), owned_by_claim("app_metadata.team_ids"));
+    deliver(&r, change("green"), owned_by_claim("app_metadata.team_ids"));
     assert_eq!(drain(&ann).len(), 1);
     assert_eq!(drain(&service).len(), 2);
     let unparsed = TableMeta { owner_claim: None, ..meta(false) };
-    r.deliver(&change("ann"), &unparsed);
+    deliver(&r, change("ann"), unparsed);
     assert!(drain(&ann).is_empty());
     assert_eq!(drain(&service).len(), 1);
 }
@@ -165,7 +169,7 @@ fn bindings_with_different_selections_get_one_frame_each_with_their_own_columns(
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let narrow = Binding { selection: Some(Selection::resolve(&[], &meta(false)).unwrap()), ..binding(8) };
     r.insert(Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7), narrow], false));
-    r.deliver(&change("alice"), &meta(false));
+    deliver(&r, change("alice"), meta(false));
     let frames = drain(&outbox);
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0][4]["ids"], json!([7]));
@@ -185,4 +189,67 @@ fn a_broadcast_skips_its_sender_unless_it_asked_for_self() {
     assert!(drain(&sender).is_empty());
     assert_eq!(drain(&other)[0][4]["event"], "e");
     assert!(drain(&elsewhere).is_empty());
+}
+
+fn numbered(id: i64) -> Change {
+    Change { id, ..change("alice") }
+}
+
+/// The change ids of the `postgres_changes` frames queued on `outbox`, in order.
+fn change_ids(outbox: &Outbox) -> Vec<i64> {
+    drain(outbox).iter().filter(|f| f[3] == "postgres_changes").map(|f| f[4]["data"]["record"]["n"].as_i64().unwrap()).collect()
+}
+
+#[test]
+fn a_resuming_channel_gets_the_missed_changes_once_in_order_then_what_arrived_while_its_replay_was_read() {
+    let r = Registry::keeping_recent(1 << 20, Metrics::new().realtime, Duration::from_secs(30));
+    r.starting_at(0);
+    let with_n = |id: i64| {
+        let mut c = numbered(id);
+        c.record = json!({"id": 1, "user_id": "alice", "n": id}).as_object().cloned();
+        c
+    };
+    for id in 1..=4 {
+        deliver(&r, with_n(id), meta(false));
+    }
+    let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+    let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
+    let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
+    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 3);
+    assert!(since.complete, "3 and 4 were delivered here after the reader started");
+    // Delivered while the replay is being read: held, not queued ahead of it.
+    deliver(&r, with_n(5), meta(false));
+    assert!(change_ids(&outbox).is_empty());
+    // A log read (as when the kept changes are not complete) finds 3, 4 and 5, all seen elsewhere too.
+    let older = [3, 4, 5].map(|n| (Arc::new(with_n(n)), Arc::new(meta(false)))).to_vec();
+    assert_eq!(r.release(id, older, since), 3);
+    deliver(&r, with_n(6), meta(false));
+    assert_eq!(change_ids(&outbox), vec![3, 4, 5, 6], "each change once, in order, then live ones");
+}
+
+#[test]
+fn a_resuming_channel_replays_only_what_it_may_see_and_its_bindings_match() {
+    let r = Registry::keeping_recent(1 << 20, Metrics::new().realtime, Duration::from_secs(30));
+    r.starting_at(0);
+    deliver(&r, Change { id: 1, ..change("bob") }, meta(false));
+    deliver(&r, Change { id: 2, ..change("alice") }, meta(false));
+    let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+    let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
+    let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
+    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
+    assert_eq!(r.release(id, Vec::new(), since), 1, "bob's row is not alice's to see");
+    let frames = drain(&outbox);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0][4]["data"]["record"]["user_id"], "alice");
+}
+
+#[test]
+fn draining_lists_each_handoff_key_once() {
+    let r = Registry::new(1 << 20);
+    let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+    for key in [Some([1u8; 32]), Some([1u8; 32]), Some([2u8; 32]), None] {
+        let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
+        r.insert(Subscription::new("realtime:a".into(), route, principal("anon", None), vec![binding(7)], false).handoff(key));
+    }
+    assert_eq!(r.handoff_keys(), vec![[1u8; 32], [2u8; 32]]);
 }

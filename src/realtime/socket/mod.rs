@@ -38,12 +38,14 @@ use tungstenite::Message;
 
 use super::channel::{self, JoinRefusal};
 use super::filter::MAX_PATTERNS_PER_SOCKET;
+use super::handoff::{self, Handoffs};
 use super::outbox::{Bounds, Close, Outbox};
 use super::policies::{Policies, PolicyCheck};
 use super::protocol::{self, Inbound, Vsn};
 use super::registry::{Registry, Route, SubId, Subscription};
 use super::replay;
 use crate::auth::{now_secs, AuthError, Principal};
+use crate::changes::listener;
 use crate::changes::tables::Tables;
 use crate::config::Limits;
 use crate::keyring::Keyring;
@@ -68,8 +70,10 @@ pub struct SocketContext {
     pub limits: Arc<Limits>,
     /// True while the change listener is connected.
     pub live: watch::Receiver<bool>,
-    /// Cancelled at shutdown: every socket says `phx_close` and goes away.
+    /// Cancelled at shutdown: every socket asks its client to reconnect and goes away.
     pub shutdown: CancellationToken,
+    /// Channels handed off by a draining gateway, which replay what they missed.
+    pub handoffs: Handoffs,
 }
 
 /// Close codes (RFC 6455).
@@ -384,10 +388,18 @@ impl Conn {
         let route = Route { outbox: self.outbox.clone(), vsn: self.vsn };
         // A private channel hears presence only if its policies let it read presence.
         let presence = plan.presence_enabled && policies.is_none_or(|p| p.presence_read);
+        // A postgres_changes channel can be handed off, and may be resuming from a handoff.
+        let key = (!plan.bindings.is_empty() && self.ctx.handoffs.enabled())
+            .then(|| handoff::key(Self::token_of(&m.payload).unwrap_or(""), &m.topic, &m.payload));
+        let resume = key.as_ref().and_then(|k| self.ctx.handoffs.resume_from(k));
         let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self)
             .with_presence(presence, plan.presence_key, m.join_ref.clone())
-            .private(policies.is_some());
-        let sub = self.ctx.registry.join(sub, &self.outbox, frames);
+            .private(policies.is_some())
+            .handoff(key);
+        let sub = match resume {
+            None => self.ctx.registry.join(sub, &self.outbox, frames),
+            Some(from) => self.resume(&m.topic, sub, frames, from).await,
+        };
         let joined = Joined {
             join_ref: m.join_ref.clone(),
             sub,
@@ -399,6 +411,24 @@ impl Conn {
         };
         self.channels.insert(m.topic.clone(), joined);
         info!(topic = %m.topic, "channel joined");
+    }
+
+    /// Joins a channel handed off by a draining gateway: it gets the changes
+    /// from `from` on that it may have missed (kept in memory, or read from
+    /// the log when they are not all kept), then its live ones.
+    async fn resume(&self, topic: &str, sub: Subscription, frames: Vec<Bytes>, from: i64) -> SubId {
+        let (id, since) = self.ctx.registry.join_resuming(sub, &self.outbox, frames, from);
+        let older = if since.complete {
+            Vec::new()
+        } else {
+            listener::read_since(&self.ctx.pool, &self.ctx.tables, from).await.unwrap_or_else(|e| {
+                warn!(error = %e, "reading the changes a resuming channel missed failed; it resumes live only");
+                Vec::new()
+            })
+        };
+        let replayed = self.ctx.registry.release(id, older, since);
+        info!(topic, from, replayed, "channel resumed after a handoff");
+        id
     }
 
     /// Waits (at most `LIVE_WAIT`) for the change feed to be live.
@@ -449,11 +479,16 @@ impl Conn {
         }
     }
 
+    /// The contract's operator disconnect, on every channel: a `system` ok
+    /// "Server requested disconnect", then the socket closes. Not `phx_close`,
+    /// which tells supabase-js the channel is over for good: after a close
+    /// it reconnects and rejoins every channel, here or on another gateway.
     fn close_all_channels(&mut self) {
         for (topic, joined) in std::mem::take(&mut self.channels) {
             self.ctx.registry.remove(joined.sub);
-            let jr = joined.join_ref.as_deref();
-            self.push(jr, jr, &topic, "phx_close", "{}");
+            let sub_topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
+            let payload = protocol::system("system", true, "Server requested disconnect", sub_topic);
+            self.push(joined.join_ref.as_deref(), None, &topic, "system", &payload);
         }
     }
 

@@ -135,6 +135,19 @@ impl GatewayProcess {
     pub fn kill(&mut self) {
         self.child.start_kill().expect("killing the gateway");
     }
+
+    /// SIGTERM: the gateway drains and stops, as in a rolling deploy.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the gateway is running") as i32;
+        // SAFETY: sends SIGTERM to the child we started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit; panics unless it exits 0 within `WAIT`.
+    pub async fn exited(&mut self) {
+        let status = tokio::time::timeout(super::WAIT, self.child.wait()).await.expect("the gateway stops").unwrap();
+        assert!(status.success(), "the gateway exited with {status}");
+    }
 }
 
 mod tempfile_path {

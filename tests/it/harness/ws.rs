@@ -115,6 +115,38 @@ impl Client {
         }
     }
 
+    /// Every frame until the socket ends, and how it ended.
+    pub async fn rest(&mut self) -> (Vec<Frame>, Option<(u16, String)>) {
+        let mut frames = Vec::new();
+        loop {
+            match self.next().await {
+                Ok(f) => frames.push(f),
+                Err(Ended::Closed(c)) => return (frames, c),
+            }
+        }
+    }
+
+    /// Reads to the end of a socket the server is shutting down: each of
+    /// `topics` must get the contract's operator disconnect (a `system` ok
+    /// "Server requested disconnect") and no `phx_close`, which would tell
+    /// supabase-js not to rejoin; then a 1001 close.
+    /// Returns every frame it read.
+    pub async fn told_to_reconnect(&mut self, topics: &[&str]) -> Vec<Frame> {
+        let (frames, close) = self.rest().await;
+        for topic in topics {
+            let told = frames.iter().find(|f| f.topic == *topic && f.event == "system" && f.payload["extension"] == "system");
+            let told = told.unwrap_or_else(|| panic!("no system message on {topic}: {frames:?}"));
+            let channel = topic.strip_prefix("realtime:").unwrap();
+            assert_eq!(
+                told.payload,
+                json!({"extension": "system", "status": "ok", "message": "Server requested disconnect", "channel": channel})
+            );
+        }
+        assert!(frames.iter().all(|f| f.event != "phx_close"), "phx_close makes supabase-js drop the channel for good: {frames:?}");
+        assert_eq!(close, Some((1001, "server shutting down".to_owned())));
+        frames
+    }
+
     fn decode(&self, text: &str) -> Frame {
         let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("server sent non-JSON {text:?}: {e}"));
         if self.v2 {

@@ -1,0 +1,188 @@
+//! Handoffs: a channel closed by a draining gateway resumes on another one
+//! without losing a change committed in between.
+//!
+//! Owns the handoff key of a `postgres_changes` channel (a hash of its token,
+//! topic, privacy and bindings: what the client sends again when it rejoins),
+//! the note a draining gateway writes into the change log before it tells its
+//! clients to reconnect (`rowcast.changes` rows of `rowcast.handoff`: the
+//! keys and the lowest change id those channels may not have received), and
+//! every gateway's memory of the notes it read, for `ttl`.
+//!
+//! A join whose key was handed off within `ttl` replays the changes from
+//! that id on through the registry (`Registry::join_resuming`), before its
+//! live ones. Channels keep their rights: replayed changes pass the same
+//! authorisation and filters as live ones. The cost of never losing one is
+//! a few duplicates: changes the old gateway queued between its note and the
+//! close arrive again, and every join of the same key within `ttl` (two tabs
+//! of one user on one topic) replays.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+/// What identifies a channel across a reconnect.
+pub type HandoffKey = [u8; 32];
+
+/// Keys per log row, so one note stays a modest row.
+const KEYS_PER_ROW: usize = 2_000;
+
+/// The key of a join: its token (`""` when it sent none), topic, privacy and
+/// `postgres_changes` bindings, as supabase-js sends them again on rejoin.
+pub fn key(token: &str, topic: &str, payload: &Value) -> HandoffKey {
+    let config = payload.get("config");
+    let bindings = config.and_then(|c| c.get("postgres_changes")).map(Value::to_string).unwrap_or_default();
+    let private = config.and_then(|c| c.get("private")).and_then(Value::as_bool).unwrap_or(false);
+    let mut hash = Sha256::new();
+    for part in [token.as_bytes(), topic.as_bytes(), &[u8::from(private)], bindings.as_bytes()] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
+}
+
+/// This gateway's side of handoffs; cheap to clone.
+#[derive(Clone)]
+pub struct Handoffs {
+    /// Keys handed off by any gateway: the lowest id to resume from, until when.
+    notes: Arc<Mutex<HashMap<HandoffKey, (i64, Instant)>>>,
+    ttl: Duration,
+}
+
+/// Why a handoff note could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("writing the handoff note: {0}")]
+pub struct HandoffError(#[from] sqlx::Error);
+
+impl Handoffs {
+    /// Handoffs kept for `ttl` (zero: none written or honoured).
+    pub fn new(ttl: Duration) -> Self {
+        Handoffs { notes: Arc::default(), ttl }
+    }
+
+    /// Whether handoffs are on.
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// The change id a join with `key` resumes from, if it was handed off within the ttl.
+    pub fn resume_from(&self, key: &HandoffKey) -> Option<i64> {
+        let notes = self.notes.lock().expect("handoff lock poisoned");
+        notes.get(key).filter(|(_, until)| *until > Instant::now()).map(|(from, _)| *from)
+    }
+
+    /// Remembers a note read from the log (a `rowcast.handoff` record) written `age` ago.
+    pub fn note(&self, record: &Map<String, Value>, age: Duration) {
+        let Some(until) = (Instant::now() + self.ttl).checked_sub(age) else { return };
+        let Some(from) = record.get("from").and_then(Value::as_i64) else { return };
+        let keys = record.get("keys").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let mut notes = self.notes.lock().expect("handoff lock poisoned");
+        let now = Instant::now();
+        notes.retain(|_, (_, until)| *until > now);
+        for key in keys.iter().filter_map(Value::as_str).filter_map(parse_key) {
+            let entry = notes.entry(key).or_insert((from, until));
+            *entry = (entry.0.min(from), entry.1.max(until));
+        }
+    }
+
+    /// Reads the notes written within the ttl, for a gateway that starts after them.
+    pub async fn load_recent(&self, pool: &PgPool) -> Result<usize, HandoffError> {
+        if !self.enabled() {
+            return Ok(0);
+        }
+        let rows: Vec<(sqlx::types::Json<Map<String, Value>>, f64)> = sqlx::query_as(
+            "select record, extract(epoch from now() - changed_at)::float8 from rowcast.changes
+             where schema_name = 'rowcast' and table_name = 'handoff' and changed_at > now() - make_interval(secs => $1)",
+        )
+        .bind(self.ttl.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
+        for (record, age) in &rows {
+            self.note(record, Duration::from_secs_f64(age.max(0.0)));
+        }
+        Ok(rows.len())
+    }
+
+    /// Writes the note for `keys` (the channels about to be closed) into the
+    /// log and rings the doorbell: they resume from change `from`, which is
+    /// one past the listener's settled position read while they were all
+    /// still live (everything up to it reached them).
+    pub async fn hand_off(&self, pool: &PgPool, from: i64, keys: &[HandoffKey]) -> Result<(), HandoffError> {
+        if !self.enabled() || keys.is_empty() {
+            return Ok(());
+        }
+        let mut tx = pool.begin().await?;
+        for chunk in keys.chunks(KEYS_PER_ROW) {
+            let record = json!({"from": from, "keys": chunk.iter().map(hex).collect::<Vec<_>>()});
+            sqlx::query("insert into rowcast.changes (schema_name, table_name, op, record) values ('rowcast', 'handoff', 'INSERT', $1)")
+                .bind(record)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("select pg_notify('rowcast_changes', '')").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn hex(key: &HandoffKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_key(text: &str) -> Option<HandoffKey> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handoffs(ttl_secs: u64) -> Handoffs {
+        Handoffs::new(Duration::from_secs(ttl_secs))
+    }
+
+    fn join(bindings: Value) -> Value {
+        json!({"config": {"postgres_changes": bindings, "presence": {"key": "random-per-join"}}, "access_token": "ignored"})
+    }
+
+    #[test]
+    fn a_rejoin_with_the_same_token_topic_and_bindings_has_the_same_key_and_anything_else_does_not() {
+        let b = json!([{"event": "*", "schema": "public", "table": "t"}]);
+        let k = key("tok", "realtime:room", &join(b.clone()));
+        assert_eq!(k, key("tok", "realtime:room", &json!({"config": {"postgres_changes": b.clone()}})));
+        assert_ne!(k, key("tok2", "realtime:room", &join(b.clone())));
+        assert_ne!(k, key("tok", "realtime:room2", &join(b.clone())));
+        assert_ne!(k, key("tok", "realtime:room", &join(json!([{"event": "INSERT", "schema": "public", "table": "t"}]))));
+        let private = json!({"config": {"postgres_changes": b, "private": true}});
+        assert_ne!(k, key("tok", "realtime:room", &private));
+    }
+
+    #[test]
+    fn a_noted_key_resumes_from_the_lowest_id_noted_for_it_until_the_ttl_passes() {
+        let h = handoffs(30);
+        let (a, b) = (key("a", "realtime:x", &json!({})), key("b", "realtime:x", &json!({})));
+        h.note(json!({"from": 50, "keys": [hex(&a)]}).as_object().unwrap(), Duration::ZERO);
+        h.note(json!({"from": 40, "keys": [hex(&a), "not-a-key"]}).as_object().unwrap(), Duration::ZERO);
+        assert_eq!(h.resume_from(&a), Some(40));
+        assert_eq!(h.resume_from(&b), None);
+        h.note(json!({"from": 10, "keys": [hex(&b)]}).as_object().unwrap(), Duration::from_secs(31));
+        assert_eq!(h.resume_from(&b), None, "a note older than the ttl is ignored");
+    }
+
+    #[test]
+    fn keys_survive_their_text_form() {
+        let k = key("a", "realtime:x", &json!({}));
+        assert_eq!(parse_key(&hex(&k)), Some(k));
+        assert_eq!(parse_key("zz"), None);
+    }
+}

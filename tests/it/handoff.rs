@@ -1,0 +1,195 @@
+//! Rolling deploys lose nothing (`realtime::handoff`): a channel closed by a
+//! draining gateway rejoins another gateway, one running all along or one
+//! started after the drain, and first gets the changes committed while it
+//! was away, then live ones, while a writer keeps committing. Raw frames
+//! here; `tests/js/rolling.test.mjs` does the same with supabase-js behind
+//! a balancer.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{eventually, fresh_database, Client, Frame, GatewayProcess, TestApp};
+
+/// Commits a row for alice and one for bob, numbered 1, 2, ..., every few milliseconds.
+struct Writer {
+    written: Arc<AtomicI64>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(pool: PgPool) -> Writer {
+        let (written, stop) = (Arc::new(AtomicI64::new(0)), CancellationToken::new());
+        let (w, s) = (Arc::clone(&written), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(5));
+            for n in 1.. {
+                // Paces the load; nothing waits on it for correctness.
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    _ = pace.tick() => {}
+                }
+                sqlx::query("insert into public.notes (user_id, n) values ('alice', $1), ('bob', $1)")
+                    .bind(n as i32)
+                    .execute(&pool)
+                    .await
+                    .expect("the writer's insert");
+                w.store(n, Ordering::SeqCst);
+            }
+        });
+        Writer { written, stop, task }
+    }
+
+    fn written(&self) -> i64 {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` rows past the current count are committed.
+    async fn wait_for_more(&self, more: i64) {
+        let target = self.written() + more;
+        eventually(|| async {
+            let now = self.written();
+            if now >= target {
+                Ok(())
+            } else {
+                Err(format!("{now} of {target} rows written"))
+            }
+        })
+        .await;
+    }
+
+    /// Stops, and returns the number of the last row committed.
+    async fn stop(self) -> i64 {
+        self.stop.cancel();
+        let written = Arc::clone(&self.written);
+        self.task.await.expect("the writer task");
+        written.load(Ordering::SeqCst)
+    }
+}
+
+/// The `n` of each `postgres_changes` frame on `topic`, checking each row is alice's.
+fn numbers(frames: &[Frame], topic: &str) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|f| f.topic == topic && f.event == "postgres_changes")
+        .map(|f| {
+            let record = &f.payload["data"]["record"];
+            assert_eq!(record["user_id"], "alice", "only alice's rows reach alice's channel: {record}");
+            record["n"].as_i64().expect("n")
+        })
+        .collect()
+}
+
+/// Reads `topic`'s changes until row `last` arrives; returns their numbers.
+async fn numbers_until(c: &mut Client, name: &str, last: i64) -> Vec<i64> {
+    let topic = format!("realtime:{name}");
+    let mut seen = Vec::new();
+    loop {
+        let f = c.recv_event(&topic, "postgres_changes").await;
+        seen.extend(numbers(&[f], &topic));
+        if seen.last() == Some(&last) {
+            return seen;
+        }
+    }
+}
+
+fn bindings() -> Value {
+    json!([{"event": "INSERT", "schema": "public", "table": "notes"}])
+}
+
+/// Connects to `app` and rejoins `name` as alice, as supabase-js does after a close.
+async fn rejoin(app: &TestApp, name: &str, token: &str) -> Client {
+    let mut c = Client::v2(app, &app.anon()).await;
+    let reply = c.join(name, bindings(), Some(token)).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    c
+}
+
+/// `rowcast_deliveries_total{kind="handoff_replay"}` of `app`.
+async fn replayed(app: &TestApp) -> u64 {
+    let (_, text) = app.get("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("rowcast_deliveries_total{kind=\"handoff_replay\"} "))
+        .map_or(0, |v| v.trim().parse().expect("a counter"))
+}
+
+#[tokio::test]
+async fn channels_closed_by_a_draining_gateway_rejoin_elsewhere_and_miss_no_committed_change() {
+    let db = fresh_database().await;
+    let env = [("ROWCAST_POLL_MS", "200")];
+    let mut node1 = GatewayProcess::spawn(&db, &env).await;
+    let node2 = GatewayProcess::spawn(&db, &env).await;
+    node1.app.owned_table("notes").await;
+    let alice = node1.app.user("alice");
+    // `a` moves to a gateway that runs all along, `b` to one started after the drain.
+    let mut a = Client::v2(&node1.app, &node1.app.anon()).await;
+    let mut b = Client::v2(&node1.app, &node1.app.anon()).await;
+    a.subscribe("a", bindings(), Some(&alice)).await;
+    b.subscribe("b", bindings(), Some(&alice)).await;
+    let writer = Writer::start(node1.app.pool.clone());
+    let mut seen_a = numbers_until(&mut a, "a", 10).await;
+    let mut seen_b = numbers_until(&mut b, "b", 10).await;
+
+    node1.terminate();
+    seen_a.extend(numbers(&a.told_to_reconnect(&["realtime:a"]).await, "realtime:a"));
+    seen_b.extend(numbers(&b.told_to_reconnect(&["realtime:b"]).await, "realtime:b"));
+    // Committed while both are away.
+    writer.wait_for_more(30).await;
+    let mut a = rejoin(&node2.app, "a", &alice).await;
+    node1.exited().await;
+    let node3 = GatewayProcess::spawn(&db, &env).await;
+    writer.wait_for_more(10).await;
+    let mut b = rejoin(&node3.app, "b", &alice).await;
+    writer.wait_for_more(30).await;
+    let last = writer.stop().await;
+    seen_a.extend(numbers_until(&mut a, "a", last).await);
+    seen_b.extend(numbers_until(&mut b, "b", last).await);
+
+    let all: BTreeSet<i64> = (1..=last).collect();
+    for (name, seen) in [("a", &seen_a), ("b", &seen_b)] {
+        let got: BTreeSet<i64> = seen.iter().copied().collect();
+        let missing: Vec<_> = all.difference(&got).collect();
+        assert!(missing.is_empty(), "{name} missed rows {missing:?} of 1..={last}");
+        println!("{name}: {} rows, {} frames ({} duplicates)", last, seen.len(), seen.len() as i64 - last);
+    }
+    assert!(replayed(&node2.app).await > 0, "node2 replayed a's missed changes");
+    assert!(replayed(&node3.app).await > 0, "node3, started after the drain, replayed b's from the log");
+}
+
+#[tokio::test]
+async fn a_rejoin_by_another_token_or_with_other_bindings_replays_nothing() {
+    let db = fresh_database().await;
+    let env = [("ROWCAST_POLL_MS", "200")];
+    let node1 = GatewayProcess::spawn(&db, &env).await;
+    let node2 = GatewayProcess::spawn(&db, &env).await;
+    node1.app.owned_table("notes").await;
+    let alice = node1.app.user("alice");
+    let mut a = Client::v2(&node1.app, &node1.app.anon()).await;
+    a.subscribe("a", bindings(), Some(&alice)).await;
+    let mut probe = Client::v2(&node2.app, &node2.app.anon()).await;
+    probe.subscribe("probe", bindings(), Some(&alice)).await;
+    node1.terminate();
+    a.told_to_reconnect(&["realtime:a"]).await;
+    node1.app.sql("insert into public.notes (user_id, n) values ('alice', 1)").await;
+    // node2 has delivered it: a join from now on can only get it by replay.
+    probe.change("probe").await;
+    // Alice again but another token, and alice's token with other bindings: neither is the channel that left.
+    let other_token = node1.app.minter.mint(Some("alice"), "authenticated", 7200);
+    assert_ne!(other_token, alice);
+    let mut by_other_token = Client::v2(&node2.app, &node2.app.anon()).await;
+    assert_eq!(by_other_token.join("a", bindings(), Some(&other_token)).await["status"], "ok");
+    let mut other_bindings = Client::v2(&node2.app, &node2.app.anon()).await;
+    let inserts_and_updates = json!([{"event": "*", "schema": "public", "table": "notes"}]);
+    assert_eq!(other_bindings.join("a", inserts_and_updates, Some(&alice)).await["status"], "ok");
+    for c in [&mut by_other_token, &mut other_bindings] {
+        let queued = c.frames_until_heartbeat().await;
+        assert!(queued.iter().all(|f| f.event != "postgres_changes"), "{queued:?}");
+    }
+    assert_eq!(replayed(&node2.app).await, 0);
+}
