@@ -193,3 +193,16 @@ async fn a_rejoin_by_another_token_or_with_other_bindings_replays_nothing() {
     }
     assert_eq!(replayed(&node2.app).await, 0);
 }
+
+#[tokio::test]
+async fn supabase_js_behind_a_balancer_loses_no_committed_change_when_its_gateway_is_deployed() {
+    let db = fresh_database().await;
+    let env = [("ROWCAST_POLL_MS", "200")];
+    let mut node1 = GatewayProcess::spawn(&db, &env).await;
+    let node2 = GatewayProcess::spawn(&db, &env).await;
+    let pid = node1.child.id().expect("running").to_string();
+    let node1_url = format!("http://{}", node1.app.addr);
+    let suite_env = [("ROWCAST_NODE1_URL", node1_url.as_str()), ("ROWCAST_NODE1_PID", pid.as_str())];
+    crate::interop::run_node_suite_with(&node2.app, "rolling.test.mjs", &suite_env).await;
+    node1.exited().await;
+}

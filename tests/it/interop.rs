@@ -8,6 +8,11 @@ use crate::harness::{spawn_app, SECRET};
 
 /// Runs `node --test <file>` in tests/js against `app`; panics with the output on failure.
 pub async fn run_node_suite(app: &crate::harness::TestApp, file: &str) {
+    run_node_suite_with(app, file, &[]).await;
+}
+
+/// `run_node_suite` with more environment variables for the suite.
+pub async fn run_node_suite_with(app: &crate::harness::TestApp, file: &str, env: &[(&str, &str)]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
     assert!(
         dir.join("node_modules/@supabase/supabase-js").exists(),
@@ -19,6 +24,7 @@ pub async fn run_node_suite(app: &crate::harness::TestApp, file: &str) {
         .env("ROWCAST_URL", format!("http://{}", app.addr))
         .env("DATABASE_URL", &app.db_url)
         .env("JWT_SECRET", SECRET)
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .output()
         .await

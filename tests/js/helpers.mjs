@@ -151,10 +151,10 @@ function columnsOf(row) {
 /**
  * supabase-js as an app builds it. Node 20 has no global WebSocket, so realtime-js needs
  * `transport` (its documented option); `vsn` picks the serializer ('1.0.0' or '2.0.0',
- * default 2.0.0). Every client is torn down when test `t` ends so the process can exit.
+ * default 2.0.0); `url` another address than ROWCAST_URL. Every client is torn down when test `t` ends so the process can exit.
  */
-function newClient(t, key, { vsn, accessToken } = {}) {
-  const client = createClient(ENV.ROWCAST_URL, key, {
+function newClient(t, key, { vsn, accessToken, url = ENV.ROWCAST_URL } = {}) {
+  const client = createClient(url, key, {
     auth: { persistSession: false, autoRefreshToken: false },
     ...(accessToken && { accessToken }),
     realtime: { transport: WebSocket, params: {}, ...(vsn && { vsn }) },
