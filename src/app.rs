@@ -246,7 +246,8 @@ impl App {
     }
 }
 
-/// Tells every socket to close (`phx_close` per channel, then a close frame)
+/// Writes the handoff note of the open channels, then tells every socket to
+/// close (`system` "Server requested disconnect" per channel, then a close frame)
 /// and waits for them, at most as long as one stalled write may take.
 async fn close_sockets(state: &AppState) {
     let sockets = &state.sockets;

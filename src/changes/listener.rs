@@ -33,6 +33,8 @@ pub trait ChangeSink: Send + Sync + 'static {
     /// Called once, before the first change: nothing at or below `high_water`
     /// was delivered by this reader, except ids that were still in flight then.
     fn starting_at(&self, _high_water: i64) {}
+    /// Called between reads, at least once per poll interval: time to let go of old state.
+    fn tidy(&self) {}
     /// Called once per `realtime.messages` row (a broadcast sent from SQL); must not block.
     fn deliver_message(&self, message: &Change);
     /// Called once per row of the gateways' own tables (`rowcast.nodes`,
@@ -328,6 +330,7 @@ impl Listener {
     }
 
     async fn housekeeping(&mut self, s: &mut Session) -> Result<(), ListenerError> {
+        self.sink.tidy();
         if s.last_heartbeat.elapsed() >= HEARTBEAT {
             sqlx::query("update rowcast.listeners set cursor = $2, seen_at = now() where id = $1")
                 .bind(self.id)

@@ -76,6 +76,10 @@ impl ChangeSink for ClusterSink {
         self.registry.starting_at(high_water);
     }
 
+    fn tidy(&self) {
+        self.registry.tidy();
+    }
+
     fn deliver_message(&self, message: &Change) {
         self.registry.deliver_message(message);
     }

@@ -38,7 +38,7 @@ mod recent;
 
 pub use peers::{Outgoing, PeerMember};
 pub use recent::{Delivered, Since};
-use recent::{Recent, MAX_RECENT};
+use recent::{Recent, MAX_RECENT, MAX_RECENT_BYTES};
 
 /// Most changes a resuming channel holds back while its replay is read;
 /// past it the socket is let go as a slow consumer.
@@ -364,7 +364,7 @@ impl Registry {
     /// (the handoff ttl), so channels resuming from a handoff replay them.
     pub fn keeping_recent(max_record_bytes: usize, metrics: metrics::Realtime, keep_for: Duration) -> Self {
         let inner = Inner {
-            recent: Mutex::new(Recent::new(keep_for, MAX_RECENT)),
+            recent: Mutex::new(Recent::new(keep_for, MAX_RECENT, MAX_RECENT_BYTES)),
             metrics,
             subs: DashMap::new(),
             by_topic: DashMap::new(),
@@ -638,6 +638,10 @@ impl FrameCache {
 impl ChangeSink for Registry {
     fn starting_at(&self, high_water: i64) {
         self.inner.recent.lock().expect("recent lock poisoned").starting_at(high_water);
+    }
+
+    fn tidy(&self) {
+        self.inner.recent.lock().expect("recent lock poisoned").let_go_of_old(Instant::now());
     }
 
     fn deliver(&self, change: &Arc<Change>, meta: &Arc<TableMeta>) {

@@ -1,6 +1,8 @@
 //! The changes this gateway delivered lately, for channels that resume after
 //! a handoff (`realtime::handoff`): kept for the handoff ttl, at most
-//! `MAX_RECENT`, in delivery order. Pure.
+//! `MAX_RECENT` of them and `MAX_RECENT_BYTES` of row data (estimated), in
+//! delivery order. So a burst of large rows costs at most that much memory,
+//! for at most the ttl. Pure.
 //!
 //! `floor` is the highest id that may be missing: the reader's starting
 //! point (nothing below it was delivered here) or the highest id let go. A
@@ -11,10 +13,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::changes::change::{Change, TableMeta};
 
 /// Most changes kept.
 pub const MAX_RECENT: usize = 20_000;
+/// Most row data kept, in bytes (as `approx_bytes` counts them).
+pub const MAX_RECENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// A delivered change and the table it was delivered as.
 pub type Delivered = (Arc<Change>, Arc<TableMeta>);
@@ -22,10 +28,12 @@ pub type Delivered = (Arc<Change>, Arc<TableMeta>);
 /// Recently delivered changes.
 #[derive(Debug)]
 pub struct Recent {
-    kept: VecDeque<(Delivered, Instant)>,
+    kept: VecDeque<(Delivered, Instant, usize)>,
     floor: i64,
     keep_for: Duration,
     max: usize,
+    max_bytes: usize,
+    bytes: usize,
 }
 
 /// What a resuming channel gets from `Recent::since`.
@@ -38,14 +46,18 @@ pub struct Since {
 }
 
 impl Recent {
-    /// Keeps changes for `keep_for` (zero: none), at most `max`.
-    pub fn new(keep_for: Duration, max: usize) -> Self {
-        Recent { kept: VecDeque::new(), floor: i64::MAX, keep_for, max }
+    /// Keeps changes for `keep_for` (zero: none), at most `max` of them and `max_bytes` of data.
+    pub fn new(keep_for: Duration, max: usize, max_bytes: usize) -> Self {
+        Recent { kept: VecDeque::new(), floor: i64::MAX, keep_for, max, max_bytes, bytes: 0 }
+    }
+
+    fn raise_floor(&mut self, id: i64) {
+        self.floor = if self.floor == i64::MAX { id } else { self.floor.max(id) };
     }
 
     /// The reader starts at `high_water`: nothing at or below it was delivered here.
     pub fn starting_at(&mut self, high_water: i64) {
-        self.floor = if self.floor == i64::MAX { high_water } else { self.floor.max(high_water) };
+        self.raise_floor(high_water);
     }
 
     /// Keeps `change`, delivered at `now`, and lets go of what is too old or too many.
@@ -53,21 +65,51 @@ impl Recent {
         if self.keep_for.is_zero() {
             return;
         }
-        self.kept.push_back((change, now));
-        while let Some(((oldest, _), at)) = self.kept.front() {
-            if self.kept.len() <= self.max && now.duration_since(*at) < self.keep_for {
+        let size = approx_bytes(&change.0);
+        if size > self.max_bytes {
+            // Never kept: a resume from below it reads the log.
+            self.raise_floor(change.0.id);
+        } else {
+            self.bytes += size;
+            self.kept.push_back((change, now, size));
+        }
+        self.let_go_of_old(now);
+    }
+
+    /// Lets go of the changes older than the ttl, and of the oldest past the bounds.
+    pub fn let_go_of_old(&mut self, now: Instant) {
+        while let Some(((oldest, _), at, size)) = self.kept.front() {
+            let fits = self.kept.len() <= self.max && self.bytes <= self.max_bytes;
+            if fits && now.duration_since(*at) < self.keep_for {
                 break;
             }
-            self.floor = if self.floor == i64::MAX { oldest.id } else { self.floor.max(oldest.id) };
+            let (id, size) = (oldest.id, *size);
+            self.raise_floor(id);
+            self.bytes -= size;
             self.kept.pop_front();
         }
     }
 
     /// The kept changes with ids from `from` on.
     pub fn since(&self, from: i64) -> Since {
-        let changes = self.kept.iter().filter(|((c, _), _)| c.id >= from).map(|(d, _)| d.clone()).collect();
+        let changes = self.kept.iter().filter(|((c, _), _, _)| c.id >= from).map(|(d, _, _)| d.clone()).collect();
         Since { changes, complete: self.floor != i64::MAX && from > self.floor }
     }
+}
+
+/// About how many bytes a change's rows take: their JSON text's length, give or take.
+fn approx_bytes(change: &Change) -> usize {
+    fn value(v: &Value) -> usize {
+        match v {
+            Value::Null | Value::Bool(_) => 4,
+            Value::Number(_) => 8,
+            Value::String(s) => s.len() + 2,
+            Value::Array(items) => items.iter().map(value).sum::<usize>() + 2,
+            Value::Object(map) => map.iter().map(|(k, v)| k.len() + 3 + value(v)).sum::<usize>() + 2,
+        }
+    }
+    let rows = [&change.record, &change.old_record];
+    64 + rows.into_iter().flatten().map(|m| m.iter().map(|(k, v)| k.len() + 3 + value(v)).sum::<usize>()).sum::<usize>()
 }
 
 #[cfg(test)]
@@ -95,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_resume_above_the_starting_point_is_served_from_memory_in_delivery_order() {
-        let mut r = Recent::new(Duration::from_secs(30), 100);
+        let mut r = Recent::new(Duration::from_secs(30), 100, 1 << 20);
         r.starting_at(10);
         let now = Instant::now();
         for id in [11, 13, 12, 14] {
@@ -108,7 +150,7 @@ mod tests {
 
     #[test]
     fn letting_go_of_old_or_surplus_changes_raises_the_floor() {
-        let mut r = Recent::new(Duration::from_secs(30), 2);
+        let mut r = Recent::new(Duration::from_secs(30), 2, 1 << 20);
         r.starting_at(0);
         let start = Instant::now();
         r.push(change(1), start);
@@ -120,12 +162,34 @@ mod tests {
         r.push(change(4), start + Duration::from_secs(31));
         assert_eq!(ids(&r.since(0)), vec![4]);
         assert!(!r.since(3).complete && r.since(4).complete);
+        r.let_go_of_old(start + Duration::from_secs(62));
+        assert!(r.since(0).changes.is_empty(), "an idle gateway lets go too");
+    }
+
+    #[test]
+    fn rows_past_the_byte_budget_are_let_go_oldest_first_and_a_row_larger_than_it_is_never_kept() {
+        let sized = |id: i64, kb: usize| {
+            let (mut c, meta) = change(id);
+            Arc::make_mut(&mut c).record = serde_json::json!({"v": "x".repeat(kb * 1024)}).as_object().cloned();
+            (c, meta)
+        };
+        let mut r = Recent::new(Duration::from_secs(30), 100, 10 * 1024);
+        r.starting_at(0);
+        let now = Instant::now();
+        for id in 1..=3 {
+            r.push(sized(id, 4), now);
+        }
+        assert_eq!(ids(&r.since(0)), vec![2, 3], "three 4 KiB rows do not fit in 10 KiB");
+        assert!(!r.since(1).complete && r.since(2).complete);
+        r.push(sized(4, 20), now);
+        assert_eq!(ids(&r.since(0)), vec![2, 3]);
+        assert!(!r.since(4).complete && r.since(5).complete, "a resume from below the big row reads the log");
     }
 
     #[test]
     fn before_the_reader_starts_nothing_is_complete_and_with_no_ttl_nothing_is_kept() {
-        assert!(!Recent::new(Duration::from_secs(1), 10).since(5).complete);
-        let mut off = Recent::new(Duration::ZERO, 10);
+        assert!(!Recent::new(Duration::from_secs(1), 10, 1 << 20).since(5).complete);
+        let mut off = Recent::new(Duration::ZERO, 10, 1 << 20);
         off.starting_at(0);
         off.push(change(1), Instant::now());
         assert!(off.since(0).changes.is_empty());
