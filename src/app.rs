@@ -69,6 +69,8 @@ const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Changes the listener reads per query.
 const LISTENER_BATCH: i64 = 500;
 /// Longest wait for in-flight plain HTTP requests at shutdown.
+/// How long delivered changes are kept in memory for channels resuming after a handoff.
+const KEEP_RECENT: Duration = Duration::from_secs(10);
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
 /// The embedded migrations.
@@ -281,7 +283,9 @@ async fn build_gateway(
     let (live_tx, live_rx) = watch::channel(false);
     let tables = Tables::with_pool(pool.clone());
     let handoff_ttl = Duration::from_secs(config.limits.handoff_ttl_secs);
-    let registry = Registry::keeping_recent(config.limits.max_record_bytes, metrics.realtime.clone(), handoff_ttl);
+    // Most rejoins come 1-3 s after the close: those are served from memory, later ones from the log.
+    let keep_recent = handoff_ttl.min(KEEP_RECENT);
+    let registry = Registry::keeping_recent(config.limits.max_record_bytes, metrics.realtime.clone(), keep_recent);
     let handoffs = Handoffs::new(handoff_ttl);
     match handoffs.load_recent(pool).await {
         Ok(0) => {}

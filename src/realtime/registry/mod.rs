@@ -360,8 +360,8 @@ impl Registry {
         Registry::keeping_recent(max_record_bytes, metrics, Duration::ZERO)
     }
 
-    /// A registry that also keeps the changes it delivered for `keep_for`
-    /// (the handoff ttl), so channels resuming from a handoff replay them.
+    /// A registry that also keeps the changes it delivered for `keep_for`, so
+    /// channels resuming from a handoff replay them from memory.
     pub fn keeping_recent(max_record_bytes: usize, metrics: metrics::Realtime, keep_for: Duration) -> Self {
         let inner = Inner {
             recent: Mutex::new(Recent::new(keep_for, MAX_RECENT, MAX_RECENT_BYTES)),

@@ -1,5 +1,5 @@
 //! The changes this gateway delivered lately, for channels that resume after
-//! a handoff (`realtime::handoff`): kept for the handoff ttl, at most
+//! a handoff (`realtime::handoff`): kept for a few seconds, at most
 //! `MAX_RECENT` of them and `MAX_RECENT_BYTES` of row data (estimated), in
 //! delivery order. So a burst of large rows costs at most that much memory,
 //! for at most the ttl. Pure.
