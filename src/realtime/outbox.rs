@@ -209,6 +209,8 @@ impl State {
 struct Shared {
     state: Mutex<State>,
     ready: Notify,
+    /// Rung each time the writer takes frames (`push_paced` waits on it).
+    taken: Notify,
     bounds: Bounds,
 }
 
@@ -222,7 +224,8 @@ impl Outbox {
     /// An empty queue with `bounds`.
     pub fn new(bounds: Bounds) -> Outbox {
         let bounds = Bounds { frames: bounds.frames.max(1), bytes: bounds.bytes.max(1) };
-        Outbox { shared: Arc::new(Shared { state: Mutex::new(State::default()), ready: Notify::new(), bounds }) }
+        let shared = Shared { state: Mutex::new(State::default()), ready: Notify::new(), taken: Notify::new(), bounds };
+        Outbox { shared: Arc::new(shared) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -267,6 +270,33 @@ impl Outbox {
             state.push_back(frame);
         }
         self.shared.ready.notify_one();
+    }
+
+    /// Queues `frames` no faster than the writer takes them, keeping the
+    /// queue under half its bounds, so a long replay never counts as a slow
+    /// consumer while the client reads. False if the socket is closing, or
+    /// no frame was taken for `stall` (the caller lets it go).
+    pub async fn push_paced(&self, frames: impl IntoIterator<Item = Bytes>, stall: std::time::Duration) -> bool {
+        let half = Bounds { frames: (self.shared.bounds.frames / 2).max(1), bytes: self.shared.bounds.bytes / 2 };
+        for frame in frames {
+            loop {
+                {
+                    let mut state = self.state();
+                    if state.close.is_some() {
+                        return false;
+                    }
+                    let queued = state.len();
+                    if queued == 0 || (queued < half.frames && state.bytes + frame.len() <= half.bytes) {
+                        self.push_locked(&mut state, Out { kind: Kind::Data, bytes: frame });
+                        break;
+                    }
+                }
+                if tokio::time::timeout(stall, self.shared.taken.notified()).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Asks for the socket to close after what is queued (the first reason wins).
@@ -328,6 +358,7 @@ impl Outbox {
     fn try_next(&self) -> Option<Next> {
         let mut state = self.state();
         if let Some(batch) = state.take_batch() {
+            self.shared.taken.notify_one();
             return Some(Next::Frames(batch));
         }
         state.close.clone().map(Next::Close)
@@ -414,6 +445,34 @@ mod tests {
         let seen = o.push_then([Bytes::from_static(b"reply")], || o.shared.state.try_lock().is_err());
         assert!(seen, "the step runs while producers are held off");
         assert_eq!(o.next().await, Next::Frames([data(b"reply")].into()));
+    }
+
+    #[tokio::test]
+    async fn a_paced_push_longer_than_the_bounds_goes_out_whole_at_the_writers_pace() {
+        let o = outbox(10, 1000);
+        let writer = tokio::spawn({
+            let o = o.clone();
+            async move {
+                let mut got = Vec::new();
+                while got.len() < 100 {
+                    let Next::Frames(batch) = o.next().await else { panic!("closed") };
+                    got.extend(batch.iter().map(|f| f.bytes.clone()));
+                }
+                got
+            }
+        });
+        let frames: Vec<Bytes> = (0..100).map(|i| Bytes::from(i.to_string())).collect();
+        assert!(o.push_paced(frames.clone(), std::time::Duration::from_secs(5)).await);
+        assert_eq!(o.ended(), Ended::default(), "ten times the frame bound, never a slow consumer");
+        assert_eq!(writer.await.unwrap(), frames);
+    }
+
+    #[tokio::test]
+    async fn a_paced_push_nobody_takes_gives_up_after_the_stall() {
+        let o = outbox(4, 1000);
+        let frames: Vec<Bytes> = (0..10).map(|i| Bytes::from(i.to_string())).collect();
+        assert!(!o.push_paced(frames, std::time::Duration::from_millis(50)).await);
+        assert_eq!(o.len().0, 2, "it stopped at half the bound");
     }
 
     #[tokio::test]

@@ -206,3 +206,27 @@ async fn supabase_js_behind_a_balancer_loses_no_committed_change_when_its_gatewa
     crate::interop::run_node_suite_with(&node2.app, "rolling.test.mjs", &suite_env).await;
     node1.exited().await;
 }
+
+#[tokio::test]
+async fn a_replay_longer_than_the_outgoing_queue_goes_out_whole_at_the_clients_pace() {
+    let db = fresh_database().await;
+    let node1 = GatewayProcess::spawn(&db, &[("ROWCAST_POLL_MS", "200")]).await;
+    let node2 = GatewayProcess::spawn(&db, &[("ROWCAST_POLL_MS", "200"), ("ROWCAST_OUTGOING_QUEUE", "16")]).await;
+    node1.app.owned_table("notes").await;
+    let alice = node1.app.user("alice");
+    let mut a = Client::v2(&node1.app, &node1.app.anon()).await;
+    a.subscribe("a", bindings(), Some(&alice)).await;
+    let mut probe = Client::v2(&node2.app, &node2.app.anon()).await;
+    let last_only = json!([{"event": "INSERT", "schema": "public", "table": "notes", "filter": "n=eq.200"}]);
+    probe.subscribe("probe", last_only, Some(&alice)).await;
+    node1.terminate();
+    a.told_to_reconnect(&["realtime:a"]).await;
+    // 200 changes in one commit while away: twelve times what node2 queues for one socket.
+    node1.app.sql("insert into public.notes (user_id, n) select 'alice', n from generate_series(1, 200) n").await;
+    // node2 delivered all of them (they come in id order): the rejoin can only get them by replay.
+    probe.change("probe").await;
+    let mut a = rejoin(&node2.app, "a", &alice).await;
+    let seen = numbers_until(&mut a, "a", 200).await;
+    assert_eq!(seen, (1..=200).collect::<Vec<_>>(), "every missed row, once, in order");
+    a.heartbeat().await;
+}

@@ -445,35 +445,37 @@ impl Registry {
         (id, since)
     }
 
-    /// Queues a resuming channel's replay (`older`, read from the log, then
-    /// the kept `since`, each change once), then what was held meanwhile and
-    /// not replayed, and makes it live. Returns how many changes it replayed.
-    pub fn release(&self, id: SubId, older: Vec<Delivered>, since: Since) -> usize {
-        let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return 0 };
-        let mut sent = HashSet::new();
-        let mut frames = Vec::new();
+    /// The frames of a resuming channel's replay: `older` (read from the
+    /// log), then the kept `since`, each change once, those it may see and
+    /// its bindings match. Queue them, then call `go_live`.
+    pub fn replay(&self, id: SubId, older: Vec<Delivered>, since: Since) -> Replay {
+        let mut replay = Replay { frames: Vec::new(), changes: 0, sent: HashSet::new() };
+        let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return replay };
         for (change, meta) in older.iter().chain(&since.changes) {
-            if sent.insert(change.id) {
+            if replay.sent.insert(change.id) {
                 let mine = sub.frames_for(change, meta, self.inner.max_record_bytes);
-                if !mine.is_empty() {
-                    frames.push(mine);
-                }
+                replay.changes += usize::from(!mine.is_empty());
+                replay.frames.extend(mine);
             }
         }
-        let replayed = frames.len();
+        self.count_deliveries("handoff_replay", replay.changes as u64);
+        replay
+    }
+
+    /// What a resuming channel held while its replay was read and queued,
+    /// less the changes the replay had: queue these and call again. When
+    /// there is nothing left the channel is live (changes are queued
+    /// directly from then on), and the answer is empty.
+    pub fn take_held(&self, id: SubId, replay: &Replay) -> Vec<Bytes> {
+        let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return Vec::new() };
         let mut held = sub.held.lock().expect("held lock poisoned");
-        for frame in frames.into_iter().flatten() {
-            sub.route.outbox.push(frame);
+        let Some(frames) = held.as_mut() else { return Vec::new() };
+        let fresh: Vec<Bytes> = frames.drain(..).filter(|(change, _)| !replay.sent.contains(change)).map(|(_, f)| f).collect();
+        if fresh.is_empty() {
+            *held = None;
+            sub.holding.store(false, Ordering::Release);
         }
-        for (change, frame) in held.take().unwrap_or_default() {
-            if !sent.contains(&change) {
-                sub.route.outbox.push(frame);
-            }
-        }
-        sub.holding.store(false, Ordering::Release);
-        drop(held);
-        self.count_deliveries("handoff_replay", replayed as u64);
-        replayed
+        fresh
     }
 
     /// Number of live subscriptions.
@@ -610,6 +612,16 @@ impl Registry {
     fn count_broadcast(&self, from: Origin) {
         self.inner.metrics.broadcasts.get_or_create(&metrics::Source { source: from.label() }).inc();
     }
+}
+
+/// What a resuming channel replays (`Registry::replay`).
+pub struct Replay {
+    /// Its frames, in order.
+    pub frames: Vec<Bytes>,
+    /// How many changes they carry.
+    pub changes: usize,
+    /// Every change id looked at: none of them is sent again from what was held.
+    sent: HashSet<i64>,
 }
 
 /// Frames already encoded for one change or broadcast, by (topic, binding ids, serializer).

@@ -222,7 +222,12 @@ fn a_resuming_channel_gets_the_missed_changes_once_in_order_then_what_arrived_wh
     assert!(change_ids(&outbox).is_empty());
     // A log read (as when the kept changes are not complete) finds 3, 4 and 5, all seen elsewhere too.
     let older = [3, 4, 5].map(|n| (Arc::new(with_n(n)), Arc::new(meta(false)))).to_vec();
-    assert_eq!(r.release(id, older, since), 3);
+    let replay = r.replay(id, older, since);
+    assert_eq!(replay.changes, 3);
+    for frame in &replay.frames {
+        outbox.push(frame.clone());
+    }
+    assert!(r.take_held(id, &replay).is_empty(), "5, held, came with the replay: nothing held is new, and it is live");
     deliver(&r, with_n(6), meta(false));
     assert_eq!(change_ids(&outbox), vec![3, 4, 5, 6], "each change once, in order, then live ones");
 }
@@ -237,7 +242,12 @@ fn a_resuming_channel_replays_only_what_it_may_see_and_its_bindings_match() {
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
     let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
-    assert_eq!(r.release(id, Vec::new(), since), 1, "bob's row is not alice's to see");
+    let replay = r.replay(id, Vec::new(), since);
+    assert_eq!(replay.changes, 1, "bob's row is not alice's to see");
+    for frame in &replay.frames {
+        outbox.push(frame.clone());
+    }
+    assert!(r.take_held(id, &replay).is_empty(), "nothing was held: it is live");
     let frames = drain(&outbox);
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0][4]["data"]["record"]["user_id"], "alice");
@@ -252,4 +262,25 @@ fn draining_lists_each_handoff_key_once() {
         r.insert(Subscription::new("realtime:a".into(), route, principal("anon", None), vec![binding(7)], false).handoff(key));
     }
     assert_eq!(r.handoff_keys(), vec![[1u8; 32], [2u8; 32]]);
+}
+
+#[test]
+fn what_arrives_while_a_replay_is_queued_is_taken_until_none_is_left_then_the_channel_is_live() {
+    let r = Registry::keeping_recent(1 << 20, Metrics::new().realtime, Duration::from_secs(30));
+    r.starting_at(0);
+    let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+    let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
+    let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
+    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
+    let replay = r.replay(id, Vec::new(), since);
+    assert_eq!(replay.changes, 0);
+    deliver(&r, Change { id: 2, ..change("alice") }, meta(false));
+    deliver(&r, Change { id: 3, ..change("alice") }, meta(false));
+    assert!(drain(&outbox).is_empty(), "held, not queued");
+    assert_eq!(r.take_held(id, &replay).len(), 2);
+    deliver(&r, Change { id: 4, ..change("alice") }, meta(false));
+    assert_eq!(r.take_held(id, &replay).len(), 1, "held while the first two went out");
+    assert!(r.take_held(id, &replay).is_empty());
+    deliver(&r, Change { id: 5, ..change("alice") }, meta(false));
+    assert_eq!(drain(&outbox).len(), 1, "live: queued directly");
 }

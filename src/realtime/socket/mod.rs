@@ -39,7 +39,7 @@ use tungstenite::Message;
 use super::channel::{self, JoinRefusal};
 use super::filter::MAX_PATTERNS_PER_SOCKET;
 use super::handoff::{self, Handoffs};
-use super::outbox::{Bounds, Close, Outbox};
+use super::outbox::{Bounds, Close, Outbox, Slow};
 use super::policies::{Policies, PolicyCheck};
 use super::protocol::{self, Inbound, Vsn};
 use super::registry::{Registry, Route, SubId, Subscription};
@@ -426,8 +426,21 @@ impl Conn {
                 Vec::new()
             })
         };
-        let replayed = self.ctx.registry.release(id, older, since);
-        info!(topic, from, replayed, "channel resumed after a handoff");
+        let replay = self.ctx.registry.replay(id, older, since);
+        // Live changes are held while the replay, then what was held, goes
+        // out at the client's reading pace; the channel is live once none is left.
+        let stall = self.ctx.limits.write_timeout();
+        let mut next = replay.frames.clone();
+        loop {
+            if !next.is_empty() && !self.outbox.push_paced(next, stall).await {
+                self.outbox.let_go(Slow::NoProgress(stall.as_secs()));
+            }
+            next = self.ctx.registry.take_held(id, &replay);
+            if next.is_empty() {
+                break;
+            }
+        }
+        info!(topic, from, replayed = replay.changes, "channel resumed after a handoff");
         id
     }
 
