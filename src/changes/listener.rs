@@ -36,7 +36,7 @@ pub trait ChangeSink: Send + Sync + 'static {
     /// Called between reads, at least once per poll interval: time to let go of old state.
     fn tidy(&self) {}
     /// Called once per `realtime.messages` row (a broadcast sent from SQL); must not block.
-    fn deliver_message(&self, message: &Change);
+    fn deliver_message(&self, message: &Arc<Change>);
     /// Called once per row of the gateways' own tables (`rowcast.nodes`,
     /// `rowcast.presence`, `rowcast.broadcast`; migration 0010); must not block.
     fn deliver_cluster(&self, _row: &Change) {}
@@ -438,12 +438,13 @@ impl Listener {
 /// Most changes `read_since` returns.
 pub const READ_SINCE_LIMIT: i64 = 10_000;
 
-/// The changes of enabled tables committed so far with ids from `from` on,
+/// The changes of enabled tables and the SQL broadcasts committed so far with ids from `from` on,
 /// in id order, at most `READ_SINCE_LIMIT` rows read: what a channel that
 /// resumes after a handoff may have missed, when the registry's recent
 /// changes do not reach back that far (`realtime::handoff`). A change that
 /// commits after this read is delivered live.
-pub async fn read_since(pool: &PgPool, tables: &Tables, from: i64) -> Result<Vec<(Arc<Change>, Arc<TableMeta>)>, sqlx::Error> {
+/// Each comes with its table, or `None` for a broadcast sent from SQL (a `realtime.messages` row).
+pub async fn read_since(pool: &PgPool, tables: &Tables, from: i64) -> Result<Vec<(Arc<Change>, Option<Arc<TableMeta>>)>, sqlx::Error> {
     let (rows,): (sqlx::types::Json<Vec<Row>>,) = sqlx::query_as(
         "select coalesce(json_agg(c order by c.id), '[]'::json) from (
             select id, changed_at, schema_name, table_name, op, owner, record, old_record
@@ -460,7 +461,11 @@ pub async fn read_since(pool: &PgPool, tables: &Tables, from: i64) -> Result<Vec
         .0
         .into_iter()
         .filter_map(Row::into_change)
-        .filter_map(|change| tables.get(&change.schema, &change.table).map(|meta| (Arc::new(change), meta)))
+        .filter_map(|change| {
+            let meta = tables.get(&change.schema, &change.table);
+            let message = (change.schema.as_str(), change.table.as_str()) == MESSAGES;
+            (message || meta.is_some()).then(|| (Arc::new(change), meta))
+        })
         .collect())
 }
 

@@ -80,7 +80,7 @@ impl ChangeSink for ClusterSink {
         self.registry.tidy();
     }
 
-    fn deliver_message(&self, message: &Change) {
+    fn deliver_message(&self, message: &Arc<Change>) {
         self.registry.deliver_message(message);
     }
 

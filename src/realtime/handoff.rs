@@ -1,17 +1,18 @@
 //! Handoffs: a channel closed by a draining gateway resumes on another one
 //! without losing a change committed in between.
 //!
-//! Owns the handoff key of a `postgres_changes` channel (a hash of its token,
+//! Owns the handoff key of a channel (a hash of its token,
 //! topic, privacy and bindings: what the client sends again when it rejoins),
 //! the note a draining gateway writes into the change log before it tells its
 //! clients to reconnect (`rowcast.changes` rows of `rowcast.handoff`: the
 //! keys and the lowest change id those channels may not have received), and
 //! every gateway's memory of the notes it read, for `ttl`.
 //!
-//! A join whose key was handed off within `ttl` replays the changes from
-//! that id on through the registry (`Registry::join_resuming`), before its
-//! live ones. Channels keep their rights: replayed changes pass the same
-//! authorisation and filters as live ones. The cost of never losing one is
+//! A join whose key was handed off within `ttl` replays the row changes and
+//! SQL broadcasts from that id on through the registry
+//! (`Registry::join_resuming`), before its live ones. Channels keep their
+//! rights: replayed changes pass the same authorisation and filters as live
+//! ones. The cost of never losing one is
 //! a few duplicates: changes the old gateway queued between its note and the
 //! close arrive again, and every join of the same key within `ttl` (two tabs
 //! of one user on one topic) replays.

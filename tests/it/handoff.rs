@@ -1,7 +1,8 @@
 //! Rolling deploys lose nothing (`realtime::handoff`): a channel closed by a
 //! draining gateway rejoins another gateway, one running all along or one
 //! started after the drain, and first gets the changes committed while it
-//! was away, then live ones, while a writer keeps committing. Raw frames
+//! was away (row changes and broadcasts sent from SQL), then live ones,
+//! while a writer keeps committing. Raw frames
 //! here; `tests/js/rolling.test.mjs` does the same with supabase-js behind
 //! a balancer.
 
@@ -88,13 +89,22 @@ fn numbers(frames: &[Frame], topic: &str) -> Vec<i64> {
 
 /// Reads `topic`'s changes until row `last` arrives; returns their numbers.
 async fn numbers_until(c: &mut Client, name: &str, last: i64) -> Vec<i64> {
+    frames_until(c, name, last).await.0
+}
+
+/// Reads until row `last` arrives on `topic`: the rows' numbers, and the
+/// events of the broadcasts that came meanwhile.
+async fn frames_until(c: &mut Client, name: &str, last: i64) -> (Vec<i64>, Vec<String>) {
     let topic = format!("realtime:{name}");
-    let mut seen = Vec::new();
+    let (mut seen, mut broadcasts) = (Vec::new(), Vec::new());
     loop {
-        let f = c.recv_event(&topic, "postgres_changes").await;
+        let f = c.recv().await;
+        if f.topic == topic && f.event == "broadcast" {
+            broadcasts.push(f.payload["event"].as_str().unwrap_or_default().to_owned());
+        }
         seen.extend(numbers(&[f], &topic));
         if seen.last() == Some(&last) {
-            return seen;
+            return (seen, broadcasts);
         }
     }
 }
@@ -139,8 +149,10 @@ async fn channels_closed_by_a_draining_gateway_rejoin_elsewhere_and_miss_no_comm
     node1.terminate();
     seen_a.extend(numbers(&a.told_to_reconnect(&["realtime:a"]).await, "realtime:a"));
     seen_b.extend(numbers(&b.told_to_reconnect(&["realtime:b"]).await, "realtime:b"));
-    // Committed while both are away.
-    writer.wait_for_more(30).await;
+    // Committed while both are away, with a broadcast from SQL to each topic.
+    writer.wait_for_more(15).await;
+    node1.app.sql("select realtime.send('{}', 'sent-while-away', 'a', false), realtime.send('{}', 'sent-while-away', 'b', false)").await;
+    writer.wait_for_more(15).await;
     let mut a = rejoin(&node2.app, "a", &alice).await;
     node1.exited().await;
     let node3 = GatewayProcess::spawn(&db, &env).await;
@@ -148,8 +160,11 @@ async fn channels_closed_by_a_draining_gateway_rejoin_elsewhere_and_miss_no_comm
     let mut b = rejoin(&node3.app, "b", &alice).await;
     writer.wait_for_more(30).await;
     let last = writer.stop().await;
-    seen_a.extend(numbers_until(&mut a, "a", last).await);
-    seen_b.extend(numbers_until(&mut b, "b", last).await);
+    let (after_a, broadcasts_a) = frames_until(&mut a, "a", last).await;
+    let (after_b, broadcasts_b) = frames_until(&mut b, "b", last).await;
+    seen_a.extend(after_a);
+    seen_b.extend(after_b);
+    assert_eq!((broadcasts_a, broadcasts_b), (vec!["sent-while-away".to_owned()], vec!["sent-while-away".to_owned()]));
 
     let all: BTreeSet<i64> = (1..=last).collect();
     for (name, seen) in [("a", &seen_a), ("b", &seen_b)] {

@@ -228,8 +228,13 @@ impl Subscription {
         self.route.outbox.push(frame);
     }
 
-    /// The frames of `change` for this channel, if it may see it and a binding matches.
-    fn frames_for(&self, change: &Change, meta: &TableMeta, max_record_bytes: usize) -> Vec<Bytes> {
+    /// The frames of `change` for this channel: a row change it may see
+    /// that a binding matches, or a broadcast sent from SQL to its topic.
+    fn frames_for(&self, change: &Change, meta: Option<&TableMeta>, max_record_bytes: usize) -> Vec<Bytes> {
+        let Some(meta) = meta else {
+            let sql = SqlBroadcast::read(change).filter(|b| *b.topic == *self.topic && b.private == self.private);
+            return sql.and_then(|b| b.frame(self.route.vsn)).into_iter().collect();
+        };
         let mut frames = Vec::new();
         self.matching(change, meta, |selection, ids| {
             let data = render_data(change, meta, max_record_bytes, selection);
@@ -453,7 +458,7 @@ impl Registry {
         let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return replay };
         for (change, meta) in older.iter().chain(&since.changes) {
             if replay.sent.insert(change.id) {
-                let mine = sub.frames_for(change, meta, self.inner.max_record_bytes);
+                let mine = sub.frames_for(change, meta.as_deref(), self.inner.max_record_bytes);
                 replay.changes += usize::from(!mine.is_empty());
                 replay.frames.extend(mine);
             }
@@ -659,7 +664,7 @@ impl ChangeSink for Registry {
     fn deliver(&self, change: &Arc<Change>, meta: &Arc<TableMeta>) {
         // Held through the fan-out: a resuming join sees this change kept or live, never neither.
         let mut recent = self.inner.recent.lock().expect("recent lock poisoned");
-        recent.push((Arc::clone(change), Arc::clone(meta)), Instant::now());
+        recent.push((Arc::clone(change), Some(Arc::clone(meta))), Instant::now());
         let all_columns: OnceLock<Arc<str>> = OnceLock::new();
         let mut shaped: Vec<(Selection, Arc<str>)> = Vec::new();
         let mut frames = FrameCache::default();
@@ -696,21 +701,80 @@ impl ChangeSink for Registry {
         self.inner.metrics.change_latency.observe(age.max(0) as f64 / 1e6);
     }
 
-    fn deliver_message(&self, message: &Change) {
-        let Some(row) = &message.record else { return };
+    fn deliver_message(&self, message: &Arc<Change>) {
+        // Kept like row changes: a channel resuming after a handoff replays the broadcasts it missed.
+        let mut recent = self.inner.recent.lock().expect("recent lock poisoned");
+        recent.push((Arc::clone(message), None), Instant::now());
+        let Some(sql) = SqlBroadcast::read(message) else { return };
+        self.count_broadcast(Origin::Sql);
+        let mut frames = FrameCache::default();
+        let mut binary: Option<Option<Bytes>> = None;
+        let mut sent = 0;
+        for (_, sub) in self.on_topic(&sql.topic, sql.private) {
+            let vsn = sub.route.vsn;
+            let frame = match &sql.body {
+                SqlBody::Json(_) => Some(frames.get(&sub.topic, &[], vsn, || sql.text(vsn))),
+                // v1 channels cannot carry a binary payload and get nothing, as on Supabase.
+                SqlBody::Binary(_) if vsn == Vsn::V2 => binary.get_or_insert_with(|| sql.frame(vsn)).clone(),
+                SqlBody::Binary(_) => None,
+            };
+            if let Some(frame) = frame {
+                sub.send(message.id, frame);
+                sent += 1;
+            }
+        }
+        drop(recent);
+        self.count_deliveries("broadcast", sent);
+    }
+}
+
+/// A broadcast sent from SQL (`realtime.send`, `realtime.send_binary`): a `realtime.messages` row.
+struct SqlBroadcast {
+    /// `realtime:<topic>`.
+    topic: Arc<str>,
+    private: bool,
+    event: String,
+    body: SqlBody,
+}
+
+enum SqlBody {
+    /// The `{type, event, payload}` text every serializer sends.
+    Json(String),
+    Binary(Vec<u8>),
+}
+
+impl SqlBroadcast {
+    fn read(message: &Change) -> Option<SqlBroadcast> {
+        let row = message.record.as_ref()?;
         let text = |k: &str| row.get(k).and_then(serde_json::Value::as_str);
-        let (Some(topic), Some(event)) = (text("topic"), text("event")) else { return };
+        let (topic, event) = (text("topic")?, text("event")?);
         if text("extension") != Some("broadcast") {
-            return;
+            return None;
         }
         let private = row.get("private").and_then(serde_json::Value::as_bool).unwrap_or(false);
         // send_binary(): to_jsonb writes bytea as "\x<hex>".
-        if let Some(bytes) = text("binary_payload").and_then(hex_bytes) {
-            return self.broadcast_binary(Origin::Sql, &format!("realtime:{topic}"), private, event, "", &bytes);
+        let body = match text("binary_payload").and_then(hex_bytes) {
+            Some(bytes) => SqlBody::Binary(bytes),
+            None => {
+                let payload = row.get("payload").cloned().unwrap_or(serde_json::Value::Null);
+                SqlBody::Json(serde_json::json!({ "type": "broadcast", "event": event, "payload": payload }).to_string())
+            }
+        };
+        Some(SqlBroadcast { topic: format!("realtime:{topic}").into(), private, event: event.to_owned(), body })
+    }
+
+    fn text(&self, vsn: Vsn) -> String {
+        let SqlBody::Json(body) = &self.body else { return String::new() };
+        protocol::encode(vsn, None, None, &self.topic, "broadcast", body)
+    }
+
+    /// Its frame for a channel speaking `vsn`; none for a binary one to v1.
+    fn frame(&self, vsn: Vsn) -> Option<Bytes> {
+        match &self.body {
+            SqlBody::Json(_) => Some(Bytes::from(self.text(vsn))),
+            SqlBody::Binary(bytes) if vsn == Vsn::V2 => protocol::encode_user_broadcast(&self.topic, &self.event, "", bytes, false),
+            SqlBody::Binary(_) => None,
         }
-        let payload = row.get("payload").cloned().unwrap_or(serde_json::Value::Null);
-        let body = serde_json::json!({ "type": "broadcast", "event": event, "payload": payload });
-        self.broadcast(Origin::Sql, &format!("realtime:{topic}"), private, &body.to_string());
     }
 }
 

@@ -22,8 +22,9 @@ pub const MAX_RECENT: usize = 20_000;
 /// Most row data kept, in bytes (as `approx_bytes` counts them).
 pub const MAX_RECENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// A delivered change and the table it was delivered as.
-pub type Delivered = (Arc<Change>, Arc<TableMeta>);
+/// A delivered change and the table it was delivered as; `None`: a
+/// `realtime.messages` row (a broadcast sent from SQL).
+pub type Delivered = (Arc<Change>, Option<Arc<TableMeta>>);
 
 /// Recently delivered changes.
 #[derive(Debug)]
@@ -128,7 +129,7 @@ mod tests {
             record: None,
             old_record: None,
         };
-        (Arc::new(c), Arc::new(meta))
+        (Arc::new(c), Some(Arc::new(meta)))
     }
 
     fn ids(s: &Since) -> Vec<i64> {

@@ -221,7 +221,7 @@ fn a_resuming_channel_gets_the_missed_changes_once_in_order_then_what_arrived_wh
     deliver(&r, with_n(5), meta(false));
     assert!(change_ids(&outbox).is_empty());
     // A log read (as when the kept changes are not complete) finds 3, 4 and 5, all seen elsewhere too.
-    let older = [3, 4, 5].map(|n| (Arc::new(with_n(n)), Arc::new(meta(false)))).to_vec();
+    let older = [3, 4, 5].map(|n| (Arc::new(with_n(n)), Some(Arc::new(meta(false))))).to_vec();
     let replay = r.replay(id, older, since);
     assert_eq!(replay.changes, 3);
     for frame in &replay.frames {
@@ -283,4 +283,34 @@ fn what_arrives_while_a_replay_is_queued_is_taken_until_none_is_left_then_the_ch
     assert!(r.take_held(id, &replay).is_empty());
     deliver(&r, Change { id: 5, ..change("alice") }, meta(false));
     assert_eq!(drain(&outbox).len(), 1, "live: queued directly");
+}
+
+#[test]
+fn a_resuming_channel_replays_the_sql_broadcasts_to_its_topic_and_namespace_it_missed() {
+    let r = Registry::keeping_recent(1 << 20, Metrics::new().realtime, Duration::from_secs(30));
+    r.starting_at(0);
+    let sent = |id: i64, topic: &str, private: bool| {
+        let record = json!({"topic": topic, "event": "missed", "extension": "broadcast", "private": private, "payload": {"id": id}});
+        Arc::new(Change { id, schema: "realtime".into(), table: "messages".into(), record: record.as_object().cloned(), ..change("x") })
+    };
+    r.deliver_message(&sent(1, "room", false));
+    r.deliver_message(&sent(2, "hall", false));
+    r.deliver_message(&sent(3, "room", true));
+    r.deliver_message(&sent(4, "room", false));
+    let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
+    let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
+    let sub = Subscription::new("realtime:room".into(), route, principal("anon", None), Vec::new(), false);
+    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
+    let replay = r.replay(id, Vec::new(), since);
+    assert_eq!(replay.changes, 2, "the public room's two, not the hall's or the private room's");
+    let frames: Vec<Value> = replay.frames.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
+    assert_eq!((frames[0][3].as_str(), frames[0][4]["payload"]["id"].as_i64()), (Some("broadcast"), Some(1)));
+    assert_eq!(frames[1][4]["payload"]["id"], 4);
+    // One sent while it is resuming is held, then live ones are queued directly.
+    r.deliver_message(&sent(5, "room", false));
+    assert!(drain(&outbox).is_empty());
+    assert_eq!(r.take_held(id, &replay).len(), 1);
+    assert!(r.take_held(id, &replay).is_empty());
+    r.deliver_message(&sent(6, "room", false));
+    assert_eq!(drain(&outbox)[0][4]["payload"]["id"], 6);
 }

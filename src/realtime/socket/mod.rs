@@ -388,9 +388,8 @@ impl Conn {
         let route = Route { outbox: self.outbox.clone(), vsn: self.vsn };
         // A private channel hears presence only if its policies let it read presence.
         let presence = plan.presence_enabled && policies.is_none_or(|p| p.presence_read);
-        // A postgres_changes channel can be handed off, and may be resuming from a handoff.
-        let key = (!plan.bindings.is_empty() && self.ctx.handoffs.enabled())
-            .then(|| handoff::key(Self::token_of(&m.payload).unwrap_or(""), &m.topic, &m.payload));
+        // A channel can be handed off, and may be resuming from a handoff.
+        let key = self.ctx.handoffs.enabled().then(|| handoff::key(Self::token_of(&m.payload).unwrap_or(""), &m.topic, &m.payload));
         let resume = key.as_ref().and_then(|k| self.ctx.handoffs.resume_from(k));
         let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self)
             .with_presence(presence, plan.presence_key, m.join_ref.clone())
