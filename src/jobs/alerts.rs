@@ -7,8 +7,10 @@
 //! (migration 0020). The watcher that flipped it POSTs `{type, alert,
 //! state: "crossed" | "cleared", value, threshold, at}` to the webhook,
 //! signed like step calls; a first look that finds nothing crossed sends
-//! nothing. The POST is best effort: its failure is logged, and the state
-//! stays flipped.
+//! nothing. Delivery is at least once (migration 0021): the notice is kept
+//! with the state until the webhook answers 2xx, and any watcher sends it
+//! again when its retry is due, backing off from `every` (at least 1 s) to
+//! at most 10 minutes; a newer flip of the same alert replaces it.
 
 use std::time::Duration;
 
@@ -23,6 +25,10 @@ use crate::config::Secret;
 
 /// Longest a webhook POST may take.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a watcher holds a notice it is sending: longer than one POST may take.
+const SENDING: Duration = Duration::from_secs(30);
+/// The longest wait between two sends of one undelivered notice.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Each type's figures: live counts, the last hour's, and the day's p95 before it.
 ///
@@ -101,44 +107,108 @@ impl Watcher {
             let past = crossed(&f, &self.alerts);
             for name in NAMES {
                 let now = past.iter().find(|c| c.alert == name);
+                let state = if now.is_some() { "crossed" } else { "cleared" };
+                let notice = json!({
+                    "type": f.job_type, "alert": name, "state": state,
+                    "value": now.map(|c| c.value), "threshold": now.map(|c| c.threshold), "at": chrono::Utc::now(),
+                });
+                // The first look at a fine alert owes nothing; any other flip owes its notice.
                 let flipped: Option<(bool,)> = sqlx::query_as(
-                    "insert into rowcast.alert_states (type, alert, crossed) values ($1, $2, $3)
-                     on conflict (type, alert) do update set crossed = excluded.crossed, changed_at = now()
+                    "insert into rowcast.alert_states (type, alert, crossed, retry_at, pending)
+                     values ($1, $2, $3, now() + make_interval(secs => $5), case when $3 then $4::jsonb end)
+                     on conflict (type, alert) do update set crossed = excluded.crossed, changed_at = now(),
+                        pending = $4, attempts = 0, retry_at = excluded.retry_at
                         where rowcast.alert_states.crossed <> excluded.crossed
                      returning (xmax = 0)",
                 )
                 .bind(&f.job_type)
                 .bind(name)
                 .bind(now.is_some())
+                .bind(&notice)
+                .bind(SENDING.as_secs_f64())
                 .fetch_optional(&self.pool)
                 .await?;
                 match (flipped, now) {
                     // Unchanged, or first seen and fine: nothing to say.
                     (None, _) | (Some((true,)), None) => {}
-                    (Some(_), now) => self.post(&f, name, now).await,
+                    (Some(_), _) => {
+                        info!(job.type = %f.job_type, alert = name, state, "alert threshold");
+                        self.deliver(&f.job_type, name, &notice, 0).await?;
+                    }
                 }
             }
+        }
+        self.retry_due().await
+    }
+
+    /// Sends again the notices whose retry is due, claimed so no other watcher sends them meanwhile.
+    async fn retry_due(&self) -> Result<(), sqlx::Error> {
+        let due: Vec<(String, String, serde_json::Value, i32)> = sqlx::query_as(
+            "update rowcast.alert_states set retry_at = now() + make_interval(secs => $1)
+             where pending is not null and retry_at <= now()
+             returning type, alert, pending, attempts",
+        )
+        .bind(SENDING.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        for (job_type, alert, notice, attempts) in due {
+            self.deliver(&job_type, &alert, &notice, attempts).await?;
         }
         Ok(())
     }
 
-    async fn post(&self, f: &Figures, alert: &str, now: Option<&super::alert_rules::Crossing>) {
-        let state = if now.is_some() { "crossed" } else { "cleared" };
-        info!(job.type = %f.job_type, alert, state, "alert threshold");
-        let Some(url) = &self.alerts.webhook else { return };
-        let body = json!({
-            "type": f.job_type, "alert": alert, "state": state,
-            "value": now.map(|c| c.value), "threshold": now.map(|c| c.threshold), "at": chrono::Utc::now(),
-        })
-        .to_string();
+    /// POSTs `notice`; on a 2xx it is delivered, else its next try is set after a backoff.
+    async fn deliver(&self, job_type: &str, alert: &str, notice: &serde_json::Value, attempts: i32) -> Result<(), sqlx::Error> {
+        let Some(url) = &self.alerts.webhook else {
+            return self.settle(job_type, alert, notice, None).await;
+        };
+        let body = notice.to_string();
         let mut request = self.client.post(url).timeout(WEBHOOK_TIMEOUT).header("content-type", "application/json");
         if let Some(secret) = &self.secret {
             request = request.header("x-rowcast-signature", sign(secret.expose(), crate::auth::now_secs(), body.as_bytes()));
         }
-        match request.body(body).send().await {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => warn!(status = r.status().as_u16(), alert, "the alert webhook refused an alert"),
-            Err(e) => warn!(timeout = e.is_timeout(), alert, "the alert webhook is unreachable"),
-        }
+        let failed = match request.body(body).send().await {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("answered {}", r.status().as_u16())),
+            Err(e) if e.is_timeout() => Some("timed out".to_owned()),
+            Err(_) => Some("is unreachable".to_owned()),
+        };
+        let retry_in = failed.as_ref().map(|why| {
+            let wait = self.backoff(attempts);
+            warn!(
+                alert,
+                attempt = attempts + 1,
+                retry_in_secs = wait.as_secs_f64(),
+                "the alert webhook {why}; the notice will be sent again"
+            );
+            wait
+        });
+        self.settle(job_type, alert, notice, retry_in).await
+    }
+
+    /// Clears a delivered notice (`retry_in` none), or schedules its next try;
+    /// either only while it is still the one owed (a newer flip replaces it).
+    async fn settle(&self, job_type: &str, alert: &str, notice: &serde_json::Value, retry_in: Option<Duration>) -> Result<(), sqlx::Error> {
+        let sql = match retry_in {
+            None => "update rowcast.alert_states set pending = null where type = $1 and alert = $2 and pending = $3",
+            Some(_) => {
+                "update rowcast.alert_states set attempts = attempts + 1, retry_at = now() + make_interval(secs => $4)
+                 where type = $1 and alert = $2 and pending = $3"
+            }
+        };
+        sqlx::query(sql)
+            .bind(job_type)
+            .bind(alert)
+            .bind(notice)
+            .bind(retry_in.unwrap_or_default().as_secs_f64())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The wait before try `attempts + 2`: `every` (at least 1 s), doubled per attempt, at most `MAX_BACKOFF`.
+    fn backoff(&self, attempts: i32) -> Duration {
+        let base = self.alerts.every.max(Duration::from_secs(1));
+        base.saturating_mul(1 << attempts.clamp(0, 16) as u32).min(MAX_BACKOFF)
     }
 }

@@ -1,11 +1,12 @@
 //! Alert thresholds: a crossing is POSTed to the webhook once, signed like
-//! step calls, however many runners watch, and once more when it clears.
+//! step calls, however many runners watch, and once more when it clears; a
+//! notice the webhook refuses is sent again until it is taken.
 
 use serde_json::{json, Value};
 
 use rowcast::config::Limits;
 
-use crate::harness::{fresh_database, spawn_on, RunnerApp};
+use crate::harness::{eventually, fresh_database, spawn_on, RunnerApp};
 use crate::step_server::{Event, Reply, StepServer};
 
 /// The alert webhook's posts received so far, as JSON, with their signatures.
@@ -56,4 +57,50 @@ async fn a_crossed_queue_depth_is_posted_once_signed_across_two_runners_and_once
     assert!(!state);
     second.stop().await;
     assert!(posts(hook.drain()).is_empty(), "no further alert posts");
+}
+
+#[tokio::test]
+async fn a_crossing_the_webhook_refuses_is_sent_again_until_it_is_taken_and_then_never_again() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&calls);
+    // Down for the first two tries, then up.
+    let mut hook = StepServer::start(move |_| {
+        let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < 2 {
+            Reply::Now(503, json!({}))
+        } else {
+            Reply::Now(200, json!({}))
+        }
+    })
+    .await;
+    let toml = format!(
+        "signing_secret = \"s\"\n[jobs.later]\nurl = \"{0}\"\n[alerts]\nwebhook = \"{0}\"\nqueue_depth = 1\nevery = \"100ms\"\n",
+        hook.url
+    );
+    let db = fresh_database().await;
+    let app = spawn_on(&db, Limits { poll_ms: 100, ..Limits::default() }, &toml, true).await;
+    let second = RunnerApp::start(&db, &toml).await;
+    sqlx::query("select rowcast.enqueue('later', '{}', 'u1', null, now() + interval '1 hour')").execute(&app.pool).await.unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        bodies.push(serde_json::from_str::<Value>(&hook.next_call().await.body).unwrap());
+    }
+    assert_eq!(bodies[0]["state"], "crossed");
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "the same notice each time: {bodies:?}");
+    // Delivered on the third try, after two refusals: the notice is settled once its answer is read.
+    eventually(|| async {
+        let owed: (Option<Value>, i32) =
+            sqlx::query_as("select pending, attempts from rowcast.alert_states where type = 'later' and alert = 'queue_depth'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if owed == (None, 2) {
+            Ok(())
+        } else {
+            Err(format!("still owed: {owed:?}"))
+        }
+    })
+    .await;
+    second.stop().await;
+    assert!(posts(hook.drain()).is_empty(), "nothing more once it was taken");
 }
