@@ -257,7 +257,10 @@ async fn close_sockets(state: &AppState) {
     let from = state.ops.settled.load(std::sync::atomic::Ordering::Acquire) + 1;
     let keys = sockets.registry.handoff_keys();
     match sockets.handoffs.hand_off(&state.pool, from, &keys).await {
-        Ok(()) if !keys.is_empty() && sockets.handoffs.enabled() => info!(channels = keys.len(), from, "handed off channels"),
+        Ok(()) if !keys.is_empty() && sockets.handoffs.enabled() => {
+            let channels: u32 = keys.iter().map(|(_, n)| n).sum();
+            info!(channels, from, "handed off channels");
+        }
         Ok(()) => {}
         Err(e) => warn!(error = %e, "channels closed without a handoff note; changes until they rejoin are not replayed"),
     }

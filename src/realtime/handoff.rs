@@ -1,21 +1,24 @@
 //! Handoffs: a channel closed by a draining gateway resumes on another one
 //! without losing a change committed in between.
 //!
-//! Owns the handoff key of a channel (a hash of its token,
-//! topic, privacy and bindings: what the client sends again when it rejoins),
-//! the note a draining gateway writes into the change log before it tells its
-//! clients to reconnect (`rowcast.changes` rows of `rowcast.handoff`: the
-//! keys and the lowest change id those channels may not have received), and
-//! every gateway's memory of the notes it read, for `ttl`.
+//! Owns the handoff key of a channel (a hash of its token, topic, privacy
+//! and bindings: what the client sends again when it rejoins), the note a
+//! draining gateway writes into the change log before it tells its clients
+//! to reconnect (`rowcast.changes` rows of `rowcast.handoff`: the keys, how
+//! many channels have each, and the lowest change id those channels may not
+//! have received), and every gateway's memory of the notes it read, for `ttl`.
 //!
 //! A join whose key was handed off within `ttl` replays the row changes and
 //! SQL broadcasts from that id on through the registry
 //! (`Registry::join_resuming`), before its live ones. Channels keep their
 //! rights: replayed changes pass the same authorisation and filters as live
-//! ones. The cost of never losing one is
-//! a few duplicates: changes the old gateway queued between its note and the
-//! close arrive again, and every join of the same key within `ttl` (two tabs
-//! of one user on one topic) replays.
+//! ones. The cost of never losing one is a few duplicates: changes the old
+//! gateway queued between its note and the close arrive again. A key
+//! replays at most twice per channel handed off with it (two tabs of one
+//! user on one topic are two channels; a rejoin that drops again gets a
+//! second try), so a client cannot make a gateway replay without end, and
+//! at most `CONCURRENT_READS` replays read the log at once, so a burst of
+//! them cannot take the pool from everyone else.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,10 @@ pub type HandoffKey = [u8; 32];
 
 /// Keys per log row, so one note stays a modest row.
 const KEYS_PER_ROW: usize = 2_000;
+/// Replays a key gets per channel handed off with it.
+const REPLAYS_PER_CHANNEL: u32 = 2;
+/// Replays reading the log at once, at most.
+pub const CONCURRENT_READS: usize = 4;
 
 /// The key of a join: its token (`""` when it sent none), topic, privacy and
 /// `postgres_changes` bindings, as supabase-js sends them again on rejoin.
@@ -48,9 +55,22 @@ pub fn key(token: &str, topic: &str, payload: &Value) -> HandoffKey {
 /// This gateway's side of handoffs; cheap to clone.
 #[derive(Clone)]
 pub struct Handoffs {
-    /// Keys handed off by any gateway: the lowest id to resume from, until when.
-    notes: Arc<Mutex<HashMap<HandoffKey, (i64, Instant)>>>,
+    /// Keys handed off by any gateway.
+    notes: Arc<Mutex<HashMap<HandoffKey, Note>>>,
     ttl: Duration,
+    /// Held by a replay while it reads the log.
+    reads: Arc<tokio::sync::Semaphore>,
+}
+
+/// What is known of one handed-off key.
+#[derive(Debug, Clone, Copy)]
+struct Note {
+    /// The lowest change id to resume from.
+    from: i64,
+    /// Until when a join may resume.
+    until: Instant,
+    /// Replays left.
+    left: u32,
 }
 
 /// Why a handoff note could not be written.
@@ -61,7 +81,12 @@ pub struct HandoffError(#[from] sqlx::Error);
 impl Handoffs {
     /// Handoffs kept for `ttl` (zero: none written or honoured).
     pub fn new(ttl: Duration) -> Self {
-        Handoffs { notes: Arc::default(), ttl }
+        Handoffs { notes: Arc::default(), ttl, reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)) }
+    }
+
+    /// A turn to read the log for a replay; waits while `CONCURRENT_READS` others read.
+    pub async fn read_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.reads.acquire().await.expect("the replay semaphore is never closed")
     }
 
     /// Whether handoffs are on.
@@ -69,10 +94,13 @@ impl Handoffs {
         !self.ttl.is_zero()
     }
 
-    /// The change id a join with `key` resumes from, if it was handed off within the ttl.
-    pub fn resume_from(&self, key: &HandoffKey) -> Option<i64> {
-        let notes = self.notes.lock().expect("handoff lock poisoned");
-        notes.get(key).filter(|(_, until)| *until > Instant::now()).map(|(from, _)| *from)
+    /// The change id a join with `key` resumes from, if it was handed off
+    /// within the ttl and has replays left (this takes one).
+    pub fn resume(&self, key: &HandoffKey) -> Option<i64> {
+        let mut notes = self.notes.lock().expect("handoff lock poisoned");
+        let note = notes.get_mut(key).filter(|n| n.until > Instant::now() && n.left > 0)?;
+        note.left -= 1;
+        Some(note.from)
     }
 
     /// Remembers a note read from the log (a `rowcast.handoff` record) written `age` ago.
@@ -80,12 +108,16 @@ impl Handoffs {
         let Some(until) = (Instant::now() + self.ttl).checked_sub(age) else { return };
         let Some(from) = record.get("from").and_then(Value::as_i64) else { return };
         let keys = record.get("keys").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let counts = record.get("counts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         let mut notes = self.notes.lock().expect("handoff lock poisoned");
         let now = Instant::now();
-        notes.retain(|_, (_, until)| *until > now);
-        for key in keys.iter().filter_map(Value::as_str).filter_map(parse_key) {
-            let entry = notes.entry(key).or_insert((from, until));
-            *entry = (entry.0.min(from), entry.1.max(until));
+        notes.retain(|_, n| n.until > now);
+        for (i, key) in keys.iter().enumerate() {
+            let Some(key) = key.as_str().and_then(parse_key) else { continue };
+            let channels = counts.get(i).and_then(Value::as_u64).unwrap_or(1).min(u32::MAX as u64) as u32;
+            let replays = channels.saturating_mul(REPLAYS_PER_CHANNEL);
+            let note = notes.entry(key).or_insert(Note { from, until, left: 0 });
+            *note = Note { from: note.from.min(from), until: note.until.max(until), left: note.left.saturating_add(replays) };
         }
     }
 
@@ -107,17 +139,21 @@ impl Handoffs {
         Ok(rows.len())
     }
 
-    /// Writes the note for `keys` (the channels about to be closed) into the
-    /// log and rings the doorbell: they resume from change `from`, which is
-    /// one past the listener's settled position read while they were all
-    /// still live (everything up to it reached them).
-    pub async fn hand_off(&self, pool: &PgPool, from: i64, keys: &[HandoffKey]) -> Result<(), HandoffError> {
+    /// Writes the note for `keys` (of the channels about to be closed, with
+    /// how many have each) into the log and rings the doorbell: they resume
+    /// from change `from`, which is one past the listener's settled position
+    /// read while they were all still live (everything up to it reached them).
+    pub async fn hand_off(&self, pool: &PgPool, from: i64, keys: &[(HandoffKey, u32)]) -> Result<(), HandoffError> {
         if !self.enabled() || keys.is_empty() {
             return Ok(());
         }
         let mut tx = pool.begin().await?;
         for chunk in keys.chunks(KEYS_PER_ROW) {
-            let record = json!({"from": from, "keys": chunk.iter().map(hex).collect::<Vec<_>>()});
+            let record = json!({
+                "from": from,
+                "keys": chunk.iter().map(|(k, _)| hex(k)).collect::<Vec<_>>(),
+                "counts": chunk.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+            });
             sqlx::query("insert into rowcast.changes (schema_name, table_name, op, record) values ('rowcast', 'handoff', 'INSERT', $1)")
                 .bind(record)
                 .execute(&mut *tx)
@@ -174,10 +210,19 @@ mod tests {
         let (a, b) = (key("a", "realtime:x", &json!({})), key("b", "realtime:x", &json!({})));
         h.note(json!({"from": 50, "keys": [hex(&a)]}).as_object().unwrap(), Duration::ZERO);
         h.note(json!({"from": 40, "keys": [hex(&a), "not-a-key"]}).as_object().unwrap(), Duration::ZERO);
-        assert_eq!(h.resume_from(&a), Some(40));
-        assert_eq!(h.resume_from(&b), None);
+        assert_eq!(h.resume(&a), Some(40));
+        assert_eq!(h.resume(&b), None);
         h.note(json!({"from": 10, "keys": [hex(&b)]}).as_object().unwrap(), Duration::from_secs(31));
-        assert_eq!(h.resume_from(&b), None, "a note older than the ttl is ignored");
+        assert_eq!(h.resume(&b), None, "a note older than the ttl is ignored");
+    }
+
+    #[test]
+    fn a_key_replays_twice_per_channel_handed_off_with_it_and_then_no_more() {
+        let h = handoffs(30);
+        let (one, three) = (key("a", "realtime:x", &json!({})), key("b", "realtime:x", &json!({})));
+        h.note(json!({"from": 5, "keys": [hex(&one), hex(&three)], "counts": [1, 3]}).as_object().unwrap(), Duration::ZERO);
+        assert_eq!((h.resume(&one), h.resume(&one), h.resume(&one)), (Some(5), Some(5), None));
+        assert_eq!((0..7).filter_map(|_| h.resume(&three)).count(), 6);
     }
 
     #[test]

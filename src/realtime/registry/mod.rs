@@ -429,11 +429,15 @@ impl Registry {
         &self.inner.metrics
     }
 
-    /// The handoff keys of every live channel that has one, for a draining gateway's note.
-    pub fn handoff_keys(&self) -> Vec<HandoffKey> {
-        let mut keys: Vec<HandoffKey> = self.inner.subs.iter().filter_map(|e| e.value().handoff).collect();
+    /// The handoff keys of the live channels, each with how many channels
+    /// have it, for a draining gateway's note.
+    pub fn handoff_keys(&self) -> Vec<(HandoffKey, u32)> {
+        let mut counts: HashMap<HandoffKey, u32> = HashMap::new();
+        for key in self.inner.subs.iter().filter_map(|e| e.value().handoff) {
+            *counts.entry(key).or_default() += 1;
+        }
+        let mut keys: Vec<(HandoffKey, u32)> = counts.into_iter().collect();
         keys.sort_unstable();
-        keys.dedup();
         keys
     }
 

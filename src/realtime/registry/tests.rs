@@ -254,14 +254,14 @@ fn a_resuming_channel_replays_only_what_it_may_see_and_its_bindings_match() {
 }
 
 #[test]
-fn draining_lists_each_handoff_key_once() {
+fn draining_lists_each_handoff_key_once_with_its_channels() {
     let r = Registry::new(1 << 20);
     let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
     for key in [Some([1u8; 32]), Some([1u8; 32]), Some([2u8; 32]), None] {
         let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
         r.insert(Subscription::new("realtime:a".into(), route, principal("anon", None), vec![binding(7)], false).handoff(key));
     }
-    assert_eq!(r.handoff_keys(), vec![[1u8; 32], [2u8; 32]]);
+    assert_eq!(r.handoff_keys(), vec![([1u8; 32], 2), ([2u8; 32], 1)]);
 }
 
 #[test]

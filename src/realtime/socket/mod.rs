@@ -390,7 +390,7 @@ impl Conn {
         let presence = plan.presence_enabled && policies.is_none_or(|p| p.presence_read);
         // A channel can be handed off, and may be resuming from a handoff.
         let key = self.ctx.handoffs.enabled().then(|| handoff::key(Self::token_of(&m.payload).unwrap_or(""), &m.topic, &m.payload));
-        let resume = key.as_ref().and_then(|k| self.ctx.handoffs.resume_from(k));
+        let resume = key.as_ref().and_then(|k| self.ctx.handoffs.resume(k));
         let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self)
             .with_presence(presence, plan.presence_key, m.join_ref.clone())
             .private(policies.is_some())
@@ -420,6 +420,7 @@ impl Conn {
         let older = if since.complete {
             Vec::new()
         } else {
+            let _turn = self.ctx.handoffs.read_turn().await;
             listener::read_since(&self.ctx.pool, &self.ctx.tables, from).await.unwrap_or_else(|e| {
                 warn!(error = %e, "reading the changes a resuming channel missed failed; it resumes live only");
                 Vec::new()
