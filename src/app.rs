@@ -289,7 +289,7 @@ async fn build_gateway(
     // Most rejoins come 1-3 s after the close: those are served from memory, later ones from the log.
     let keep_recent = handoff_ttl.min(KEEP_RECENT);
     let registry = Registry::keeping_recent(config.limits.max_record_bytes, metrics.realtime.clone(), keep_recent);
-    let handoffs = Handoffs::new(handoff_ttl);
+    let handoffs = Handoffs::new(handoff_ttl, metrics.realtime.handoff_log_reads.clone());
     match handoffs.load_recent(pool).await {
         Ok(0) => {}
         Ok(notes) => info!(notes, "channels handed off lately by a gateway will resume here"),

@@ -87,6 +87,8 @@ pub struct Realtime {
     /// From a change's capture (`changed_at`) to its frames being queued.
     pub change_latency: Histogram,
     pub dropped_frames: Counter,
+    /// Log reads made for channels resuming after a handoff (shared by the joins waiting for each).
+    pub handoff_log_reads: Counter,
     pub slow_consumer_closes: Family<Reason, Counter>,
     pub broadcasts: Family<Source, Counter>,
     pub log_lag_ids: Gauge,
@@ -147,6 +149,7 @@ impl Metrics {
             deliveries: Family::default(),
             change_latency: latency_buckets(),
             dropped_frames: Counter::default(),
+            handoff_log_reads: Counter::default(),
             slow_consumer_closes: Family::default(),
             broadcasts: Family::default(),
             log_lag_ids: Gauge::default(),
@@ -176,6 +179,7 @@ impl Metrics {
         r.register("deliveries", "Frames queued to sockets by the fan-out", rt.deliveries.clone());
         r.register("change_delivery_seconds", "From a change's capture to its frames being queued", rt.change_latency.clone());
         r.register("outgoing_dropped_frames", "Frames dropped with a slow consumer's queue", rt.dropped_frames.clone());
+        r.register("handoff_log_reads", "Log reads for channels resuming after a handoff", rt.handoff_log_reads.clone());
         r.register("slow_consumer_closes", "Sockets closed 1013 as slow consumers", rt.slow_consumer_closes.clone());
         r.register("broadcasts", "Broadcasts received, by source", rt.broadcasts.clone());
         r.register("change_log_lag_ids", "Committed changes this gateway has not delivered yet", rt.log_lag_ids.clone());

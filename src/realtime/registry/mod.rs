@@ -457,7 +457,7 @@ impl Registry {
     /// The frames of a resuming channel's replay: `older` (read from the
     /// log), then the kept `since`, each change once, those it may see and
     /// its bindings match. Queue them, then call `go_live`.
-    pub fn replay(&self, id: SubId, older: Vec<Delivered>, since: Since) -> Replay {
+    pub fn replay(&self, id: SubId, older: &[Delivered], since: Since) -> Replay {
         let mut replay = Replay { frames: Vec::new(), changes: 0, sent: HashSet::new() };
         let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return replay };
         for (change, meta) in older.iter().chain(&since.changes) {

@@ -222,7 +222,7 @@ fn a_resuming_channel_gets_the_missed_changes_once_in_order_then_what_arrived_wh
     assert!(change_ids(&outbox).is_empty());
     // A log read (as when the kept changes are not complete) finds 3, 4 and 5, all seen elsewhere too.
     let older = [3, 4, 5].map(|n| (Arc::new(with_n(n)), Some(Arc::new(meta(false))))).to_vec();
-    let replay = r.replay(id, older, since);
+    let replay = r.replay(id, &older, since);
     assert_eq!(replay.changes, 3);
     for frame in &replay.frames {
         outbox.push(frame.clone());
@@ -242,7 +242,7 @@ fn a_resuming_channel_replays_only_what_it_may_see_and_its_bindings_match() {
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
     let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
-    let replay = r.replay(id, Vec::new(), since);
+    let replay = r.replay(id, &[], since);
     assert_eq!(replay.changes, 1, "bob's row is not alice's to see");
     for frame in &replay.frames {
         outbox.push(frame.clone());
@@ -272,7 +272,7 @@ fn what_arrives_while_a_replay_is_queued_is_taken_until_none_is_left_then_the_ch
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
     let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
-    let replay = r.replay(id, Vec::new(), since);
+    let replay = r.replay(id, &[], since);
     assert_eq!(replay.changes, 0);
     deliver(&r, Change { id: 2, ..change("alice") }, meta(false));
     deliver(&r, Change { id: 3, ..change("alice") }, meta(false));
@@ -301,7 +301,7 @@ fn a_resuming_channel_replays_the_sql_broadcasts_to_its_topic_and_namespace_it_m
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let sub = Subscription::new("realtime:room".into(), route, principal("anon", None), Vec::new(), false);
     let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
-    let replay = r.replay(id, Vec::new(), since);
+    let replay = r.replay(id, &[], since);
     assert_eq!(replay.changes, 2, "the public room's two, not the hall's or the private room's");
     let frames: Vec<Value> = replay.frames.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
     assert_eq!((frames[0][3].as_str(), frames[0][4]["payload"]["id"].as_i64()), (Some("broadcast"), Some(1)));

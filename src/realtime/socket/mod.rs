@@ -45,7 +45,6 @@ use super::protocol::{self, Inbound, Vsn};
 use super::registry::{Registry, Route, SubId, Subscription};
 use super::replay;
 use crate::auth::{now_secs, AuthError, Principal};
-use crate::changes::listener;
 use crate::changes::tables::Tables;
 use crate::config::Limits;
 use crate::keyring::Keyring;
@@ -417,16 +416,9 @@ impl Conn {
     /// the log when they are not all kept), then its live ones.
     async fn resume(&self, topic: &str, sub: Subscription, frames: Vec<Bytes>, from: i64) -> SubId {
         let (id, since) = self.ctx.registry.join_resuming(sub, &self.outbox, frames, from);
-        let older = if since.complete {
-            Vec::new()
-        } else {
-            let _turn = self.ctx.handoffs.read_turn().await;
-            listener::read_since(&self.ctx.pool, &self.ctx.tables, from).await.unwrap_or_else(|e| {
-                warn!(error = %e, "reading the changes a resuming channel missed failed; it resumes live only");
-                Vec::new()
-            })
-        };
-        let replay = self.ctx.registry.replay(id, older, since);
+        let older =
+            if since.complete { Default::default() } else { self.ctx.handoffs.missed(&self.ctx.pool, &self.ctx.tables, from).await };
+        let replay = self.ctx.registry.replay(id, &older, since);
         // Live changes are held while the replay, then what was held, goes
         // out at the client's reading pace; the channel is live once none is left.
         let stall = self.ctx.limits.write_timeout();

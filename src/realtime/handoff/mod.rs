@@ -16,9 +16,9 @@
 //! gateway queued between its note and the close arrive again. A key
 //! replays at most twice per channel handed off with it (two tabs of one
 //! user on one topic are two channels; a rejoin that drops again gets a
-//! second try), so a client cannot make a gateway replay without end, and
-//! at most `CONCURRENT_READS` replays read the log at once, so a burst of
-//! them cannot take the pool from everyone else.
+//! second try), so a client cannot make a gateway replay without end. Joins
+//! that must read the log share reads (`reads`), at most `CONCURRENT_READS`
+//! at once, so a burst of them cannot take the pool from everyone else.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,8 +35,10 @@ pub type HandoffKey = [u8; 32];
 const KEYS_PER_ROW: usize = 2_000;
 /// Replays a key gets per channel handed off with it.
 const REPLAYS_PER_CHANNEL: u32 = 2;
-/// Replays reading the log at once, at most.
-pub const CONCURRENT_READS: usize = 4;
+
+mod reads;
+
+pub use reads::{Missed, CONCURRENT_READS};
 
 /// The key of a join: its token (`""` when it sent none), topic, privacy and
 /// `postgres_changes` bindings, as supabase-js sends them again on rejoin.
@@ -58,8 +60,8 @@ pub struct Handoffs {
     /// Keys handed off by any gateway.
     notes: Arc<Mutex<HashMap<HandoffKey, Note>>>,
     ttl: Duration,
-    /// Held by a replay while it reads the log.
-    reads: Arc<tokio::sync::Semaphore>,
+    /// The log reads of resuming joins.
+    reads: reads::SharedReads,
 }
 
 /// What is known of one handed-off key.
@@ -79,14 +81,15 @@ struct Note {
 pub struct HandoffError(#[from] sqlx::Error);
 
 impl Handoffs {
-    /// Handoffs kept for `ttl` (zero: none written or honoured).
-    pub fn new(ttl: Duration) -> Self {
-        Handoffs { notes: Arc::default(), ttl, reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)) }
+    /// Handoffs kept for `ttl` (zero: none written or honoured); log reads are counted in `reads`.
+    pub fn new(ttl: Duration, reads: prometheus_client::metrics::counter::Counter) -> Self {
+        Handoffs { notes: Arc::default(), ttl, reads: reads::SharedReads::new(reads) }
     }
 
-    /// A turn to read the log for a replay; waits while `CONCURRENT_READS` others read.
-    pub async fn read_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.reads.acquire().await.expect("the replay semaphore is never closed")
+    /// The row changes and SQL broadcasts from `from` on, from a log read
+    /// that began after this call (shared with the joins waiting for it).
+    pub async fn missed(&self, pool: &PgPool, tables: &crate::changes::tables::Tables, from: i64) -> Missed {
+        self.reads.read(pool, tables, from).await
     }
 
     /// Whether handoffs are on.
@@ -185,7 +188,7 @@ mod tests {
     use super::*;
 
     fn handoffs(ttl_secs: u64) -> Handoffs {
-        Handoffs::new(Duration::from_secs(ttl_secs))
+        Handoffs::new(Duration::from_secs(ttl_secs), Default::default())
     }
 
     fn join(bindings: Value) -> Value {
