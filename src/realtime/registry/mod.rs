@@ -11,6 +11,11 @@
 //! once, and each whole frame once per (topic, binding ids, serializer), so
 //! ten thousand sockets on one channel share one buffer. Delivery only ever
 //! queues (see `outbox`); it never waits on a socket.
+//!
+//! Beside it: `members` (presence), `peers` (other gateways' members and
+//! broadcasts), `sql` (broadcasts sent from SQL), and for channels resuming
+//! after a handoff `recent` (the changes delivered lately) and `resume`
+//! (holding, replay, going live).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,10 +40,14 @@ use crate::metrics::{self, Metrics};
 mod members;
 mod peers;
 mod recent;
+mod resume;
+mod sql;
 
 pub use peers::{Outgoing, PeerMember};
 pub use recent::{Delivered, Since};
 use recent::{Recent, MAX_RECENT, MAX_RECENT_BYTES};
+pub use resume::Replay;
+use sql::{SqlBody, SqlBroadcast};
 
 /// Most changes a resuming channel holds back while its replay is read;
 /// past it the socket is let go as a slow consumer.
@@ -226,22 +235,6 @@ impl Subscription {
             }
         }
         self.route.outbox.push(frame);
-    }
-
-    /// The frames of `change` for this channel: a row change it may see
-    /// that a binding matches, or a broadcast sent from SQL to its topic.
-    fn frames_for(&self, change: &Change, meta: Option<&TableMeta>, max_record_bytes: usize) -> Vec<Bytes> {
-        let Some(meta) = meta else {
-            let sql = SqlBroadcast::read(change).filter(|b| *b.topic == *self.topic && b.private == self.private);
-            return sql.and_then(|b| b.frame(self.route.vsn)).into_iter().collect();
-        };
-        let mut frames = Vec::new();
-        self.matching(change, meta, |selection, ids| {
-            let data = render_data(change, meta, max_record_bytes, selection);
-            let payload = protocol::postgres_changes(ids, &data);
-            frames.push(Bytes::from(protocol::encode(self.route.vsn, None, None, &self.topic, "postgres_changes", &payload)));
-        });
-        frames
     }
 
     /// Marks the subscription private (`config.private`), authorised by the topic's policies.
@@ -441,52 +434,6 @@ impl Registry {
         keys
     }
 
-    /// Joins `sub` like `join`, for a channel resuming from change `from`
-    /// after a handoff: its changes are held from now on, and it gets the
-    /// delivered changes it may have missed that are still kept. Call
-    /// `release` next, with the log's changes when the kept ones are not complete.
-    pub fn join_resuming(&self, sub: Subscription, outbox: &Outbox, frames: Vec<Bytes>, from: i64) -> (SubId, Since) {
-        *sub.held.lock().expect("held lock poisoned") = Some(Vec::new());
-        sub.holding.store(true, Ordering::Release);
-        let recent = self.inner.recent.lock().expect("recent lock poisoned");
-        let id = self.join(sub, outbox, frames);
-        let since = recent.since(from);
-        (id, since)
-    }
-
-    /// The frames of a resuming channel's replay: `older` (read from the
-    /// log), then the kept `since`, each change once, those it may see and
-    /// its bindings match. Queue them, then call `go_live`.
-    pub fn replay(&self, id: SubId, older: &[Delivered], since: Since) -> Replay {
-        let mut replay = Replay { frames: Vec::new(), changes: 0, sent: HashSet::new() };
-        let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return replay };
-        for (change, meta) in older.iter().chain(&since.changes) {
-            if replay.sent.insert(change.id) {
-                let mine = sub.frames_for(change, meta.as_deref(), self.inner.max_record_bytes);
-                replay.changes += usize::from(!mine.is_empty());
-                replay.frames.extend(mine);
-            }
-        }
-        self.count_deliveries("handoff_replay", replay.changes as u64);
-        replay
-    }
-
-    /// What a resuming channel held while its replay was read and queued,
-    /// less the changes the replay had: queue these and call again. When
-    /// there is nothing left the channel is live (changes are queued
-    /// directly from then on), and the answer is empty.
-    pub fn take_held(&self, id: SubId, replay: &Replay) -> Vec<Bytes> {
-        let Some(sub) = self.inner.subs.get(&id).map(|s| Arc::clone(&s)) else { return Vec::new() };
-        let mut held = sub.held.lock().expect("held lock poisoned");
-        let Some(frames) = held.as_mut() else { return Vec::new() };
-        let fresh: Vec<Bytes> = frames.drain(..).filter(|(change, _)| !replay.sent.contains(change)).map(|(_, f)| f).collect();
-        if fresh.is_empty() {
-            *held = None;
-            sub.holding.store(false, Ordering::Release);
-        }
-        fresh
-    }
-
     /// Number of live subscriptions.
     pub fn len(&self) -> usize {
         self.inner.subs.len()
@@ -623,16 +570,6 @@ impl Registry {
     }
 }
 
-/// What a resuming channel replays (`Registry::replay`).
-pub struct Replay {
-    /// Its frames, in order.
-    pub frames: Vec<Bytes>,
-    /// How many changes they carry.
-    pub changes: usize,
-    /// Every change id looked at: none of them is sent again from what was held.
-    sent: HashSet<i64>,
-}
-
 /// Frames already encoded for one change or broadcast, by (topic, binding ids, serializer).
 #[derive(Default)]
 struct FrameCache {
@@ -730,65 +667,6 @@ impl ChangeSink for Registry {
         drop(recent);
         self.count_deliveries("broadcast", sent);
     }
-}
-
-/// A broadcast sent from SQL (`realtime.send`, `realtime.send_binary`): a `realtime.messages` row.
-struct SqlBroadcast {
-    /// `realtime:<topic>`.
-    topic: Arc<str>,
-    private: bool,
-    event: String,
-    body: SqlBody,
-}
-
-enum SqlBody {
-    /// The `{type, event, payload}` text every serializer sends.
-    Json(String),
-    Binary(Vec<u8>),
-}
-
-impl SqlBroadcast {
-    fn read(message: &Change) -> Option<SqlBroadcast> {
-        let row = message.record.as_ref()?;
-        let text = |k: &str| row.get(k).and_then(serde_json::Value::as_str);
-        let (topic, event) = (text("topic")?, text("event")?);
-        if text("extension") != Some("broadcast") {
-            return None;
-        }
-        let private = row.get("private").and_then(serde_json::Value::as_bool).unwrap_or(false);
-        // send_binary(): to_jsonb writes bytea as "\x<hex>".
-        let body = match text("binary_payload").and_then(hex_bytes) {
-            Some(bytes) => SqlBody::Binary(bytes),
-            None => {
-                let payload = row.get("payload").cloned().unwrap_or(serde_json::Value::Null);
-                SqlBody::Json(serde_json::json!({ "type": "broadcast", "event": event, "payload": payload }).to_string())
-            }
-        };
-        Some(SqlBroadcast { topic: format!("realtime:{topic}").into(), private, event: event.to_owned(), body })
-    }
-
-    fn text(&self, vsn: Vsn) -> String {
-        let SqlBody::Json(body) = &self.body else { return String::new() };
-        protocol::encode(vsn, None, None, &self.topic, "broadcast", body)
-    }
-
-    /// Its frame for a channel speaking `vsn`; none for a binary one to v1.
-    fn frame(&self, vsn: Vsn) -> Option<Bytes> {
-        match &self.body {
-            SqlBody::Json(_) => Some(Bytes::from(self.text(vsn))),
-            SqlBody::Binary(bytes) if vsn == Vsn::V2 => protocol::encode_user_broadcast(&self.topic, &self.event, "", bytes, false),
-            SqlBody::Binary(_) => None,
-        }
-    }
-}
-
-/// The bytes of a `bytea` as `to_jsonb` writes it: `\x` and hex digits.
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    let hex = text.strip_prefix("\\x")?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
