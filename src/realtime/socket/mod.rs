@@ -425,7 +425,9 @@ impl Conn {
         let mut next = replay.frames.clone();
         loop {
             if !next.is_empty() && !self.outbox.push_paced(next, stall).await {
+                // Closing: the channel goes with the socket, still holding (bounded by MAX_HELD).
                 self.outbox.let_go(Slow::NoProgress(stall.as_secs()));
+                break;
             }
             next = self.ctx.registry.take_held(id, &replay);
             if next.is_empty() {
