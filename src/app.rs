@@ -253,13 +253,13 @@ impl App {
 /// and waits for them, at most as long as one stalled write may take.
 async fn close_sockets(state: &AppState) {
     let sockets = &state.sockets;
-    // Read while every channel is still live: each got every change up to it.
-    let from = state.ops.settled.load(std::sync::atomic::Ordering::Acquire) + 1;
+    // Read while every channel is still live: each got every change it records as delivered.
+    let position = state.ops.position.read().expect("position lock poisoned").clone();
     let keys = sockets.registry.handoff_keys();
-    match sockets.handoffs.hand_off(&state.pool, from, &keys).await {
+    match sockets.handoffs.hand_off(&state.pool, &position, &keys).await {
         Ok(()) if !keys.is_empty() && sockets.handoffs.enabled() => {
             let channels: u32 = keys.iter().map(|(_, n)| n).sum();
-            info!(channels, from, "handed off channels");
+            info!(channels, from = position.lowest(), "handed off channels");
         }
         Ok(()) => {}
         Err(e) => warn!(error = %e, "channels closed without a handoff note; changes until they rejoin are not replayed"),
@@ -341,7 +341,7 @@ async fn build_gateway(
         admission: admission.clone(),
         live: sockets.live.clone(),
         delivered_through: change_listener.delivered_through(),
-        settled: change_listener.settled(),
+        position: change_listener.position(),
         draining: CancellationToken::new(),
         max_lag: Duration::from_secs(config.limits.ready_max_lag_secs),
     };

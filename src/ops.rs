@@ -38,8 +38,8 @@ pub struct Ops {
     pub live: watch::Receiver<bool>,
     /// The highest change id the listener has delivered.
     pub delivered_through: Arc<AtomicI64>,
-    /// Every change at or below this id was delivered (`Listener::settled`).
-    pub settled: Arc<AtomicI64>,
+    /// What the listener has delivered (`Listener::position`).
+    pub position: Arc<std::sync::RwLock<crate::changes::window::Position>>,
     /// Cancelled when the process starts to drain.
     pub draining: CancellationToken,
     /// `/ready` fails past this lag.

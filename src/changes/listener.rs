@@ -9,7 +9,7 @@
 //! Does not know about sockets or channels: the sink does.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::change::{Change, Op, TableMeta};
 use super::tables::Tables;
-use super::window::{Snapshot, Window};
+use super::window::{Position, Snapshot, Window};
 
 /// Receives every captured change of an enabled table, and every message
 /// sent from SQL, in delivery order.
@@ -111,9 +111,9 @@ pub struct Listener {
     window: Option<Window>,
     /// The highest change id delivered so far (for readiness and metrics).
     delivered_through: Arc<AtomicI64>,
-    /// Every change at or below this id was delivered (or will never be):
-    /// where a channel closed now would have to resume (`realtime::handoff`).
-    settled: Arc<AtomicI64>,
+    /// What has been delivered: where a channel closed now would have to
+    /// resume (`realtime::handoff`).
+    position: Arc<RwLock<Position>>,
 }
 
 #[derive(Deserialize)]
@@ -174,13 +174,13 @@ impl Listener {
             id: Uuid::new_v4(),
             window: None,
             delivered_through: Arc::default(),
-            settled: Arc::default(),
+            position: Arc::default(),
         }
     }
 
-    /// Every change at or below this id has been handed to the sink, updated after every read.
-    pub fn settled(&self) -> Arc<AtomicI64> {
-        Arc::clone(&self.settled)
+    /// What has been handed to the sink, updated after every read.
+    pub fn position(&self) -> Arc<RwLock<Position>> {
+        Arc::clone(&self.position)
     }
 
     /// The highest change id this reader has delivered, updated after every read.
@@ -234,8 +234,7 @@ impl Listener {
             let (max, missing): (i64, Vec<i64>) = sqlx::query_as(STARTING_POINT).fetch_one(&mut conn).await?;
             self.window = Some(Window::starting_with_gaps(max, &missing, Instant::now(), GAP_STALE, GAP_FORGET));
             self.delivered_through.store(max, Ordering::Relaxed);
-            let settled = self.window().settled();
-            self.settled.store(settled, Ordering::Release);
+            self.publish_position();
             self.sink.starting_at(max);
         }
         sqlx::query(
@@ -250,6 +249,11 @@ impl Listener {
         let from = self.window().high_water();
         info!(listener = %self.id, from, "change listener live");
         self.serve(&mut session, cancel).await
+    }
+
+    fn publish_position(&mut self) {
+        let position = self.window().position();
+        *self.position.write().expect("position lock poisoned") = position;
     }
 
     fn window(&mut self) -> &mut Window {
@@ -396,8 +400,7 @@ impl Listener {
         let through = self.window().high_water();
         self.delivered_through.store(through, Ordering::Relaxed);
         // Stored after the pass's changes were delivered: a reader of it may count on them.
-        let settled = self.window().settled();
-        self.settled.store(settled, Ordering::Release);
+        self.publish_position();
         Ok(PassResult { full, delivered })
     }
 
@@ -438,24 +441,33 @@ impl Listener {
 /// Most changes `read_since` returns.
 pub const READ_SINCE_LIMIT: i64 = 10_000;
 
-/// The changes of enabled tables and the SQL broadcasts committed so far with ids from `from` on,
-/// in id order, at most `READ_SINCE_LIMIT` rows read: what a channel that
-/// resumes after a handoff may have missed, when the registry's recent
-/// changes do not reach back that far (`realtime::handoff`). A change that
-/// commits after this read is delivered live.
+/// The changes of enabled tables and the SQL broadcasts committed so far
+/// that `from` misses (above its high-water mark, or its gaps), in id order,
+/// at most `READ_SINCE_LIMIT` rows read: what a channel that resumes after a
+/// handoff may have missed, when the registry's recent changes do not reach
+/// back that far (`realtime::handoff`). A change that commits after this
+/// read is delivered live.
 /// Each comes with its table, or `None` for a broadcast sent from SQL (a `realtime.messages` row).
-pub async fn read_since(pool: &PgPool, tables: &Tables, from: i64) -> Result<Vec<(Arc<Change>, Option<Arc<TableMeta>>)>, sqlx::Error> {
+pub async fn read_since(
+    pool: &PgPool,
+    tables: &Tables,
+    from: &Position,
+) -> Result<Vec<(Arc<Change>, Option<Arc<TableMeta>>)>, sqlx::Error> {
     let (rows,): (sqlx::types::Json<Vec<Row>>,) = sqlx::query_as(
         "select coalesce(json_agg(c order by c.id), '[]'::json) from (
-            select id, changed_at, schema_name, table_name, op, owner, record, old_record
-            from rowcast.changes where id >= $1 order by id limit $2) c",
+            (select id, changed_at, schema_name, table_name, op, owner, record, old_record
+             from rowcast.changes where id = any($2) and id <= $1)
+            union all
+            (select id, changed_at, schema_name, table_name, op, owner, record, old_record
+             from rowcast.changes where id > $1 order by id limit $3)) c",
     )
-    .bind(from)
+    .bind(from.high_water)
+    .bind(&from.gaps)
     .bind(READ_SINCE_LIMIT)
     .fetch_one(pool)
     .await?;
     if rows.0.len() as i64 >= READ_SINCE_LIMIT {
-        warn!(from, limit = READ_SINCE_LIMIT, "a resuming channel missed more changes than one replay reads; the rest are not replayed");
+        warn!(from = from.high_water, limit = READ_SINCE_LIMIT, "resuming channels missed more changes than one replay reads; the rest are not replayed");
     }
     Ok(rows
         .0

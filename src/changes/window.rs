@@ -54,6 +54,38 @@ struct Gap {
     since: Instant,
 }
 
+/// What a reader has delivered: every id up to `high_water` except `gaps`
+/// (ids it still waits on). What a channel closed now may have missed is
+/// exactly the rest, so a handoff replays that and no more.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub high_water: i64,
+    /// Ascending, all at or below `high_water`.
+    pub gaps: Vec<i64>,
+}
+
+impl Position {
+    /// Whether change `id` may not have been delivered.
+    pub fn missed(&self, id: i64) -> bool {
+        id > self.high_water || self.gaps.binary_search(&id).is_ok()
+    }
+
+    /// The lowest id that may not have been delivered.
+    pub fn lowest(&self) -> i64 {
+        self.gaps.first().copied().unwrap_or(self.high_water + 1)
+    }
+
+    /// A position that misses everything either misses: the lower high-water
+    /// mark, with the gaps of both below it.
+    pub fn merge(&self, other: &Position) -> Position {
+        let high_water = self.high_water.min(other.high_water);
+        let mut gaps: Vec<i64> = self.gaps.iter().chain(&other.gaps).copied().filter(|g| *g <= high_water).collect();
+        gaps.sort_unstable();
+        gaps.dedup();
+        Position { high_water, gaps }
+    }
+}
+
 /// The reader's position in the change log.
 #[derive(Debug, Clone)]
 pub struct Window {
@@ -94,6 +126,11 @@ impl Window {
     /// Ids still undecided, to be read again.
     pub fn gap_ids(&self) -> Vec<i64> {
         self.gaps.keys().copied().collect()
+    }
+
+    /// What has been delivered so far.
+    pub fn position(&self) -> Position {
+        Position { high_water: self.hw, gaps: self.gap_ids() }
     }
 
     /// Everything at or below this id is settled: safe to prune up to it.
@@ -296,5 +333,18 @@ mod tests {
         assert_eq!(p.forgotten, [1]);
         assert_eq!(ids(&p), [2]);
         assert_eq!(w.settled(), 2);
+    }
+
+    #[test]
+    fn a_position_misses_what_is_above_its_high_water_mark_or_in_its_gaps_and_merges_to_cover_both() {
+        let a = Position { high_water: 10, gaps: vec![4, 7] };
+        assert!(a.missed(4) && a.missed(7) && a.missed(11));
+        assert!(!a.missed(5) && !a.missed(10));
+        assert_eq!(a.lowest(), 4);
+        assert_eq!(Position { high_water: 10, gaps: vec![] }.lowest(), 11);
+        let b = Position { high_water: 8, gaps: vec![2] };
+        let both = a.merge(&b);
+        assert_eq!(both, Position { high_water: 8, gaps: vec![2, 4, 7] });
+        assert!((0..20).all(|id| !(a.missed(id) || b.missed(id)) || both.missed(id)));
     }
 }

@@ -293,3 +293,33 @@ async fn channels_rejoining_at_once_a_node_started_after_the_drain_share_a_few_l
     println!("{CHANNELS} channels resumed with {reads} log reads");
     assert!((1..=CHANNELS as u64 / 2).contains(&reads), "{reads} log reads for {CHANNELS} channels rejoining at once");
 }
+
+#[tokio::test]
+async fn a_change_still_uncommitted_at_the_drain_is_replayed_and_what_was_delivered_after_it_is_not() {
+    let db = fresh_database().await;
+    let env = [("ROWCAST_POLL_MS", "200")];
+    let node1 = GatewayProcess::spawn(&db, &env).await;
+    let node2 = GatewayProcess::spawn(&db, &env).await;
+    node1.app.owned_table("notes").await;
+    let alice = node1.app.user("alice");
+    let mut a = Client::v2(&node1.app, &node1.app.anon()).await;
+    a.subscribe("a", bindings(), Some(&alice)).await;
+    // A long transaction takes a change id and stays open across the drain.
+    let mut long = node1.app.pool.begin().await.unwrap();
+    sqlx::query("insert into public.notes (user_id, n) values ('alice', 100)").execute(&mut *long).await.unwrap();
+    node1.app.sql("insert into public.notes (user_id, n) select 'alice', n from generate_series(1, 5) n").await;
+    // Delivered past the open id once it has waited a second.
+    assert_eq!(numbers_until(&mut a, "a", 5).await, vec![1, 2, 3, 4, 5]);
+    node1.terminate();
+    a.told_to_reconnect(&["realtime:a"]).await;
+    long.commit().await.unwrap();
+    node1.app.sql("insert into public.notes (user_id, n) select 'alice', n from generate_series(6, 10) n").await;
+    let mut a = rejoin(&node2.app, "a", &alice).await;
+    let mut seen = Vec::new();
+    while !(seen.contains(&100) && seen.contains(&10)) {
+        seen.extend(numbers(&[a.recv_event("realtime:a", "postgres_changes").await], "realtime:a"));
+    }
+    seen.extend(numbers(&a.frames_until_heartbeat().await, "realtime:a"));
+    seen.sort_unstable();
+    assert_eq!(seen, vec![6, 7, 8, 9, 10, 100], "the late row and the ones after the drain, once; not 1-5 again");
+}

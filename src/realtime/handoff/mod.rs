@@ -5,11 +5,13 @@
 //! and bindings: what the client sends again when it rejoins), the note a
 //! draining gateway writes into the change log before it tells its clients
 //! to reconnect (`rowcast.changes` rows of `rowcast.handoff`: the keys, how
-//! many channels have each, and the lowest change id those channels may not
-//! have received), and every gateway's memory of the notes it read, for `ttl`.
+//! many channels have each, and the listener's `Position`, which says
+//! exactly which change ids those channels may not have received: the ones
+//! above its high-water mark and the few it still waited on), and every
+//! gateway's memory of the notes it read, for `ttl`.
 //!
 //! A join whose key was handed off within `ttl` replays the row changes and
-//! SQL broadcasts from that id on through the registry
+//! SQL broadcasts of those ids through the registry
 //! (`Registry::join_resuming`), before its live ones. Channels keep their
 //! rights: replayed changes pass the same authorisation and filters as live
 //! ones. The cost of never losing one is a few duplicates: changes the old
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+
+use crate::changes::window::Position;
 
 /// What identifies a channel across a reconnect.
 pub type HandoffKey = [u8; 32];
@@ -65,10 +69,10 @@ pub struct Handoffs {
 }
 
 /// What is known of one handed-off key.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Note {
-    /// The lowest change id to resume from.
-    from: i64,
+    /// What its channels were delivered (merged over notes naming it).
+    position: Position,
     /// Until when a join may resume.
     until: Instant,
     /// Replays left.
@@ -86,10 +90,10 @@ impl Handoffs {
         Handoffs { notes: Arc::default(), ttl, reads: reads::SharedReads::new(reads) }
     }
 
-    /// The row changes and SQL broadcasts from `from` on, from a log read
-    /// that began after this call (shared with the joins waiting for it).
-    pub async fn missed(&self, pool: &PgPool, tables: &crate::changes::tables::Tables, from: i64) -> Missed {
-        self.reads.read(pool, tables, from).await
+    /// The row changes and SQL broadcasts `position` misses, from a log
+    /// read that began after this call (shared with the joins waiting for it).
+    pub async fn missed(&self, pool: &PgPool, tables: &crate::changes::tables::Tables, position: &Position) -> Missed {
+        self.reads.read(pool, tables, position).await
     }
 
     /// Whether handoffs are on.
@@ -97,19 +101,24 @@ impl Handoffs {
         !self.ttl.is_zero()
     }
 
-    /// The change id a join with `key` resumes from, if it was handed off
-    /// within the ttl and has replays left (this takes one).
-    pub fn resume(&self, key: &HandoffKey) -> Option<i64> {
+    /// Where a join with `key` resumes from, if it was handed off within the
+    /// ttl and has replays left (this takes one).
+    pub fn resume(&self, key: &HandoffKey) -> Option<Position> {
         let mut notes = self.notes.lock().expect("handoff lock poisoned");
         let note = notes.get_mut(key).filter(|n| n.until > Instant::now() && n.left > 0)?;
         note.left -= 1;
-        Some(note.from)
+        Some(note.position.clone())
     }
 
     /// Remembers a note read from the log (a `rowcast.handoff` record) written `age` ago.
     pub fn note(&self, record: &Map<String, Value>, age: Duration) {
         let Some(until) = (Instant::now() + self.ttl).checked_sub(age) else { return };
-        let Some(from) = record.get("from").and_then(Value::as_i64) else { return };
+        let Some(high_water) = record.get("high_water").and_then(Value::as_i64) else { return };
+        let mut gaps: Vec<i64> =
+            record.get("gaps").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_i64).filter(|g| *g <= high_water).collect();
+        gaps.sort_unstable();
+        gaps.dedup();
+        let position = Position { high_water, gaps };
         let keys = record.get("keys").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         let counts = record.get("counts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         let mut notes = self.notes.lock().expect("handoff lock poisoned");
@@ -119,8 +128,10 @@ impl Handoffs {
             let Some(key) = key.as_str().and_then(parse_key) else { continue };
             let channels = counts.get(i).and_then(Value::as_u64).unwrap_or(1).min(u32::MAX as u64) as u32;
             let replays = channels.saturating_mul(REPLAYS_PER_CHANNEL);
-            let note = notes.entry(key).or_insert(Note { from, until, left: 0 });
-            *note = Note { from: note.from.min(from), until: note.until.max(until), left: note.left.saturating_add(replays) };
+            let note = notes.entry(key).or_insert(Note { position: position.clone(), until, left: 0 });
+            note.position = note.position.merge(&position);
+            note.until = note.until.max(until);
+            note.left = note.left.saturating_add(replays);
         }
     }
 
@@ -144,16 +155,17 @@ impl Handoffs {
 
     /// Writes the note for `keys` (of the channels about to be closed, with
     /// how many have each) into the log and rings the doorbell: they resume
-    /// from change `from`, which is one past the listener's settled position
-    /// read while they were all still live (everything up to it reached them).
-    pub async fn hand_off(&self, pool: &PgPool, from: i64, keys: &[(HandoffKey, u32)]) -> Result<(), HandoffError> {
+    /// from `position`, the listener's, read while they were all still live
+    /// (everything it records as delivered reached them).
+    pub async fn hand_off(&self, pool: &PgPool, position: &Position, keys: &[(HandoffKey, u32)]) -> Result<(), HandoffError> {
         if !self.enabled() || keys.is_empty() {
             return Ok(());
         }
         let mut tx = pool.begin().await?;
         for chunk in keys.chunks(KEYS_PER_ROW) {
             let record = json!({
-                "from": from,
+                "high_water": position.high_water,
+                "gaps": position.gaps,
                 "keys": chunk.iter().map(|(k, _)| hex(k)).collect::<Vec<_>>(),
                 "counts": chunk.iter().map(|(_, n)| n).collect::<Vec<_>>(),
             });
@@ -208,14 +220,14 @@ mod tests {
     }
 
     #[test]
-    fn a_noted_key_resumes_from_the_lowest_id_noted_for_it_until_the_ttl_passes() {
+    fn a_noted_key_resumes_from_what_every_note_naming_it_misses_until_the_ttl_passes() {
         let h = handoffs(30);
         let (a, b) = (key("a", "realtime:x", &json!({})), key("b", "realtime:x", &json!({})));
-        h.note(json!({"from": 50, "keys": [hex(&a)]}).as_object().unwrap(), Duration::ZERO);
-        h.note(json!({"from": 40, "keys": [hex(&a), "not-a-key"]}).as_object().unwrap(), Duration::ZERO);
-        assert_eq!(h.resume(&a), Some(40));
+        h.note(json!({"high_water": 50, "gaps": [45], "keys": [hex(&a)]}).as_object().unwrap(), Duration::ZERO);
+        h.note(json!({"high_water": 40, "gaps": [30, 60], "keys": [hex(&a), "not-a-key"]}).as_object().unwrap(), Duration::ZERO);
+        assert_eq!(h.resume(&a), Some(Position { high_water: 40, gaps: vec![30] }), "whatever either note misses");
         assert_eq!(h.resume(&b), None);
-        h.note(json!({"from": 10, "keys": [hex(&b)]}).as_object().unwrap(), Duration::from_secs(31));
+        h.note(json!({"high_water": 10, "keys": [hex(&b)]}).as_object().unwrap(), Duration::from_secs(31));
         assert_eq!(h.resume(&b), None, "a note older than the ttl is ignored");
     }
 
@@ -223,8 +235,9 @@ mod tests {
     fn a_key_replays_twice_per_channel_handed_off_with_it_and_then_no_more() {
         let h = handoffs(30);
         let (one, three) = (key("a", "realtime:x", &json!({})), key("b", "realtime:x", &json!({})));
-        h.note(json!({"from": 5, "keys": [hex(&one), hex(&three)], "counts": [1, 3]}).as_object().unwrap(), Duration::ZERO);
-        assert_eq!((h.resume(&one), h.resume(&one), h.resume(&one)), (Some(5), Some(5), None));
+        h.note(json!({"high_water": 5, "keys": [hex(&one), hex(&three)], "counts": [1, 3]}).as_object().unwrap(), Duration::ZERO);
+        let at5 = Some(Position { high_water: 5, gaps: vec![] });
+        assert_eq!((h.resume(&one), h.resume(&one), h.resume(&one)), (at5.clone(), at5, None));
         assert_eq!((0..7).filter_map(|_| h.resume(&three)).count(), 6);
     }
 

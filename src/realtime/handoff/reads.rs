@@ -1,5 +1,5 @@
 //! Log reads shared by resuming joins: the joins that resume from the same
-//! change id and find their changes no longer kept in memory share one read
+//! position and find their changes no longer kept in memory share one read
 //! of the log instead of one each, so a thousand clients rejoining a node
 //! that started after the note cost a handful of reads.
 //!
@@ -7,7 +7,7 @@
 //! live, holding, before it asked, so the read sees every change it needs
 //! that is not delivered to it live). Joins that ask while a read runs wait
 //! for the next one, which one of them leads. At most `CONCURRENT_READS`
-//! reads run at once, across ids.
+//! reads run at once, across positions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::changes::change::{Change, TableMeta};
 use crate::changes::listener::read_since;
 use crate::changes::tables::Tables;
+use crate::changes::window::Position;
 
 /// Replays reading the log at once, at most.
 pub const CONCURRENT_READS: usize = 4;
@@ -42,8 +43,8 @@ enum Turn {
 /// The log reads of resuming joins; cheap to clone.
 #[derive(Clone)]
 pub struct SharedReads {
-    /// Per change id resumed from: the joins waiting for the next read. An entry exists while a read leads.
-    waiting: Arc<Mutex<HashMap<i64, Vec<oneshot::Sender<Turn>>>>>,
+    /// Per position resumed from: the joins waiting for the next read. An entry exists while a read leads.
+    waiting: Arc<Mutex<HashMap<Position, Vec<oneshot::Sender<Turn>>>>>,
     turns: Arc<Semaphore>,
     /// Counts the reads made.
     reads: Counter,
@@ -55,18 +56,18 @@ impl SharedReads {
         SharedReads { waiting: Arc::default(), turns: Arc::new(Semaphore::new(CONCURRENT_READS)), reads }
     }
 
-    /// The changes and SQL broadcasts from `from` on, read after this call began.
-    pub async fn read(&self, pool: &PgPool, tables: &Tables, from: i64) -> Missed {
+    /// The changes and SQL broadcasts `from` misses, read after this call began.
+    pub async fn read(&self, pool: &PgPool, tables: &Tables, from: &Position) -> Missed {
         let asked = {
             let mut waiting = self.waiting.lock().expect("reads lock poisoned");
-            match waiting.get_mut(&from) {
+            match waiting.get_mut(from) {
                 Some(joins) => {
                     let (tx, rx) = oneshot::channel();
                     joins.push(tx);
                     Some(rx)
                 }
                 None => {
-                    waiting.insert(from, Vec::new());
+                    waiting.insert(from.clone(), Vec::new());
                     None
                 }
             }
@@ -82,7 +83,7 @@ impl SharedReads {
         let missed = {
             let _turn = self.turns.acquire().await.expect("the read semaphore is never closed");
             let joined =
-                std::mem::take(self.waiting.lock().expect("reads lock poisoned").get_mut(&from).expect("a leading read has its entry"));
+                std::mem::take(self.waiting.lock().expect("reads lock poisoned").get_mut(from).expect("a leading read has its entry"));
             let missed = self.fetch(pool, tables, from).await;
             for tx in joined {
                 let _ = tx.send(Turn::Done(Arc::clone(&missed)));
@@ -94,23 +95,23 @@ impl SharedReads {
     }
 
     /// Hands the next read to a join that asked during this one, or ends the entry.
-    fn pass_the_lead(&self, from: i64) {
+    fn pass_the_lead(&self, from: &Position) {
         let mut waiting = self.waiting.lock().expect("reads lock poisoned");
-        let joins = waiting.get_mut(&from).expect("a leading read has its entry");
+        let joins = waiting.get_mut(from).expect("a leading read has its entry");
         while let Some(next) = joins.pop() {
             if next.send(Turn::Lead).is_ok() {
                 return;
             }
         }
-        waiting.remove(&from);
+        waiting.remove(from);
     }
 
-    async fn read_alone(&self, pool: &PgPool, tables: &Tables, from: i64) -> Missed {
+    async fn read_alone(&self, pool: &PgPool, tables: &Tables, from: &Position) -> Missed {
         let _turn = self.turns.acquire().await.expect("the read semaphore is never closed");
         self.fetch(pool, tables, from).await
     }
 
-    async fn fetch(&self, pool: &PgPool, tables: &Tables, from: i64) -> Missed {
+    async fn fetch(&self, pool: &PgPool, tables: &Tables, from: &Position) -> Missed {
         self.reads.inc();
         Arc::new(read_since(pool, tables, from).await.unwrap_or_else(|e| {
             warn!(error = %e, "reading the changes resuming channels missed failed; they resume live only");

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::changes::change::{Change, TableMeta};
+use crate::changes::window::Position;
 
 /// Most changes kept.
 pub const MAX_RECENT: usize = 20_000;
@@ -40,9 +41,9 @@ pub struct Recent {
 /// What a resuming channel gets from `Recent::since`.
 #[derive(Debug)]
 pub struct Since {
-    /// The kept changes with ids from the asked one on, in delivery order.
+    /// The kept changes the asked position misses, in delivery order.
     pub changes: Vec<Delivered>,
-    /// False when some change at or above the asked id may not be kept: read the log too.
+    /// False when some change it misses may not be kept: read the log too.
     pub complete: bool,
 }
 
@@ -91,10 +92,10 @@ impl Recent {
         }
     }
 
-    /// The kept changes with ids from `from` on.
-    pub fn since(&self, from: i64) -> Since {
-        let changes = self.kept.iter().filter(|((c, _), _, _)| c.id >= from).map(|(d, _, _)| d.clone()).collect();
-        Since { changes, complete: self.floor != i64::MAX && from > self.floor }
+    /// The kept changes that `from` misses.
+    pub fn since(&self, from: &Position) -> Since {
+        let changes = self.kept.iter().filter(|((c, _), _, _)| from.missed(c.id)).map(|(d, _, _)| d.clone()).collect();
+        Since { changes, complete: self.floor != i64::MAX && from.lowest() > self.floor }
     }
 }
 
@@ -132,6 +133,11 @@ mod tests {
         (Arc::new(c), Some(Arc::new(meta)))
     }
 
+    /// A position that misses every id from `id` on.
+    fn from(id: i64) -> Position {
+        Position { high_water: id - 1, gaps: Vec::new() }
+    }
+
     fn ids(s: &Since) -> Vec<i64> {
         s.changes.iter().map(|(c, _)| c.id).collect()
     }
@@ -144,9 +150,12 @@ mod tests {
         for id in [11, 13, 12, 14] {
             r.push(change(id), now);
         }
-        let s = r.since(12);
+        let s = r.since(&from(12));
         assert_eq!((ids(&s), s.complete), (vec![13, 12, 14], true));
-        assert!(!r.since(10).complete, "ids at or below the starting point were never delivered here");
+        assert!(!r.since(&from(10)).complete, "ids at or below the starting point were never delivered here");
+        let with_gap = Position { high_water: 13, gaps: vec![12] };
+        let s = r.since(&with_gap);
+        assert_eq!((ids(&s), s.complete), (vec![12, 14], true), "a gap is replayed, what was delivered below the mark is not");
     }
 
     #[test]
@@ -157,14 +166,14 @@ mod tests {
         r.push(change(1), start);
         r.push(change(2), start);
         r.push(change(3), start);
-        assert_eq!(ids(&r.since(0)), vec![2, 3]);
-        assert!(!r.since(1).complete);
-        assert!(r.since(2).complete);
+        assert_eq!(ids(&r.since(&from(0))), vec![2, 3]);
+        assert!(!r.since(&from(1)).complete);
+        assert!(r.since(&from(2)).complete);
         r.push(change(4), start + Duration::from_secs(31));
-        assert_eq!(ids(&r.since(0)), vec![4]);
-        assert!(!r.since(3).complete && r.since(4).complete);
+        assert_eq!(ids(&r.since(&from(0))), vec![4]);
+        assert!(!r.since(&from(3)).complete && r.since(&from(4)).complete);
         r.let_go_of_old(start + Duration::from_secs(62));
-        assert!(r.since(0).changes.is_empty(), "an idle gateway lets go too");
+        assert!(r.since(&from(0)).changes.is_empty(), "an idle gateway lets go too");
     }
 
     #[test]
@@ -180,19 +189,19 @@ mod tests {
         for id in 1..=3 {
             r.push(sized(id, 4), now);
         }
-        assert_eq!(ids(&r.since(0)), vec![2, 3], "three 4 KiB rows do not fit in 10 KiB");
-        assert!(!r.since(1).complete && r.since(2).complete);
+        assert_eq!(ids(&r.since(&from(0))), vec![2, 3], "three 4 KiB rows do not fit in 10 KiB");
+        assert!(!r.since(&from(1)).complete && r.since(&from(2)).complete);
         r.push(sized(4, 20), now);
-        assert_eq!(ids(&r.since(0)), vec![2, 3]);
-        assert!(!r.since(4).complete && r.since(5).complete, "a resume from below the big row reads the log");
+        assert_eq!(ids(&r.since(&from(0))), vec![2, 3]);
+        assert!(!r.since(&from(4)).complete && r.since(&from(5)).complete, "a resume from below the big row reads the log");
     }
 
     #[test]
     fn before_the_reader_starts_nothing_is_complete_and_with_no_ttl_nothing_is_kept() {
-        assert!(!Recent::new(Duration::from_secs(1), 10, 1 << 20).since(5).complete);
+        assert!(!Recent::new(Duration::from_secs(1), 10, 1 << 20).since(&from(5)).complete);
         let mut off = Recent::new(Duration::ZERO, 10, 1 << 20);
         off.starting_at(0);
         off.push(change(1), Instant::now());
-        assert!(off.since(0).changes.is_empty());
+        assert!(off.since(&from(0)).changes.is_empty());
     }
 }

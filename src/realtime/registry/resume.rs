@@ -12,6 +12,7 @@ use super::protocol;
 use super::sql::SqlBroadcast;
 use super::{Delivered, Registry, Since, SubId, Subscription};
 use crate::changes::change::{Change, TableMeta};
+use crate::changes::window::Position;
 use crate::realtime::outbox::Outbox;
 use crate::realtime::payload::render_data;
 
@@ -30,7 +31,7 @@ impl Registry {
     /// after a handoff: its changes are held from now on, and it gets the
     /// delivered changes it may have missed that are still kept. Call
     /// `replay` next, with the log's changes when the kept ones are not complete.
-    pub fn join_resuming(&self, sub: Subscription, outbox: &Outbox, frames: Vec<Bytes>, from: i64) -> (SubId, Since) {
+    pub fn join_resuming(&self, sub: Subscription, outbox: &Outbox, frames: Vec<Bytes>, from: &Position) -> (SubId, Since) {
         *sub.held.lock().expect("held lock poisoned") = Some(Vec::new());
         sub.holding.store(true, Ordering::Release);
         let recent = self.inner.recent.lock().expect("recent lock poisoned");

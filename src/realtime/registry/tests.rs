@@ -2,6 +2,7 @@
 //! between sockets, selections, broadcasts.
 
 use super::*;
+use crate::changes::window::Position;
 use crate::realtime::outbox::Bounds;
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -215,7 +216,7 @@ fn a_resuming_channel_gets_the_missed_changes_once_in_order_then_what_arrived_wh
     let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
-    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 3);
+    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), &Position { high_water: 2, gaps: Vec::new() });
     assert!(since.complete, "3 and 4 were delivered here after the reader started");
     // Delivered while the replay is being read: held, not queued ahead of it.
     deliver(&r, with_n(5), meta(false));
@@ -241,7 +242,7 @@ fn a_resuming_channel_replays_only_what_it_may_see_and_its_bindings_match() {
     let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
-    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
+    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), &Position { high_water: 0, gaps: Vec::new() });
     let replay = r.replay(id, &[], since);
     assert_eq!(replay.changes, 1, "bob's row is not alice's to see");
     for frame in &replay.frames {
@@ -271,7 +272,7 @@ fn what_arrives_while_a_replay_is_queued_is_taken_until_none_is_left_then_the_ch
     let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let sub = Subscription::new("realtime:a".into(), route, principal("authenticated", Some("alice")), vec![binding(7)], false);
-    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
+    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), &Position { high_water: 0, gaps: Vec::new() });
     let replay = r.replay(id, &[], since);
     assert_eq!(replay.changes, 0);
     deliver(&r, Change { id: 2, ..change("alice") }, meta(false));
@@ -300,7 +301,7 @@ fn a_resuming_channel_replays_the_sql_broadcasts_to_its_topic_and_namespace_it_m
     let outbox = Outbox::new(Bounds { frames: 100, bytes: 1 << 20 });
     let route = Route { outbox: outbox.clone(), vsn: Vsn::V2 };
     let sub = Subscription::new("realtime:room".into(), route, principal("anon", None), Vec::new(), false);
-    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), 1);
+    let (id, since) = r.join_resuming(sub, &outbox, Vec::new(), &Position { high_water: 0, gaps: Vec::new() });
     let replay = r.replay(id, &[], since);
     assert_eq!(replay.changes, 2, "the public room's two, not the hall's or the private room's");
     let frames: Vec<Value> = replay.frames.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();

@@ -46,6 +46,7 @@ use super::registry::{Registry, Route, SubId, Subscription};
 use super::replay;
 use crate::auth::{now_secs, AuthError, Principal};
 use crate::changes::tables::Tables;
+use crate::changes::window::Position;
 use crate::config::Limits;
 use crate::keyring::Keyring;
 use crate::metrics;
@@ -396,7 +397,7 @@ impl Conn {
             .handoff(key);
         let sub = match resume {
             None => self.ctx.registry.join(sub, &self.outbox, frames),
-            Some(from) => self.resume(&m.topic, sub, frames, from).await,
+            Some(from) => self.resume(&m.topic, sub, frames, &from).await,
         };
         let joined = Joined {
             join_ref: m.join_ref.clone(),
@@ -412,9 +413,9 @@ impl Conn {
     }
 
     /// Joins a channel handed off by a draining gateway: it gets the changes
-    /// from `from` on that it may have missed (kept in memory, or read from
-    /// the log when they are not all kept), then its live ones.
-    async fn resume(&self, topic: &str, sub: Subscription, frames: Vec<Bytes>, from: i64) -> SubId {
+    /// `from` misses (kept in memory, or read from the log when they are not
+    /// all kept), then its live ones.
+    async fn resume(&self, topic: &str, sub: Subscription, frames: Vec<Bytes>, from: &Position) -> SubId {
         let (id, since) = self.ctx.registry.join_resuming(sub, &self.outbox, frames, from);
         let older =
             if since.complete { Default::default() } else { self.ctx.handoffs.missed(&self.ctx.pool, &self.ctx.tables, from).await };
@@ -434,7 +435,7 @@ impl Conn {
                 break;
             }
         }
-        info!(topic, from, replayed = replay.changes, "channel resumed after a handoff");
+        info!(topic, from = from.lowest(), replayed = replay.changes, "channel resumed after a handoff");
         id
     }
 
