@@ -467,7 +467,11 @@ pub async fn read_since(
     .fetch_one(pool)
     .await?;
     if rows.0.len() as i64 >= READ_SINCE_LIMIT {
-        warn!(from = from.high_water, limit = READ_SINCE_LIMIT, "resuming channels missed more changes than one replay reads; the rest are not replayed");
+        warn!(
+            from = from.high_water,
+            limit = READ_SINCE_LIMIT,
+            "resuming channels missed more changes than one replay reads; the rest are not replayed"
+        );
     }
     Ok(rows
         .0

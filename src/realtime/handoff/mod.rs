@@ -114,8 +114,14 @@ impl Handoffs {
     pub fn note(&self, record: &Map<String, Value>, age: Duration) {
         let Some(until) = (Instant::now() + self.ttl).checked_sub(age) else { return };
         let Some(high_water) = record.get("high_water").and_then(Value::as_i64) else { return };
-        let mut gaps: Vec<i64> =
-            record.get("gaps").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_i64).filter(|g| *g <= high_water).collect();
+        let mut gaps: Vec<i64> = record
+            .get("gaps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_i64)
+            .filter(|g| *g <= high_water)
+            .collect();
         gaps.sort_unstable();
         gaps.dedup();
         let position = Position { high_water, gaps };
