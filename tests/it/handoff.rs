@@ -121,6 +121,20 @@ async fn rejoin(app: &TestApp, name: &str, token: &str) -> Client {
     c
 }
 
+/// Two gateways on a fresh database with `notes` enabled, alice's token,
+/// and a client on the first subscribed to `a` as alice.
+async fn two_nodes_with_alice_on_a() -> (GatewayProcess, GatewayProcess, String, Client) {
+    let db = fresh_database().await;
+    let env = [("ROWCAST_POLL_MS", "200")];
+    let node1 = GatewayProcess::spawn(&db, &env).await;
+    let node2 = GatewayProcess::spawn(&db, &env).await;
+    node1.app.owned_table("notes").await;
+    let alice = node1.app.user("alice");
+    let mut a = Client::v2(&node1.app, &node1.app.anon()).await;
+    a.subscribe("a", bindings(), Some(&alice)).await;
+    (node1, node2, alice, a)
+}
+
 /// `rowcast_deliveries_total{kind="handoff_replay"}` of `app`.
 async fn replayed(app: &TestApp) -> u64 {
     let (_, text) = app.get("/metrics").await;
@@ -179,14 +193,7 @@ async fn channels_closed_by_a_draining_gateway_rejoin_elsewhere_and_miss_no_comm
 
 #[tokio::test]
 async fn a_rejoin_by_another_token_or_with_other_bindings_replays_nothing() {
-    let db = fresh_database().await;
-    let env = [("ROWCAST_POLL_MS", "200")];
-    let node1 = GatewayProcess::spawn(&db, &env).await;
-    let node2 = GatewayProcess::spawn(&db, &env).await;
-    node1.app.owned_table("notes").await;
-    let alice = node1.app.user("alice");
-    let mut a = Client::v2(&node1.app, &node1.app.anon()).await;
-    a.subscribe("a", bindings(), Some(&alice)).await;
+    let (node1, node2, alice, mut a) = two_nodes_with_alice_on_a().await;
     let mut probe = Client::v2(&node2.app, &node2.app.anon()).await;
     probe.subscribe("probe", bindings(), Some(&alice)).await;
     node1.terminate();
@@ -296,14 +303,7 @@ async fn channels_rejoining_at_once_a_node_started_after_the_drain_share_a_few_l
 
 #[tokio::test]
 async fn a_change_still_uncommitted_at_the_drain_is_replayed_and_what_was_delivered_after_it_is_not() {
-    let db = fresh_database().await;
-    let env = [("ROWCAST_POLL_MS", "200")];
-    let node1 = GatewayProcess::spawn(&db, &env).await;
-    let node2 = GatewayProcess::spawn(&db, &env).await;
-    node1.app.owned_table("notes").await;
-    let alice = node1.app.user("alice");
-    let mut a = Client::v2(&node1.app, &node1.app.anon()).await;
-    a.subscribe("a", bindings(), Some(&alice)).await;
+    let (node1, node2, alice, mut a) = two_nodes_with_alice_on_a().await;
     // A long transaction takes a change id and stays open across the drain.
     let mut long = node1.app.pool.begin().await.unwrap();
     sqlx::query("insert into public.notes (user_id, n) values ('alice', 100)").execute(&mut *long).await.unwrap();
