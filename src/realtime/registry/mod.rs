@@ -47,7 +47,7 @@ pub use peers::{Outgoing, PeerMember};
 pub use recent::{Delivered, Since};
 use recent::{Recent, MAX_RECENT, MAX_RECENT_BYTES};
 pub use resume::Replay;
-use sql::{SqlBody, SqlBroadcast};
+use sql::SqlBroadcast;
 
 /// Most changes a resuming channel holds back while its replay is read;
 /// past it the socket is let go as a slow consumer.
@@ -217,6 +217,11 @@ impl Subscription {
     pub fn handoff(mut self, key: Option<HandoffKey>) -> Self {
         self.handoff = key;
         self
+    }
+
+    /// Its `postgres_changes` frame for the matching binding `ids` and a change's `data`.
+    fn changes_frame(&self, ids: &[u32], data: &str) -> String {
+        protocol::encode(self.route.vsn, None, None, &self.topic, "postgres_changes", &protocol::postgres_changes(ids, data))
     }
 
     /// Queues the frame of change `id`, or holds it while a replay is being read.
@@ -529,14 +534,7 @@ impl Registry {
             });
         }
         let Some(frame) = protocol::encode_user_broadcast(topic, event, meta, payload, false) else { return };
-        let mut sent = 0;
-        for (id, sub) in self.on_topic(topic, private) {
-            if (!from.is(id) || sub.broadcast_self) && sub.route.vsn == Vsn::V2 {
-                sub.route.outbox.push(frame.clone());
-                sent += 1;
-            }
-        }
-        self.count_deliveries("broadcast", sent);
+        self.fan_out(from, topic, private, None, |vsn| (vsn == Vsn::V2).then(|| frame.clone()));
     }
 
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
@@ -545,16 +543,28 @@ impl Registry {
         if matches!(from, Origin::Socket(_) | Origin::Rest) {
             self.publish(Outgoing::Broadcast { topic: topic.to_owned(), private, payload: payload.to_owned() });
         }
-        let targets = self.on_topic(topic, private);
-        let mut frames = FrameCache::default();
+        self.fan_out(from, topic, private, None, |vsn| Some(Bytes::from(protocol::encode(vsn, None, None, topic, "broadcast", payload))));
+    }
+
+    /// Queues a broadcast on the channels of `topic` (not on the sender's
+    /// own unless it asked for `self`), each serializer's frame made once by
+    /// `frame_for` (`None`: that serializer cannot carry it, as v1 cannot a
+    /// binary payload). One read from the log (`change`) is held like a row
+    /// change by a channel that is resuming after a handoff.
+    fn fan_out(&self, from: Origin, topic: &str, private: bool, change: Option<i64>, frame_for: impl Fn(Vsn) -> Option<Bytes>) {
+        let mut made: [Option<Option<Bytes>>; 2] = [None, None];
         let mut sent = 0;
-        for (id, sub) in targets {
-            if !from.is(id) || sub.broadcast_self {
-                let frame =
-                    frames.get(&sub.topic, &[], sub.route.vsn, || protocol::encode(sub.route.vsn, None, None, topic, "broadcast", payload));
-                sub.route.outbox.push(frame);
-                sent += 1;
+        for (id, sub) in self.on_topic(topic, private) {
+            if from.is(id) && !sub.broadcast_self {
+                continue;
             }
+            let vsn = sub.route.vsn;
+            let Some(frame) = made[usize::from(vsn == Vsn::V2)].get_or_insert_with(|| frame_for(vsn)).clone() else { continue };
+            match change {
+                Some(change) => sub.send(change, frame),
+                None => sub.route.outbox.push(frame),
+            }
+            sent += 1;
         }
         self.count_deliveries("broadcast", sent);
     }
@@ -628,10 +638,7 @@ impl ChangeSink for Registry {
                         &shaped_data
                     }
                 };
-                let vsn = sub.route.vsn;
-                let frame = frames.get(&sub.topic, ids, vsn, || {
-                    protocol::encode(vsn, None, None, &sub.topic, "postgres_changes", &protocol::postgres_changes(ids, data))
-                });
+                let frame = frames.get(&sub.topic, ids, sub.route.vsn, || sub.changes_frame(ids, data));
                 sub.send(change.id, frame);
                 sent += 1;
             });
@@ -648,24 +655,8 @@ impl ChangeSink for Registry {
         recent.push((Arc::clone(message), None), Instant::now());
         let Some(sql) = SqlBroadcast::read(message) else { return };
         self.count_broadcast(Origin::Sql);
-        let mut frames = FrameCache::default();
-        let mut binary: Option<Option<Bytes>> = None;
-        let mut sent = 0;
-        for (_, sub) in self.on_topic(&sql.topic, sql.private) {
-            let vsn = sub.route.vsn;
-            let frame = match &sql.body {
-                SqlBody::Json(_) => Some(frames.get(&sub.topic, &[], vsn, || sql.text(vsn))),
-                // v1 channels cannot carry a binary payload and get nothing, as on Supabase.
-                SqlBody::Binary(_) if vsn == Vsn::V2 => binary.get_or_insert_with(|| sql.frame(vsn)).clone(),
-                SqlBody::Binary(_) => None,
-            };
-            if let Some(frame) = frame {
-                sub.send(message.id, frame);
-                sent += 1;
-            }
-        }
+        self.fan_out(Origin::Sql, &sql.topic, sql.private, Some(message.id), |vsn| sql.frame(vsn));
         drop(recent);
-        self.count_deliveries("broadcast", sent);
     }
 }
 

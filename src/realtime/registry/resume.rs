@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::protocol;
 use super::sql::SqlBroadcast;
 use super::{Delivered, Registry, Since, SubId, Subscription};
 use crate::changes::change::{Change, TableMeta};
@@ -85,8 +84,7 @@ impl Subscription {
         let mut frames = Vec::new();
         self.matching(change, meta, |selection, ids| {
             let data = render_data(change, meta, max_record_bytes, selection);
-            let payload = protocol::postgres_changes(ids, &data);
-            frames.push(Bytes::from(protocol::encode(self.route.vsn, None, None, &self.topic, "postgres_changes", &payload)));
+            frames.push(Bytes::from(self.changes_frame(ids, &data)));
         });
         frames
     }

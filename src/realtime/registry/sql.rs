@@ -14,10 +14,10 @@ pub(super) struct SqlBroadcast {
     pub(super) topic: Arc<str>,
     pub(super) private: bool,
     event: String,
-    pub(super) body: SqlBody,
+    body: SqlBody,
 }
 
-pub(super) enum SqlBody {
+enum SqlBody {
     /// The `{type, event, payload}` text every serializer sends.
     Json(String),
     Binary(Vec<u8>),
@@ -43,15 +43,10 @@ impl SqlBroadcast {
         Some(SqlBroadcast { topic: format!("realtime:{topic}").into(), private, event: event.to_owned(), body })
     }
 
-    pub(super) fn text(&self, vsn: Vsn) -> String {
-        let SqlBody::Json(body) = &self.body else { return String::new() };
-        protocol::encode(vsn, None, None, &self.topic, "broadcast", body)
-    }
-
     /// Its frame for a channel speaking `vsn`; none for a binary one to v1.
     pub(super) fn frame(&self, vsn: Vsn) -> Option<Bytes> {
         match &self.body {
-            SqlBody::Json(_) => Some(Bytes::from(self.text(vsn))),
+            SqlBody::Json(body) => Some(Bytes::from(protocol::encode(vsn, None, None, &self.topic, "broadcast", body))),
             SqlBody::Binary(bytes) if vsn == Vsn::V2 => protocol::encode_user_broadcast(&self.topic, &self.event, "", bytes, false),
             SqlBody::Binary(_) => None,
         }

@@ -419,11 +419,11 @@ impl Conn {
         let (id, since) = self.ctx.registry.join_resuming(sub, &self.outbox, frames, from);
         let older =
             if since.complete { Default::default() } else { self.ctx.handoffs.missed(&self.ctx.pool, &self.ctx.tables, from).await };
-        let replay = self.ctx.registry.replay(id, &older, since);
+        let mut replay = self.ctx.registry.replay(id, &older, since);
         // Live changes are held while the replay, then what was held, goes
         // out at the client's reading pace; the channel is live once none is left.
         let stall = self.ctx.limits.write_timeout();
-        let mut next = replay.frames.clone();
+        let mut next = std::mem::take(&mut replay.frames);
         loop {
             if !next.is_empty() && !self.outbox.push_paced(next, stall).await {
                 // Closing: the channel goes with the socket, still holding (bounded by MAX_HELD).
