@@ -68,9 +68,9 @@ const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Changes the listener reads per query.
 const LISTENER_BATCH: i64 = 500;
-/// Longest wait for in-flight plain HTTP requests at shutdown.
 /// How long delivered changes are kept in memory for channels resuming after a handoff.
 const KEEP_RECENT: Duration = Duration::from_secs(10);
+/// Longest wait for in-flight plain HTTP requests at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
 /// The embedded migrations.
@@ -257,11 +257,8 @@ async fn close_sockets(state: &AppState) {
     let position = state.ops.position.read().expect("position lock poisoned").clone();
     let keys = sockets.registry.handoff_keys();
     match sockets.handoffs.hand_off(&state.pool, &position, &keys).await {
-        Ok(()) if !keys.is_empty() && sockets.handoffs.enabled() => {
-            let channels: u32 = keys.iter().map(|(_, n)| n).sum();
-            info!(channels, from = position.lowest(), "handed off channels");
-        }
-        Ok(()) => {}
+        Ok(0) => {}
+        Ok(channels) => info!(channels, from = position.lowest(), "handed off channels"),
         Err(e) => warn!(error = %e, "channels closed without a handoff note; changes until they rejoin are not replayed"),
     }
     sockets.shutdown.cancel();
@@ -340,7 +337,6 @@ async fn build_gateway(
         registry: sockets.registry.clone(),
         admission: admission.clone(),
         live: sockets.live.clone(),
-        delivered_through: change_listener.delivered_through(),
         position: change_listener.position(),
         draining: CancellationToken::new(),
         max_lag: Duration::from_secs(config.limits.ready_max_lag_secs),

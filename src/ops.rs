@@ -7,7 +7,6 @@
 //! `max_lag`. `/health` (in `http`) stays liveness: it says nothing about lag.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +35,6 @@ pub struct Ops {
     pub admission: Admission,
     /// True while the change listener is connected.
     pub live: watch::Receiver<bool>,
-    /// The highest change id the listener has delivered.
-    pub delivered_through: Arc<AtomicI64>,
     /// What the listener has delivered (`Listener::position`).
     pub position: Arc<std::sync::RwLock<crate::changes::window::Position>>,
     /// Cancelled when the process starts to drain.
@@ -68,7 +65,7 @@ async fn within<T>(what: &str, query: impl Future<Output = Result<T, sqlx::Error
 impl Ops {
     /// Committed changes not yet delivered, and the age in seconds of the oldest.
     async fn lag(&self) -> Result<(i64, f64), String> {
-        let through = self.delivered_through.load(Ordering::Relaxed);
+        let through = self.position.read().expect("position lock poisoned").high_water;
         within("reading the change log", sqlx::query_as::<_, (i64, f64)>(LAG).bind(through).fetch_one(&self.pool)).await
     }
 

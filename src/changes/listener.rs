@@ -8,7 +8,6 @@
 //! so clients still connected get every change committed meanwhile, once.
 //! Does not know about sockets or channels: the sink does.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -109,10 +108,9 @@ pub struct Listener {
     config: ListenerConfig,
     id: Uuid,
     window: Option<Window>,
-    /// The highest change id delivered so far (for readiness and metrics).
-    delivered_through: Arc<AtomicI64>,
-    /// What has been delivered: where a channel closed now would have to
-    /// resume (`realtime::handoff`).
+    /// What has been delivered: its high-water mark for readiness and
+    /// metrics, all of it for where a channel closed now would have to resume
+    /// (`realtime::handoff`).
     position: Arc<RwLock<Position>>,
 }
 
@@ -165,27 +163,12 @@ struct Session {
 impl Listener {
     /// A reader publishing its liveness on `live`.
     pub fn new(pool: PgPool, tables: Tables, sink: Arc<dyn ChangeSink>, live: watch::Sender<bool>, config: ListenerConfig) -> Self {
-        Listener {
-            pool,
-            tables,
-            sink,
-            live,
-            config,
-            id: Uuid::new_v4(),
-            window: None,
-            delivered_through: Arc::default(),
-            position: Arc::default(),
-        }
+        Listener { pool, tables, sink, live, config, id: Uuid::new_v4(), window: None, position: Arc::default() }
     }
 
     /// What has been handed to the sink, updated after every read.
     pub fn position(&self) -> Arc<RwLock<Position>> {
         Arc::clone(&self.position)
-    }
-
-    /// The highest change id this reader has delivered, updated after every read.
-    pub fn delivered_through(&self) -> Arc<AtomicI64> {
-        Arc::clone(&self.delivered_through)
     }
 
     /// Runs until `cancel`, reconnecting after every failure.
@@ -233,7 +216,6 @@ impl Listener {
             // are not visible yet: their transactions may still commit.
             let (max, missing): (i64, Vec<i64>) = sqlx::query_as(STARTING_POINT).fetch_one(&mut conn).await?;
             self.window = Some(Window::starting_with_gaps(max, &missing, Instant::now(), GAP_STALE, GAP_FORGET));
-            self.delivered_through.store(max, Ordering::Relaxed);
             self.publish_position();
             self.sink.starting_at(max);
         }
@@ -397,8 +379,6 @@ impl Listener {
             debug!(count = delivered, first = pass.deliver[0].id, "delivering changes");
         }
         self.deliver(s, pass.deliver).await?;
-        let through = self.window().high_water();
-        self.delivered_through.store(through, Ordering::Relaxed);
         // Stored after the pass's changes were delivered: a reader of it may count on them.
         self.publish_position();
         Ok(PassResult { full, delivered })

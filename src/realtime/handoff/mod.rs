@@ -162,10 +162,11 @@ impl Handoffs {
     /// Writes the note for `keys` (of the channels about to be closed, with
     /// how many have each) into the log and rings the doorbell: they resume
     /// from `position`, the listener's, read while they were all still live
-    /// (everything it records as delivered reached them).
-    pub async fn hand_off(&self, pool: &PgPool, position: &Position, keys: &[(HandoffKey, u32)]) -> Result<(), HandoffError> {
+    /// (everything it records as delivered reached them). Returns how many
+    /// channels it noted: none when handoffs are off.
+    pub async fn hand_off(&self, pool: &PgPool, position: &Position, keys: &[(HandoffKey, u32)]) -> Result<u32, HandoffError> {
         if !self.enabled() || keys.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut tx = pool.begin().await?;
         for chunk in keys.chunks(KEYS_PER_ROW) {
@@ -182,7 +183,7 @@ impl Handoffs {
         }
         sqlx::query("select pg_notify('rowcast_changes', '')").execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(keys.iter().map(|(_, n)| n).sum())
     }
 }
 
