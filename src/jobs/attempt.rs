@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -56,12 +57,55 @@ pub struct Signals {
     pub abort: CancellationToken,
 }
 
+/// The runner slot an attempt holds while its handler works.
+///
+/// The slot is given back when the handler has given its last answer, before
+/// the write that ends the attempt: that write is group-committed with other
+/// attempts' and the next job need not wait for it (graphile-worker's batched
+/// completion does the same). The job stays `running` in the database until
+/// the write commits, so the type's limits still count it, and a runner that
+/// dies before the write leaves a lease that expires as before. Ending writes
+/// not yet committed are bounded by `ending` (as many places as slots, and
+/// at least one full batch): when they are all taken the attempt keeps its
+/// slot until one frees.
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    ending: Arc<Semaphore>,
+    freed: Arc<Notify>,
+}
+
+impl Slot {
+    /// The slot held by `permit`; `freed` is rung when it is given back.
+    pub fn new(permit: OwnedSemaphorePermit, ending: Arc<Semaphore>, freed: Arc<Notify>) -> Slot {
+        Slot { permit: Some(permit), ending, freed }
+    }
+
+    /// Takes a place among the ending writes, then gives the slot back.
+    async fn hand_over(&mut self) -> Option<OwnedSemaphorePermit> {
+        let place = self.ending.clone().acquire_owned().await.ok();
+        self.give_back();
+        place
+    }
+
+    fn give_back(&mut self) {
+        if self.permit.take().is_some() {
+            self.freed.notify_one();
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
 /// Runs `job` (already claimed as `job.attempts`, its finished `steps`
-/// loaded) until it ends or is handed back.
-pub async fn run(ctx: AttemptContext, mut job: Job, steps: Memo, signals: Signals) {
+/// loaded) in `slot` until it ends or is handed back.
+pub async fn run(ctx: AttemptContext, mut job: Job, steps: Memo, signals: Signals, mut slot: Slot) {
     let claimed = std::time::Instant::now();
     let heartbeat = tokio::spawn(heartbeat(ctx.pool.clone(), job.id, job.attempts, ctx.lease, signals.cancel.clone()));
-    let result = steps_loop(&ctx, &mut job, steps, &signals).await;
+    let result = steps_loop(&ctx, &mut job, steps, &signals, &mut slot).await;
     heartbeat.abort();
     ctx.metrics.run_seconds.get_or_create(&metrics::JobType::of(&job.job_type)).observe(claimed.elapsed().as_secs_f64());
     if let Err(e) = result {
@@ -71,7 +115,7 @@ pub async fn run(ctx: AttemptContext, mut job: Job, steps: Memo, signals: Signal
 
 /// Calls the handler and acts on each answer; `job.max_attempts` follows
 /// what the stored steps renewed.
-async fn steps_loop(ctx: &AttemptContext, job: &mut Job, mut steps: Memo, signals: &Signals) -> Result<(), AttemptError> {
+async fn steps_loop(ctx: &AttemptContext, job: &mut Job, mut steps: Memo, signals: &Signals, slot: &mut Slot) -> Result<(), AttemptError> {
     let work = signals.abort.child_token();
     loop {
         if signals.draining.is_cancelled() {
@@ -104,16 +148,24 @@ async fn steps_loop(ctx: &AttemptContext, job: &mut Job, mut steps: Memo, signal
                     return Ok(());
                 }
                 if let Some((message, after)) = retry {
+                    let _place = slot.hand_over().await;
                     return finish(ctx, job, Transition::Retry(message, after)).await;
                 }
             }
             Outcome::Done { output, last } => {
                 let last = last.map(|step| step_write(job, steps.len(), step, None));
+                let _place = slot.hand_over().await;
                 return finish(ctx, job, Transition::Complete(output, last)).await;
             }
-            Outcome::Fail { message } => return finish(ctx, job, Transition::Fail(message)).await,
+            Outcome::Fail { message } => {
+                let _place = slot.hand_over().await;
+                return finish(ctx, job, Transition::Fail(message)).await;
+            }
             Outcome::Defer { message, after } => return Ok(hand_back(&ctx.pool, job, after, &message).await?),
-            Outcome::Retry { message, after } => return finish(ctx, job, Transition::Retry(message, after)).await,
+            Outcome::Retry { message, after } => {
+                let _place = slot.hand_over().await;
+                return finish(ctx, job, Transition::Retry(message, after)).await;
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::model::{Job, COLUMNS};
 
 /// Most writes in one statement.
-const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = 64;
 
 /// A finished step to store with the job's progress, message and broadcasts.
 pub struct StepWrite {

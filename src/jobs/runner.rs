@@ -23,8 +23,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::attempt::{self, AttemptContext, Signals};
-use super::batch::Writes;
+use super::attempt::{self, AttemptContext, Signals, Slot};
+use super::batch::{self, Writes};
 use super::config::{Handler, JobType, JobsConfig};
 use super::hooks::Hooks;
 use super::inngest::{functions, InngestSettings};
@@ -42,6 +42,8 @@ pub struct Runner {
     worker: String,
     running: Arc<DashMap<Uuid, CancellationToken>>,
     slots: Arc<Semaphore>,
+    /// Places for the ending writes of attempts that gave their slot back (see `Slot`).
+    ending: Arc<Semaphore>,
     freed: Arc<Notify>,
     /// Types that may have claimable work: rung for, or found some at their last claim.
     active: HashSet<String>,
@@ -61,6 +63,9 @@ struct InngestFunctions {
     names: Vec<String>,
     loaded: Option<Instant>,
 }
+
+/// The doorbell's payload after a rescue (`scheduler`), which may free jobs of any type.
+pub const RESCUED: &str = "rescued";
 
 /// How often the runner rereads the synced Inngest functions.
 const INNGEST_RELOAD: Duration = Duration::from_secs(1);
@@ -86,6 +91,7 @@ impl Runner {
             worker: format!("{}:{}", std::process::id(), Uuid::new_v4().simple()),
             running: Arc::default(),
             slots: Arc::new(Semaphore::new(config.runner.slots)),
+            ending: Arc::new(Semaphore::new(config.runner.slots.max(batch::MAX_BATCH))),
             freed: Arc::default(),
             active: HashSet::new(),
         };
@@ -138,6 +144,8 @@ impl Runner {
             let ctx = self.context(f.job_type, StepHandler::Inngest(Arc::new(f.call)));
             self.contexts.insert(ctx.job_type.name.clone(), ctx);
         }
+        // Rings remembered for types still unknown are not this runner's.
+        self.active.retain(|name| self.contexts.contains_key(name));
     }
 
     /// Writes each type's limits to `rowcast.job_types`, where enqueue and claim read them.
@@ -202,14 +210,20 @@ impl Runner {
         Some(listener)
     }
 
-    /// Acts on a notification; true when every type should be claimed (a
-    /// ring that names no type of this runner, e.g. after a rescue).
+    /// Acts on a notification; true when every type should be claimed
+    /// (after a rescue, which may have freed jobs of any type). A ring for a
+    /// type this runner does not serve is remembered, not acted on: it may be
+    /// an Inngest function synced since the last reload, claimed once it is
+    /// loaded; a runner serving other types than the enqueuer's does not
+    /// query all of its own types for every enqueue.
     fn on_note(&mut self, note: &sqlx::postgres::PgNotification) -> bool {
         if note.channel() != "rowcast_job_cancel" {
-            if !self.contexts.contains_key(note.payload()) {
+            if note.payload() == RESCUED {
                 return true;
             }
-            self.active.insert(note.payload().to_owned());
+            if !self.active.contains(note.payload()) {
+                self.active.insert(note.payload().to_owned());
+            }
             return false;
         }
         if let Some(token) = note.payload().parse().ok().and_then(|id: Uuid| self.running.get(&id).map(|t| t.clone())) {
@@ -245,18 +259,28 @@ impl Runner {
             let name = &names[i % names.len()];
             i += 1;
             match self.claim(name, free).await {
-                Ok(jobs) if jobs.is_empty() => {
-                    idle_types += 1;
-                    self.active.remove(name.as_str());
-                }
                 Ok(jobs) => {
-                    idle_types = 0;
-                    self.active.insert(name.clone());
+                    // Fewer jobs than asked for: the claim took all the type has for now
+                    // (within its limits), so asking again at once would come back empty.
+                    if jobs.len() < free {
+                        idle_types += 1;
+                        self.active.remove(name.as_str());
+                    } else {
+                        idle_types = 0;
+                        self.active.insert(name.clone());
+                    }
+                    if jobs.is_empty() {
+                        continue;
+                    }
                     for Claimed { job, steps } in jobs {
                         // Only this loop takes permits, so the ones counted free are still there.
                         let permit = self.slots.clone().try_acquire_owned().expect("a slot counted free is free");
                         self.start(tasks, name, job, Memo::from_ordered(steps.0), permit, draining, abort);
                     }
+                    // Let the attempts just started run first: those that end at once give their
+                    // slots back before the next claim counts the free ones, so claims stay whole
+                    // batches instead of splitting into two cohorts of half the slots each.
+                    tokio::task::yield_now().await;
                 }
                 Err(e) => {
                     warn!(error = %e, "claiming jobs failed; retrying at the next poll");
@@ -266,7 +290,7 @@ impl Runner {
         }
     }
 
-    /// Runs one claimed attempt in its own task, holding `permit` until it ends.
+    /// Runs one claimed attempt in its own task, holding `permit` until its handler is done.
     #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
@@ -282,13 +306,12 @@ impl Runner {
         let cancel = CancellationToken::new();
         self.running.insert(job.id, cancel.clone());
         let signals = Signals { cancel, draining: draining.clone(), abort: abort.clone() };
-        let (ctx, running, freed) = (self.contexts[name].clone(), self.running.clone(), self.freed.clone());
+        let (ctx, running) = (self.contexts[name].clone(), self.running.clone());
+        let slot = Slot::new(permit, self.ending.clone(), self.freed.clone());
         tasks.spawn(async move {
             let id = job.id;
-            attempt::run(ctx, job, steps, signals).await;
+            attempt::run(ctx, job, steps, signals, slot).await;
             running.remove(&id);
-            drop(permit);
-            freed.notify_one();
         });
     }
 

@@ -97,7 +97,7 @@ impl Scheduler {
             info!(job.id = %job.id, status = %job.status, "rescued a job whose runner stopped responding");
         }
         if !rescued.is_empty() {
-            sqlx::query("select pg_notify('rowcast_jobs', 'rescued')").execute(&self.pool).await?;
+            sqlx::query("select pg_notify('rowcast_jobs', $1)").bind(super::runner::RESCUED).execute(&self.pool).await?;
         }
         Ok(rescued)
     }
