@@ -9,6 +9,7 @@ mod authz;
 mod broadcast;
 mod browser;
 mod capture;
+mod claims;
 mod cli;
 mod cluster;
 mod delivery;

@@ -1,0 +1,133 @@
+//! Claims and slots: a limited type's batch claim in one pass within each
+//! user's and the type's limits, its fallback past a window of users at
+//! their limit, and a runner slot given back before the write that ends the
+//! attempt.
+
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::harness::{eventually, fresh_database, spawn_jobs_app, spawn_on, TestApp};
+
+/// A gateway with no runner: the tests claim by hand, with the type's limits written as a runner would.
+async fn without_runner(setup: &str) -> TestApp {
+    let app = spawn_on(&fresh_database().await, rowcast::config::Limits::default(), "", false).await;
+    sqlx::raw_sql(setup).execute(&app.pool).await.unwrap();
+    app
+}
+
+/// The users of the jobs one `claim_batch` of up to `max` took (sorted), and
+/// how many times it called the one-job `rowcast.claim`.
+async fn claim_batch(pool: &PgPool, job_type: &str, max: i32) -> (Vec<String>, i64) {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("begin").execute(&mut *conn).await.unwrap();
+    sqlx::query("set local track_functions = 'pl'").execute(&mut *conn).await.unwrap();
+    let mut users: Vec<(Option<String>,)> = sqlx::query_as("select user_id from rowcast.claim_batch($1, 'test-worker', 30, $2)")
+        .bind(job_type)
+        .bind(max)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let (single,): (i64,) = sqlx::query_as(
+        "select coalesce(sum(calls), 0)::bigint from pg_stat_xact_user_functions where schemaname = 'rowcast' and funcname = 'claim'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("commit").execute(&mut *conn).await.unwrap();
+    users.sort();
+    (users.into_iter().map(|(u,)| u.unwrap_or_default()).collect(), single)
+}
+
+#[tokio::test]
+async fn a_limited_claim_takes_its_batch_in_one_pass_within_each_users_limit() {
+    // Two per user; carol already runs one.
+    let app = without_runner(
+        "insert into rowcast.job_types (type, concurrency_per_user) values ('capped', 2);
+         insert into rowcast.jobs (type, user_id, status, attempts) values ('capped', 'carol', 'running', 1);
+         insert into rowcast.jobs (type, user_id, run_at)
+             select 'capped', u, now() - make_interval(secs => g) from unnest(array['alice', 'bob', 'carol']) u, generate_series(1, 3) g;",
+    )
+    .await;
+    let (users, single) = claim_batch(&app.pool, "capped", 10).await;
+    assert_eq!(users, ["alice", "alice", "bob", "bob", "carol"], "each user up to their limit, carol's running job counted");
+    assert_eq!(single, 0, "the batch was claimed in one pass, not one rowcast.claim() per job");
+    let (users, _) = claim_batch(&app.pool, "capped", 10).await;
+    assert!(users.is_empty(), "everyone is at their limit now: {users:?}");
+}
+
+#[tokio::test]
+async fn a_limited_claim_takes_no_more_than_the_types_concurrency_leaves_room_for() {
+    let app = without_runner(
+        "insert into rowcast.job_types (type, concurrency) values ('narrow', 3);
+         insert into rowcast.jobs (type, user_id, status, attempts) select 'narrow', 'alice', 'running', 1 from generate_series(1, 2);
+         insert into rowcast.jobs (type, user_id, run_at) select 'narrow', 'bob', now() - interval '1 minute' from generate_series(1, 5);",
+    )
+    .await;
+    let (users, single) = claim_batch(&app.pool, "narrow", 10).await;
+    assert_eq!(users, ["bob"], "two of three places were taken");
+    assert_eq!(single, 0);
+}
+
+#[tokio::test]
+async fn a_batch_claim_reaches_past_a_window_full_of_users_at_their_limit() {
+    // The first 300 due jobs are the hog's, who is at their limit; another user's job comes after.
+    let app = without_runner(
+        "insert into rowcast.job_types (type, concurrency_per_user) values ('capped', 1);
+         insert into rowcast.jobs (type, user_id, status, attempts) values ('capped', 'hog', 'running', 1);
+         insert into rowcast.jobs (type, user_id, run_at) select 'capped', 'hog', now() - interval '1 hour' from generate_series(1, 300);
+         insert into rowcast.jobs (type, user_id, run_at) values ('capped', 'other', now() - interval '1 minute');",
+    )
+    .await;
+    let (users, single) = claim_batch(&app.pool, "capped", 10).await;
+    assert_eq!(users, ["other"]);
+    assert!(single > 0, "past the window it is rowcast.claim()'s per-user jump that finds the job");
+}
+
+/// The job's row as JSON.
+async fn job(pool: &PgPool, id: uuid::Uuid) -> Value {
+    let (row,): (Value,) = sqlx::query_as("select to_jsonb(j) from rowcast.jobs j where id = $1").bind(id).fetch_one(pool).await.unwrap();
+    row
+}
+
+/// The job's row once it is in `status`.
+async fn in_status(pool: &PgPool, id: uuid::Uuid, status: &str) -> Result<Value, String> {
+    let row = job(pool, id).await;
+    if row["status"] == status {
+        Ok(row)
+    } else {
+        Err(format!("job {id} is {}, not {status}", row["status"]))
+    }
+}
+
+async fn enqueue(pool: &PgPool, input: &str) -> uuid::Uuid {
+    let (id,): (uuid::Uuid,) =
+        sqlx::query_as("select id from rowcast.enqueue('work', $1::jsonb, 'alice')").bind(input).fetch_one(pool).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_runner_slot_is_given_back_before_the_write_that_ends_the_attempt() {
+    let app = spawn_jobs_app(
+        "[jobs.work]\nbuiltin = \"demo\"\n[runner]\nslots = 1\npoll = \"100ms\"\nlease = \"30s\"\nshutdown_grace = \"5s\"\n",
+    )
+    .await;
+    let first = enqueue(&app.pool, r#"{"steps": 1, "step_ms": 400}"#).await;
+    eventually(|| in_status(&app.pool, first, "running")).await;
+    // Hold the first job's row: its completion, due when its step ends, waits for this transaction.
+    let mut hold = app.pool.begin().await.unwrap();
+    sqlx::query("select 1 from rowcast.jobs where id = $1 for update").bind(first).execute(&mut *hold).await.unwrap();
+    let second = enqueue(&app.pool, r#"{"steps": 1, "step_ms": 0}"#).await;
+    eventually(|| async {
+        let (a, b) = (job(&app.pool, first).await, job(&app.pool, second).await);
+        if b["status"] == "pending" {
+            return Err(format!("the second job waits while the first is {}", a["status"]));
+        }
+        assert_eq!(a["status"], "running", "the first job's completion is still held back");
+        Ok(())
+    })
+    .await;
+    hold.rollback().await.unwrap();
+    for id in [first, second] {
+        eventually(|| in_status(&app.pool, id, "completed")).await;
+    }
+}
