@@ -148,24 +148,16 @@ async fn steps_loop(ctx: &AttemptContext, job: &mut Job, mut steps: Memo, signal
                     return Ok(());
                 }
                 if let Some((message, after)) = retry {
-                    let _place = slot.hand_over().await;
-                    return finish(ctx, job, Transition::Retry(message, after)).await;
+                    return finish(ctx, job, Transition::Retry(message, after), slot).await;
                 }
             }
             Outcome::Done { output, last } => {
                 let last = last.map(|step| step_write(job, steps.len(), step, None));
-                let _place = slot.hand_over().await;
-                return finish(ctx, job, Transition::Complete(output, last)).await;
+                return finish(ctx, job, Transition::Complete(output, last), slot).await;
             }
-            Outcome::Fail { message } => {
-                let _place = slot.hand_over().await;
-                return finish(ctx, job, Transition::Fail(message)).await;
-            }
+            Outcome::Fail { message } => return finish(ctx, job, Transition::Fail(message), slot).await,
             Outcome::Defer { message, after } => return Ok(hand_back(&ctx.pool, job, after, &message).await?),
-            Outcome::Retry { message, after } => {
-                let _place = slot.hand_over().await;
-                return finish(ctx, job, Transition::Retry(message, after)).await;
-            }
+            Outcome::Retry { message, after } => return finish(ctx, job, Transition::Retry(message, after), slot).await,
         }
     }
 }
@@ -237,7 +229,9 @@ static RETRY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-async fn finish(ctx: &AttemptContext, job: &Job, t: Transition) -> Result<(), AttemptError> {
+/// Ends the attempt with `t`, its slot given back first (see `Slot`).
+async fn finish(ctx: &AttemptContext, job: &Job, t: Transition, slot: &mut Slot) -> Result<(), AttemptError> {
+    let _place = slot.hand_over().await;
     let t = match t {
         Transition::Retry(message, _) if job.attempts >= job.max_attempts => {
             Transition::Fail(format!("{message} (gave up after {} attempts)", job.attempts))
