@@ -6,11 +6,11 @@
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::harness::{eventually, fresh_database, spawn_jobs_app, spawn_on, TestApp};
+use crate::harness::{eventually, gateway_only, spawn_jobs_app, TestApp};
 
 /// A gateway with no runner: the tests claim by hand, with the type's limits written as a runner would.
 async fn without_runner(setup: &str) -> TestApp {
-    let app = spawn_on(&fresh_database().await, rowcast::config::Limits::default(), "", false).await;
+    let app = gateway_only("").await;
     sqlx::raw_sql(setup).execute(&app.pool).await.unwrap();
     app
 }

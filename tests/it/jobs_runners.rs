@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::harness::{eventually, fresh_database, scalar, spawn_jobs_app, wait_job, RunnerApp, RunnerProcess, TestApp};
+use crate::harness::{eventually, gateway_only, scalar, spawn_jobs_app, wait_job, RunnerApp, RunnerProcess, TestApp};
 use crate::step_server::{step, Call, Event, Reply, StepServer};
 
 fn http_type(name: &str, url: &str, extra: &str) -> String {
@@ -31,12 +31,6 @@ async fn enqueue_sql(app: &TestApp, job_type: &str, user: &str) -> String {
     let (id,): (uuid::Uuid,) =
         sqlx::query_as("select id from rowcast.enqueue($1, '{}', $2)").bind(job_type).bind(user).fetch_one(&app.pool).await.unwrap();
     id.to_string()
-}
-
-/// A gateway with no runner of its own, for tests whose runners are elsewhere.
-async fn gateway_only(toml: &str) -> TestApp {
-    let db = fresh_database().await;
-    crate::harness::spawn_on(&db, rowcast::config::Limits::default(), toml, false).await
 }
 
 #[tokio::test]

@@ -94,6 +94,11 @@ pub async fn spawn_jobs_app(toml: &str) -> TestApp {
     spawn_on(&db_url, Limits { poll_ms: 100, ..Limits::default() }, toml, true).await
 }
 
+/// A gateway with no runner of its own, for tests whose runners are elsewhere or that claim by hand.
+pub async fn gateway_only(toml: &str) -> TestApp {
+    spawn_on(&fresh_database().await, Limits::default(), toml, false).await
+}
+
 /// The job config of the tests: `toml` plus the demo type, fast polls and short leases.
 pub fn jobs_config(toml: &str) -> JobsConfig {
     JobsConfig::parse_with(&with_runner_defaults(toml), true).unwrap_or_else(|e| panic!("test job config: {e}"))
