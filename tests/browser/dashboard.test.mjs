@@ -122,3 +122,27 @@ test('an operator sees every run live, filters, finds, inspects, cancels and ret
   await until(() => statusOf(page, slow.id), (s) => s === 'running', { what: 'the retried slow run running again, live' })
   await screenshot(page, 'dashboard-actions')
 })
+
+test('a run started while the list is being read is kept when the older snapshot lands, and followed live', { timeout: 60_000 }, async (t) => {
+  const alice = await demoSession(uniqueUser('race-a'))
+  const page = await openDashboard(t)
+  // The first read (at sign-in) goes through; the one made when the channel joins is read at
+  // once but answered only when released, so the run below commits after that snapshot.
+  let reads = 0
+  const held = []
+  await page.route(
+    (url) => url.pathname === '/api/admin/jobs',
+    async (route) => {
+      reads += 1
+      const response = await route.fetch()
+      if (reads === 1) return route.fulfill({ response })
+      held.push(() => route.fulfill({ response }))
+    },
+  )
+  await signIn(page, serviceKey())
+  await until(() => held.length, (n) => n === 1, { what: 'the snapshot read at join, held' })
+  const quick = await enqueue(alice, 'quick')
+  await until(() => runRows(page), (rows) => rows.some((r) => r.id === quick.id), { what: 'the run listed from its change' })
+  held.shift()()
+  await until(() => statusOf(page, quick.id), (s) => s === 'completed', { what: 'the run still listed after the snapshot, completed live' })
+})

@@ -89,10 +89,26 @@ function matches(job) {
   return (!f.status || job.status === f.status) && (!f.type || job.type === f.type) && (!f.user || job.user_id === f.user) && (!f.id || job.id.startsWith(f.id.toLowerCase()))
 }
 
+/** Changes that arrived while the latest snapshot was being read, replayed onto it; null when none is. */
+let arrivedDuringLoad = null
+let loads = 0
+
 async function loadRuns() {
   const q = new URLSearchParams(Object.entries(filters()).filter(([, v]) => v))
-  const runs = await admin(`/jobs?${q}`)
+  const load = ++loads
+  const arrived = (arrivedDuringLoad = [])
+  let runs
+  try {
+    runs = await admin(`/jobs?${q}`)
+  } finally {
+    if (load === loads) arrivedDuringLoad = null
+  }
+  // A later load owns the table; this snapshot may be older than what it shows.
+  if (load !== loads) return
   rows = new Map(runs.map((r) => [r.id, r]))
+  // The snapshot may have been read before these changes committed: without replaying them a
+  // run inserted meanwhile would be missing until a reload.
+  for (const change of arrived) apply(change)
   render()
 }
 
@@ -210,13 +226,29 @@ async function loadApps() {
 }
 
 let typesTimer = null
-function onChange({ eventType, new: job, old }) {
+const newestFirst = ([, a], [, b]) => Date.parse(b.created_at) - Date.parse(a.created_at) || (a.id < b.id ? -1 : 1)
+
+/** A timestamp in microseconds since the epoch: Date.parse alone keeps milliseconds only. */
+const micros = (t) => Math.floor(Date.parse(t) / 1000) * 1e6 + Number(`${/\.(\d+)/.exec(t)?.[1] ?? ''}000000`.slice(0, 6))
+
+/**
+ * One change onto the rows: a run not on screen that matches the filters is added in its place;
+ * a change older than the row shown (replayed onto a newer snapshot) is dropped.
+ */
+function apply({ eventType, new: job, old }) {
   if (eventType === 'DELETE') {
     rows.delete(old.id)
-  } else if (rows.has(job.id) || (eventType === 'INSERT' && matches(job))) {
-    rows.set(job.id, job)
-    if (eventType === 'INSERT') rows = new Map([[job.id, job], ...[...rows].filter(([id]) => id !== job.id)])
+  } else if (rows.has(job.id)) {
+    if (micros(job.updated_at) >= micros(rows.get(job.id).updated_at)) rows.set(job.id, job)
+  } else if (matches(job)) {
+    rows = new Map([...rows, [job.id, job]].sort(newestFirst))
   }
+}
+
+function onChange(change) {
+  arrivedDuringLoad?.push(change)
+  apply(change)
+  const job = change.new
   render()
   if (selectedDetail && job?.id === selectedDetail) showDetail(selectedDetail)
   // The figures move with every change; reread them at most twice a second.
