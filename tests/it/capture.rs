@@ -286,3 +286,56 @@ async fn a_change_committed_with_a_re_enable_is_delivered_under_the_new_visibili
         scalar(&app.pool, "select count(*) from rowcast.changes where schema_name = 'rowcast' and table_name = 'tables'").await;
     assert!(markers >= 20, "each enable leaves a marker in the log ({markers})");
 }
+
+#[tokio::test]
+async fn a_statement_of_many_rows_is_captured_row_by_row_in_order_with_one_trigger_call_per_statement() {
+    let app = spawn_app().await;
+    app.owned_table("todos").await;
+    let all = json!([{"event": "*", "schema": "public", "table": "todos"}]);
+    let mut ops = Client::v2(&app, &app.anon()).await;
+    ops.subscribe("all", all.clone(), Some(&app.token(None, "service_role"))).await;
+    let mut u2 = Client::v2(&app, &app.anon()).await;
+    u2.subscribe("mine", all, Some(&app.token(Some("u2"), "authenticated"))).await;
+
+    let mut conn = app.pool.acquire().await.unwrap();
+    for sql in [
+        "begin",
+        "set local track_functions = 'pl'",
+        "insert into todos (user_id, title) select 'u' || g, 't' || g from generate_series(1, 3) g",
+        "update todos set n = id * 10",
+        "update todos set n = 0 where false",
+        "delete from todos where id <= 2",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.unwrap();
+    }
+    let calls: Vec<(String, i64)> = sqlx::query_as(
+        "select funcname::text, calls from pg_stat_xact_user_functions where schemaname = 'rowcast' and funcname like 'capture%' order by 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("commit").execute(&mut *conn).await.unwrap();
+    // Four statements, one of them writing nothing: four calls, none per row.
+    assert_eq!(calls, vec![("capture_rows".to_owned(), 4)]);
+
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let data = ops.change("all").await["data"].clone();
+        let row = if data["type"] == "DELETE" { &data["old_record"] } else { &data["record"] };
+        seen.push(format!("{} {} {}", data["type"].as_str().unwrap(), row["id"], row["n"]));
+    }
+    assert_eq!(
+        seen,
+        ["INSERT 1 null", "INSERT 2 null", "INSERT 3 null", "UPDATE 1 10", "UPDATE 2 20", "UPDATE 3 30", "DELETE 1 null", "DELETE 2 null"]
+    );
+    // Each row's owner is its own: u2 sees its row's three changes and no other.
+    for op in ["INSERT", "UPDATE", "DELETE"] {
+        let data = u2.change("mine").await["data"].clone();
+        assert_eq!(data["type"], op);
+        let row = if op == "DELETE" { &data["old_record"] } else { &data["record"] };
+        assert_eq!(row["id"], 2, "{data}");
+    }
+    // Everything was fanned out before the other client's eighth change: nothing else is queued.
+    let rest = u2.frames_until_heartbeat().await;
+    assert!(rest.iter().all(|f| f.event != "postgres_changes"), "{:?}", rest.iter().map(|f| &f.payload).collect::<Vec<_>>());
+}
