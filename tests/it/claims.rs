@@ -56,6 +56,31 @@ async fn a_limited_claim_takes_its_batch_in_one_pass_within_each_users_limit() {
 }
 
 #[tokio::test]
+async fn a_limited_claim_locks_its_jobs_by_key_not_by_walking_the_pending_index_before_statistics_exist() {
+    // 5,000 pending jobs of 100 users; rowcast.jobs has never been analysed, as on a fresh database.
+    let app = without_runner(
+        "insert into rowcast.job_types (type, concurrency_per_user) values ('capped', 2);
+         insert into rowcast.jobs (type, user_id) select 'capped', 'u' || (g % 100) from generate_series(1, 5000) g;",
+    )
+    .await;
+    let analysed: bool = crate::harness::scalar(
+        &app.pool,
+        "select last_analyze is not null or last_autoanalyze is not null from pg_stat_user_tables where relid = 'rowcast.jobs'::regclass",
+    )
+    .await;
+    assert!(!analysed, "the table was analysed: this test needs it without statistics");
+    let mut tx = app.pool.begin().await.unwrap();
+    let (claimed,): (i64,) =
+        sqlx::query_as("select count(*) from rowcast.claim_batch('capped', 'test-worker', 30, 10)").fetch_one(&mut *tx).await.unwrap();
+    // A scan of the per-user index of pending jobs for ids walks all 5,000 entries: none may happen.
+    let (walks,): (i64,) =
+        sqlx::query_as("select pg_stat_get_xact_numscans('rowcast.jobs_claimable_by_user'::regclass)").fetch_one(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(claimed, 10);
+    assert_eq!(walks, 0, "the claim walked the per-user index of pending jobs ({walks} scans)");
+}
+
+#[tokio::test]
 async fn a_limited_claim_takes_no_more_than_the_types_concurrency_leaves_room_for() {
     let app = without_runner(
         "insert into rowcast.job_types (type, concurrency) values ('narrow', 3);
