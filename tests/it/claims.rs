@@ -56,11 +56,13 @@ async fn a_limited_claim_takes_its_batch_in_one_pass_within_each_users_limit() {
 }
 
 #[tokio::test]
-async fn a_limited_claim_locks_its_jobs_by_key_not_by_walking_the_pending_index_before_statistics_exist() {
-    // 5,000 pending jobs of 100 users; rowcast.jobs has never been analysed, as on a fresh database.
+async fn a_limited_claim_before_statistics_exist_locks_by_key_and_counts_running_jobs_once() {
+    // 5,000 pending jobs of 100 users, 20 of them running one; rowcast.jobs has never been
+    // analysed, as on a fresh database.
     let app = without_runner(
         "insert into rowcast.job_types (type, concurrency_per_user) values ('capped', 2);
-         insert into rowcast.jobs (type, user_id) select 'capped', 'u' || (g % 100) from generate_series(1, 5000) g;",
+         insert into rowcast.jobs (type, user_id) select 'capped', 'u' || (g % 100) from generate_series(1, 5000) g;
+         insert into rowcast.jobs (type, user_id, status, attempts) select 'capped', 'u' || g, 'running', 1 from generate_series(1, 20) g;",
     )
     .await;
     let analysed: bool = crate::harness::scalar(
@@ -72,12 +74,19 @@ async fn a_limited_claim_locks_its_jobs_by_key_not_by_walking_the_pending_index_
     let mut tx = app.pool.begin().await.unwrap();
     let (claimed,): (i64,) =
         sqlx::query_as("select count(*) from rowcast.claim_batch('capped', 'test-worker', 30, 10)").fetch_one(&mut *tx).await.unwrap();
-    // A scan of the per-user index of pending jobs for ids walks all 5,000 entries: none may happen.
-    let (walks,): (i64,) =
-        sqlx::query_as("select pg_stat_get_xact_numscans('rowcast.jobs_claimable_by_user'::regclass)").fetch_one(&mut *tx).await.unwrap();
+    // A scan of the per-user index of pending jobs for ids walks all 5,000 entries: none may
+    // happen. The running jobs are counted in one scan, not once per candidate.
+    let (walks, counts): (i64, i64) = sqlx::query_as(
+        "select pg_stat_get_xact_numscans('rowcast.jobs_claimable_by_user'::regclass), \
+                pg_stat_get_xact_numscans('rowcast.jobs_running'::regclass)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(claimed, 10);
     assert_eq!(walks, 0, "the claim walked the per-user index of pending jobs ({walks} scans)");
+    assert!(counts <= 1, "the running jobs were counted {counts} times");
 }
 
 #[tokio::test]
