@@ -7,9 +7,10 @@
 //! off); the naive way, an AFTER trigger that NOTIFYs the row as JSON on
 //! every commit; rowcast's capture trigger with the gateway reading the log.
 //! Then the alternatives, each into a log of the bench's own that nobody
-//! reads, to tell apart what the cost is made of: rowcast's trigger alone
-//! (the same insert and doorbell check against a busy listener's row; no
-//! reader competing for the cores), a lean row (table, op and key, no JSON),
+//! reads, to tell apart what the cost is made of: the row trigger rowcast
+//! used until migration 0023 (the same insert and doorbell check against a
+//! busy listener's row, once per row; no reader competing for the cores),
+//! a lean row (table, op and key, no JSON),
 //! the full row into an unlogged table (no WAL; lost on a crash), and a
 //! statement-level trigger with a transition table.
 //! Reported per way and writer count: commits/s (median and spread over
@@ -131,7 +132,7 @@ impl Way {
             Way::Off => "capture off (no trigger)",
             Way::Notify => "NOTIFY of the row per commit (naive)",
             Way::Rowcast => "rowcast capture, gateway reading",
-            Way::InsertOnly => "rowcast's trigger alone, no reader",
+            Way::InsertOnly => "row trigger (rowcast's until 0023), no reader",
             Way::Lean => "lean log row (table, op, key), no reader",
             Way::Unlogged => "full row into an unlogged log (lost on crash), no reader",
             Way::Statement => "statement trigger, transition table, no reader",
