@@ -249,12 +249,14 @@ async fn the_one_call_read_pass_returns_what_read_returns_up_to_the_sequence() {
     for batch in [1000_i64, 5] {
         let (_, rows, upper): (String, sqlx::types::Json<serde_json::Value>, i64) =
             sqlx::query_as(READ_PASS).bind(hw).bind(&gaps).bind(batch).fetch_one(&app.pool).await.unwrap();
-        assert_eq!(upper, top, "the pass's bound is the sequence, read in the same call");
+        // The gateway's own cluster heartbeats may be captured meanwhile: the bound is at least
+        // the sequence as it was before the call, and the rows go up to it.
+        assert!(upper >= top, "the pass's bound {upper} is the sequence, read in the same call (at least {top})");
         let (_, expected): (String, sqlx::types::Json<serde_json::Value>) =
             sqlx::query_as(READ).bind(hw).bind(upper).bind(&gaps).bind(batch).fetch_one(&app.pool).await.unwrap();
         assert_eq!(rows.0, expected.0, "batch {batch}");
         let ids: Vec<i64> = rows.0.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
-        let mut want: Vec<i64> = gaps.iter().rev().copied().chain(hw + 1..=top).collect();
+        let mut want: Vec<i64> = gaps.iter().rev().copied().chain(hw + 1..=upper).collect();
         want.truncate(batch as usize);
         assert_eq!(ids, want, "batch {batch}: the gap ids, then the ids above the mark, in order");
     }
