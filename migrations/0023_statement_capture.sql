@@ -47,16 +47,23 @@ begin
     return null;
 end $$;
 
+-- Removes capture from `tbl`, whichever triggers it has: the row trigger
+-- (0001, and REPLICA IDENTITY FULL tables) or the statement triggers.
+create function rowcast.remove_capture(tbl regclass) returns void language plpgsql as $$
+begin
+    execute format('drop trigger if exists rowcast_capture on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_insert on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
+end $$;
+
 -- Installs capture on `tbl`: statement triggers, or the row trigger on a
 -- REPLICA IDENTITY FULL table. Removes whichever was there before.
 create function rowcast.install_capture(tbl regclass, owner_column text) returns void language plpgsql as $$
 declare
     col text := coalesce(owner_column, '');
 begin
-    execute format('drop trigger if exists rowcast_capture on %s', tbl);
-    execute format('drop trigger if exists rowcast_capture_insert on %s', tbl);
-    execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
-    execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
+    perform rowcast.remove_capture(tbl);
     if (select relreplident = 'f' from pg_class where oid = tbl) then
         execute format('create trigger rowcast_capture after insert or update or delete on %s '
                        'for each row execute function rowcast.capture(%L, %L)', tbl, col, 'full');
@@ -100,10 +107,7 @@ end $$;
 
 create or replace function rowcast.disable(tbl regclass) returns void language plpgsql as $$
 begin
-    execute format('drop trigger if exists rowcast_capture on %s', tbl);
-    execute format('drop trigger if exists rowcast_capture_insert on %s', tbl);
-    execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
-    execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
+    perform rowcast.remove_capture(tbl);
     delete from rowcast.tables where relid = tbl;
     perform pg_notify('rowcast_tables', tbl::text);
 end $$;
@@ -116,4 +120,5 @@ where exists (select 1 from pg_class where oid = relid);
 
 -- 0003: PUBLIC executes nothing in this schema.
 revoke all on function rowcast.capture_rows() from public;
+revoke all on function rowcast.remove_capture(regclass) from public;
 revoke all on function rowcast.install_capture(regclass, text) from public;
