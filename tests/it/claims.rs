@@ -98,6 +98,45 @@ async fn a_limited_claim_before_statistics_exist_locks_by_key_and_counts_running
 }
 
 #[tokio::test]
+async fn a_burst_claimed_with_statistics_of_a_nearly_empty_queue_is_read_in_claim_order_not_sorted_whole() {
+    // A queue that once held 30,000 pending jobs (its pending-job indexes keep their size),
+    // statistics taken when 5 of each type's 2,000 jobs were pending, then a burst of 2,000,
+    // as after a quiet night. Planned from those, a claim read and sorted every pending job
+    // of the type to take the first ten: O(backlog) a claim, O(backlog²) a drain.
+    let app = without_runner(
+        "insert into rowcast.job_types (type, concurrency_per_user) values ('burst_capped', 2);
+         insert into rowcast.jobs (type, user_id) select 'old', 'u' || (g % 100) from generate_series(1, 30000) g;
+         delete from rowcast.jobs;",
+    )
+    .await;
+    // Each its own transaction, as autovacuum and the enqueues would be.
+    for step in [
+        "vacuum rowcast.jobs",
+        "insert into rowcast.jobs (type, user_id, status)
+         select t, 'u' || (g % 100), case when g <= 5 then 'pending' else 'completed' end
+         from unnest(array['burst', 'burst_capped']) t, generate_series(1, 2000) g",
+        "analyze rowcast.jobs",
+        "insert into rowcast.jobs (type, user_id)
+         select t, 'u' || (g % 100) from unnest(array['burst', 'burst_capped']) t, generate_series(1, 2000) g",
+    ] {
+        sqlx::raw_sql(step).execute(&app.pool).await.unwrap();
+    }
+    for job_type in ["burst", "burst_capped"] {
+        let (claimed, (read,)) = claim_batch_and::<(i64,)>(
+            &app.pool,
+            job_type,
+            10,
+            "select sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint from pg_class c
+             where c.oid = 'rowcast.jobs'::regclass
+                or c.oid in (select indexrelid from pg_index where indrelid = 'rowcast.jobs'::regclass)",
+        )
+        .await;
+        assert_eq!(claimed.len(), 10, "{job_type}");
+        assert!(read < 500, "claiming 10 {job_type} jobs read {read} rows and index entries of rowcast.jobs");
+    }
+}
+
+#[tokio::test]
 async fn a_limited_claim_takes_no_more_than_the_types_concurrency_leaves_room_for() {
     let app = without_runner(
         "insert into rowcast.job_types (type, concurrency) values ('narrow', 3);
