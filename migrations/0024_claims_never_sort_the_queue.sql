@@ -12,5 +12,10 @@
 -- database). Sorting stays possible where nothing else can do (the limited
 -- claim ranks 64 candidates per user), at a cost the planner avoids
 -- whenever an index gives the order.
-alter function rowcast.claim_batch(text, text, double precision, int) set enable_sort = off;
-alter function rowcast.claim(text, text, double precision) set enable_sort = off;
+--
+-- That cost also lifts a plan over jit_above_cost, and compiling a claim's
+-- few-row statements took 275-307 ms each (the limited drain fell to 52
+-- jobs/s), so the claims never JIT-compile: no claim reads enough rows for
+-- compiled expressions to pay.
+alter function rowcast.claim_batch(text, text, double precision, int) set enable_sort = off set jit = off;
+alter function rowcast.claim(text, text, double precision) set enable_sort = off set jit = off;

@@ -223,3 +223,11 @@ async fn json_logs_are_one_object_per_line_and_carry_no_secret_token_or_row_data
         );
     }
 }
+
+#[tokio::test]
+async fn the_gateways_database_sessions_never_jit_compile() {
+    // Its statements read a few rows each; compiling one took longer than running it a hundred times.
+    let pool = rowcast::app::connect(&fresh_database().await).await.unwrap();
+    let (jit,): (String,) = sqlx::query_as("show jit").fetch_one(&pool).await.unwrap();
+    assert_eq!(jit, "off");
+}
