@@ -6,7 +6,7 @@
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::harness::{eventually, gateway_only, spawn_jobs_app, TestApp};
+use crate::harness::{eventually, gateway_only, spawn_jobs_app, wait_job, TestApp};
 
 /// A gateway with no runner: the tests claim by hand, with the type's limits written as a runner would.
 async fn without_runner(setup: &str) -> TestApp {
@@ -170,16 +170,6 @@ async fn job(pool: &PgPool, id: uuid::Uuid) -> Value {
     row
 }
 
-/// The job's row once it is in `status`.
-async fn in_status(pool: &PgPool, id: uuid::Uuid, status: &str) -> Result<Value, String> {
-    let row = job(pool, id).await;
-    if row["status"] == status {
-        Ok(row)
-    } else {
-        Err(format!("job {id} is {}, not {status}", row["status"]))
-    }
-}
-
 async fn enqueue(pool: &PgPool, input: &str) -> uuid::Uuid {
     let (id,): (uuid::Uuid,) =
         sqlx::query_as("select id from rowcast.enqueue('work', $1::jsonb, 'alice')").bind(input).fetch_one(pool).await.unwrap();
@@ -193,7 +183,7 @@ async fn a_runner_slot_is_given_back_before_the_write_that_ends_the_attempt() {
     )
     .await;
     let first = enqueue(&app.pool, r#"{"steps": 1, "step_ms": 400}"#).await;
-    eventually(|| in_status(&app.pool, first, "running")).await;
+    wait_job(&app.pool, &first.to_string(), |j| j["status"] == "running").await;
     // Hold the first job's row: its completion, due when its step ends, waits for this transaction.
     let mut hold = app.pool.begin().await.unwrap();
     sqlx::query("select 1 from rowcast.jobs where id = $1 for update").bind(first).execute(&mut *hold).await.unwrap();
@@ -209,6 +199,6 @@ async fn a_runner_slot_is_given_back_before_the_write_that_ends_the_attempt() {
     .await;
     hold.rollback().await.unwrap();
     for id in [first, second] {
-        eventually(|| in_status(&app.pool, id, "completed")).await;
+        wait_job(&app.pool, &id.to_string(), |j| j["status"] == "completed").await;
     }
 }
