@@ -137,6 +137,40 @@ async fn a_burst_claimed_with_statistics_of_a_nearly_empty_queue_is_read_in_clai
 }
 
 #[tokio::test]
+async fn a_claim_past_a_capped_users_backlog_reads_each_other_users_own_entries_whatever_the_statistics_say() {
+    // The hog, at their limit, holds all 20,000 pending jobs when the statistics are taken,
+    // so every user looks like the hog to the planner; then five other users enqueue one
+    // job each, and a user who sorts first has 20,000 finished jobs. Planned from that,
+    // each other user's probe read the hog's whole backlog in claim order (20,002 entries
+    // a user, 121 ms a claim), and the walk over users read the finished jobs too.
+    let app = without_runner(
+        "insert into rowcast.job_types (type, concurrency_per_user) values ('capped', 1);
+         insert into rowcast.jobs (type, user_id, status, attempts) values ('capped', 'hog', 'running', 1);
+         insert into rowcast.jobs (type, user_id, run_at) select 'capped', 'hog', now() - interval '1 hour' from generate_series(1, 20000);",
+    )
+    .await;
+    for step in [
+        "analyze rowcast.jobs",
+        "insert into rowcast.jobs (type, user_id, run_at) select 'capped', 'u' || g, now() - interval '1 minute' from generate_series(1, 5) g",
+        "insert into rowcast.jobs (type, user_id, status) select 'capped', 'a', 'completed' from generate_series(1, 20000)",
+    ] {
+        sqlx::raw_sql(step).execute(&app.pool).await.unwrap();
+    }
+    let (claimed, (read,)) = claim_batch_and::<(i64,)>(
+        &app.pool,
+        "capped",
+        10,
+        "select sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint from pg_class c
+         where c.oid = 'rowcast.jobs'::regclass
+            or c.oid in (select indexrelid from pg_index where indrelid = 'rowcast.jobs'::regclass)",
+    )
+    .await;
+    assert_eq!(claimed, ["u1", "u2", "u3", "u4", "u5"], "each other user's job, none of the hog's");
+    // Five claims, each reading the 64-job window and a few index entries per user.
+    assert!(read < 1_000, "claiming 5 jobs past the hog's backlog read {read} rows and index entries of rowcast.jobs");
+}
+
+#[tokio::test]
 async fn a_limited_claim_takes_no_more_than_the_types_concurrency_leaves_room_for() {
     let app = without_runner(
         "insert into rowcast.job_types (type, concurrency) values ('narrow', 3);
