@@ -49,6 +49,11 @@ async fn claim_batch(pool: &PgPool, job_type: &str, max: i32) -> (Vec<String>, i
     (users, single)
 }
 
+/// The rows and index entries of `rowcast.jobs` read so far in this transaction.
+const JOBS_ROWS_READ: &str = "select sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint from pg_class c
+     where c.oid = 'rowcast.jobs'::regclass
+        or c.oid in (select indexrelid from pg_index where indrelid = 'rowcast.jobs'::regclass)";
+
 #[tokio::test]
 async fn a_limited_claim_takes_its_batch_in_one_pass_within_each_users_limit() {
     // Two per user; carol already runs one.
@@ -122,15 +127,7 @@ async fn a_burst_claimed_with_statistics_of_a_nearly_empty_queue_is_read_in_clai
         sqlx::raw_sql(step).execute(&app.pool).await.unwrap();
     }
     for job_type in ["burst", "burst_capped"] {
-        let (claimed, (read,)) = claim_batch_and::<(i64,)>(
-            &app.pool,
-            job_type,
-            10,
-            "select sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint from pg_class c
-             where c.oid = 'rowcast.jobs'::regclass
-                or c.oid in (select indexrelid from pg_index where indrelid = 'rowcast.jobs'::regclass)",
-        )
-        .await;
+        let (claimed, (read,)) = claim_batch_and::<(i64,)>(&app.pool, job_type, 10, JOBS_ROWS_READ).await;
         assert_eq!(claimed.len(), 10, "{job_type}");
         assert!(read < 500, "claiming 10 {job_type} jobs read {read} rows and index entries of rowcast.jobs");
     }
@@ -156,15 +153,7 @@ async fn a_claim_past_a_capped_users_backlog_reads_each_other_users_own_entries_
     ] {
         sqlx::raw_sql(step).execute(&app.pool).await.unwrap();
     }
-    let (claimed, (read,)) = claim_batch_and::<(i64,)>(
-        &app.pool,
-        "capped",
-        10,
-        "select sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint from pg_class c
-         where c.oid = 'rowcast.jobs'::regclass
-            or c.oid in (select indexrelid from pg_index where indrelid = 'rowcast.jobs'::regclass)",
-    )
-    .await;
+    let (claimed, (read,)) = claim_batch_and::<(i64,)>(&app.pool, "capped", 10, JOBS_ROWS_READ).await;
     assert_eq!(claimed, ["u1", "u2", "u3", "u4", "u5"], "each other user's job, none of the hog's");
     // Five claims, each reading the 64-job window and a few index entries per user.
     assert!(read < 1_000, "claiming 5 jobs past the hog's backlog read {read} rows and index entries of rowcast.jobs");
