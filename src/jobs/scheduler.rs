@@ -102,18 +102,13 @@ impl Scheduler {
         Ok(rescued)
     }
 
-    /// Jobs pending or running longer than their type allows.
+    /// Jobs pending or running longer than their type allows
+    /// (`rowcast.expire_stuck` reads only those, whatever the backlog).
     async fn expire(&self) -> Result<Vec<Job>, sqlx::Error> {
         let mut failed = Vec::new();
         for t in self.config.types.values() {
             let sql = format!(
-                "with stuck as (
-                    update rowcast.jobs set status = 'failed', completed_at = now(),
-                        error = case status when 'pending' then format('expired: still pending after %s s', $2::bigint)
-                                            else format('timed out: still running after %s s', $3::bigint) end
-                    where type = $1 and ((status = 'pending' and run_at < now() - make_interval(secs => $2::double precision))
-                                      or (status = 'running' and started_at < now() - make_interval(secs => $3::double precision)))
-                    returning {COLUMNS}),
+                "with stuck as (select {COLUMNS} from rowcast.expire_stuck($1, $2, $3)),
                  freed as (delete from rowcast.job_leases where job_id in (select id from stuck)),
                  told as (select pg_notify('rowcast_job_cancel', id::text) from stuck)
                  select stuck.*, (select count(*) from told) as told from stuck"
