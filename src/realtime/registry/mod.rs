@@ -265,12 +265,15 @@ impl Subscription {
     }
 
     fn may_see(&self, change: &Change, meta: &TableMeta) -> bool {
+        // A public table's change goes to every subscriber: no lock taken for it.
+        if meta.public {
+            return true;
+        }
         let principal = self.principal.read().expect("principal lock poisoned");
-        meta.public
-            || match &meta.owner_claim {
-                Some(claim) => principal.sees_owner(claim, change.owner.as_deref()),
-                None => principal.is_service(),
-            }
+        match &meta.owner_claim {
+            Some(claim) => principal.sees_owner(claim, change.owner.as_deref()),
+            None => principal.is_service(),
+        }
     }
 
     /// Calls `each` with the matching binding ids, once per `select` shape
