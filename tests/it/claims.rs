@@ -50,15 +50,20 @@ async fn claim_batch(pool: &PgPool, job_type: &str, max: i32) -> (Vec<String>, i
     (users, single)
 }
 
-/// The rows and index entries of `rowcast.jobs` read so far in this transaction.
-const JOBS_ROWS_READ: &str = "select sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint from pg_class c
-     where c.oid = 'rowcast.jobs'::regclass
-        or c.oid in (select indexrelid from pg_index where indrelid = 'rowcast.jobs'::regclass)";
+/// The sum of one of Postgres's per-transaction statistics (`pg_stat_get_xact_*`)
+/// over `rowcast.jobs` and its indexes, so far in this transaction.
+fn jobs_stat(stat: &str) -> String {
+    format!(
+        "select sum({stat}(c.oid))::bigint from pg_class c
+         where c.oid = 'rowcast.jobs'::regclass
+            or c.oid in (select indexrelid from pg_index where indrelid = 'rowcast.jobs'::regclass)"
+    )
+}
 
-/// Blocks of `rowcast.jobs` and of its indexes read in this transaction.
-const JOBS_BLOCKS_READ: &str = "select sum(pg_stat_get_xact_blocks_fetched(c.oid))::bigint from pg_class c
-     where c.oid = 'rowcast.jobs'::regclass
-        or c.oid in (select indexrelid from pg_index where indrelid = 'rowcast.jobs'::regclass)";
+/// The rows and index entries of `rowcast.jobs` read so far in this transaction.
+fn jobs_rows_read() -> String {
+    jobs_stat("pg_stat_get_xact_tuples_returned")
+}
 
 #[tokio::test]
 async fn a_limited_claim_takes_its_batch_in_one_pass_within_each_users_limit() {
@@ -133,7 +138,7 @@ async fn a_burst_claimed_with_statistics_of_a_nearly_empty_queue_is_read_in_clai
         sqlx::raw_sql(step).execute(&app.pool).await.unwrap();
     }
     for job_type in ["burst", "burst_capped"] {
-        let (claimed, (read,)) = claim_batch_and::<(i64,)>(&app.pool, job_type, 10, JOBS_ROWS_READ).await;
+        let (claimed, (read,)) = claim_batch_and::<(i64,)>(&app.pool, job_type, 10, &jobs_rows_read()).await;
         assert_eq!(claimed.len(), 10, "{job_type}");
         assert!(read < 500, "claiming 10 {job_type} jobs read {read} rows and index entries of rowcast.jobs");
     }
@@ -159,7 +164,7 @@ async fn a_claim_past_a_capped_users_backlog_reads_each_other_users_own_entries_
     ] {
         sqlx::raw_sql(step).execute(&app.pool).await.unwrap();
     }
-    let (claimed, (read,)) = claim_batch_and::<(i64,)>(&app.pool, "capped", 10, JOBS_ROWS_READ).await;
+    let (claimed, (read,)) = claim_batch_and::<(i64,)>(&app.pool, "capped", 10, &jobs_rows_read()).await;
     assert_eq!(claimed, ["u1", "u2", "u3", "u4", "u5"], "each other user's job, none of the hog's");
     // Five claims, each reading the 64-job window and a few index entries per user.
     assert!(read < 1_000, "claiming 5 jobs past the hog's backlog read {read} rows and index entries of rowcast.jobs");
@@ -255,7 +260,7 @@ async fn the_stuck_job_sweep_reads_only_the_jobs_it_fails_whatever_the_backlog_a
     sqlx::query("set local track_functions = 'pl'").execute(&mut conn).await.unwrap();
     let mut failed: Vec<(String, String)> =
         sqlx::query_as("select user_id, error from rowcast.expire_stuck('queued', 86400, 3600)").fetch_all(&mut conn).await.unwrap();
-    let (blocks,): (i64,) = sqlx::query_as(JOBS_BLOCKS_READ).fetch_one(&mut conn).await.unwrap();
+    let (blocks,): (i64,) = sqlx::query_as(&jobs_stat("pg_stat_get_xact_blocks_fetched")).fetch_one(&mut conn).await.unwrap();
     sqlx::query("commit").execute(&mut conn).await.unwrap();
     failed.sort();
     assert_eq!(

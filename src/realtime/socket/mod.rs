@@ -17,7 +17,7 @@
 //! Memory per socket stays small and bounded: a 4 KiB read buffer, a
 //! writer (`wire`) that sends the shared payloads straight from the queue,
 //! so no socket keeps a write buffer the size of the largest row it got, and
-//! a task of about 2 KiB: handling a frame (a join verifies tokens, reads
+//! a task of about 2.6 KiB: handling a frame (a join verifies tokens, reads
 //! policies, may replay) is a boxed future made per frame, not room every
 //! idle socket keeps.
 
