@@ -418,21 +418,33 @@ impl Listener {
     }
 }
 
-/// Most changes `read_since` returns.
+/// Most changes above the high-water mark `read_since` returns.
 pub const READ_SINCE_LIMIT: i64 = 10_000;
+
+/// What `read_since` found (by default: nothing, and nothing missed).
+#[derive(Debug)]
+pub struct SinceRead {
+    /// The changes, in id order, each with its table (`None`: a SQL broadcast).
+    pub changes: Vec<(Arc<Change>, Option<Arc<TableMeta>>)>,
+    /// The highest id below which the read missed nothing: the last id it
+    /// read when it stopped at `READ_SINCE_LIMIT`, `i64::MAX` when it read
+    /// to the end of the log.
+    pub complete_through: i64,
+}
+
+impl Default for SinceRead {
+    fn default() -> Self {
+        SinceRead { changes: Vec::new(), complete_through: i64::MAX }
+    }
+}
 
 /// The changes of enabled tables and the SQL broadcasts committed so far
 /// that `from` misses (above its high-water mark, or its gaps), in id order,
-/// at most `READ_SINCE_LIMIT` rows read: what a channel that resumes after a
-/// handoff may have missed, when the registry's recent changes do not reach
-/// back that far (`realtime::handoff`). A change that commits after this
-/// read is delivered live.
-/// Each comes with its table, or `None` for a broadcast sent from SQL (a `realtime.messages` row).
-pub async fn read_since(
-    pool: &PgPool,
-    tables: &Tables,
-    from: &Position,
-) -> Result<Vec<(Arc<Change>, Option<Arc<TableMeta>>)>, sqlx::Error> {
+/// at most `READ_SINCE_LIMIT` above the mark: what a channel that resumes
+/// after a handoff may have missed, when the registry's recent changes do not
+/// reach back that far (`realtime::handoff`). A change that commits after
+/// this read is delivered live; where a read stopped at its limit, it says.
+pub async fn read_since(pool: &PgPool, tables: &Tables, from: &Position) -> Result<SinceRead, sqlx::Error> {
     let (rows,): (sqlx::types::Json<Vec<Row>>,) = sqlx::query_as(
         "select coalesce(json_agg(c order by c.id), '[]'::json) from (
             (select id, changed_at, schema_name, table_name, op, owner, record, old_record
@@ -446,14 +458,12 @@ pub async fn read_since(
     .bind(READ_SINCE_LIMIT)
     .fetch_one(pool)
     .await?;
-    if rows.0.len() as i64 >= READ_SINCE_LIMIT {
-        warn!(
-            from = from.high_water,
-            limit = READ_SINCE_LIMIT,
-            "resuming channels missed more changes than one replay reads; the rest are not replayed"
-        );
-    }
-    Ok(rows
+    let above = rows.0.iter().filter(|r| r.id > from.high_water).count() as i64;
+    let complete_through = match rows.0.last() {
+        Some(last) if above >= READ_SINCE_LIMIT => last.id,
+        _ => i64::MAX,
+    };
+    let changes = rows
         .0
         .into_iter()
         .filter_map(Row::into_change)
@@ -462,7 +472,8 @@ pub async fn read_since(
             let message = (change.schema.as_str(), change.table.as_str()) == MESSAGES;
             (message || meta.is_some()).then(|| (Arc::new(change), meta))
         })
-        .collect())
+        .collect();
+    Ok(SinceRead { changes, complete_through })
 }
 
 /// The newest id, and the ids among the 1,000 below it that are not visible

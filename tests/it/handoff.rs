@@ -323,3 +323,41 @@ async fn a_change_still_uncommitted_at_the_drain_is_replayed_and_what_was_delive
     seen.sort_unstable();
     assert_eq!(seen, vec![6, 7, 8, 9, 10, 100], "the late row and the ones after the drain, once; not 1-5 again");
 }
+
+#[tokio::test]
+async fn a_channel_that_missed_more_than_one_log_read_holds_gets_phx_error_then_rejoins_live_instead_of_part_of_its_rows() {
+    let db = fresh_database().await;
+    let env = [("ROWCAST_POLL_MS", "200")];
+    let mut node1 = GatewayProcess::spawn(&db, &env).await;
+    node1.app.owned_table("notes").await;
+    let alice = node1.app.user("alice");
+    let mut a = Client::v2(&node1.app, &node1.app.anon()).await;
+    a.subscribe("a", bindings(), Some(&alice)).await;
+    node1.terminate();
+    a.told_to_reconnect(&["realtime:a"]).await;
+    // While away: more rows than one log read holds (`READ_SINCE_LIMIT`, 10,000).
+    node1.app.sql("insert into public.notes (user_id, n) select 'alice', n from generate_series(1, 10050) n").await;
+    node1.exited().await;
+    // Started after the note: what the channel missed can only come from the log.
+    let node2 = GatewayProcess::spawn(&db, &env).await;
+    let mut a = Client::v2(&node2.app, &node2.app.anon()).await;
+    assert_eq!(a.join("a", bindings(), Some(&alice)).await["status"], "ok");
+    let mut before = Vec::new();
+    let error = loop {
+        let f = a.recv().await;
+        if f.topic == "realtime:a" && f.event == "phx_error" {
+            break f;
+        }
+        before.push(f);
+    };
+    // The contract's shape: `[join_ref, join_ref, topic, "phx_error", {}]`.
+    assert!(error.join_ref.is_string() && error.msg_ref == error.join_ref && error.payload == json!({}), "{error:?}");
+    assert_eq!(numbers(&before, "realtime:a"), Vec::<i64>::new(), "no part of the replay before the error");
+    // supabase-js rejoins after CHANNEL_ERROR: the channel is live, with no replay and no second error.
+    assert_eq!(a.join("a", bindings(), Some(&alice)).await["status"], "ok");
+    node2.app.sql("insert into public.notes (user_id, n) values ('alice', 20000)").await;
+    let (seen, _) = frames_until(&mut a, "a", 20000).await;
+    assert_eq!(seen, vec![20000]);
+    let rest = a.frames_until_heartbeat().await;
+    assert!(rest.iter().all(|f| f.event != "phx_error"), "{rest:?}");
+}

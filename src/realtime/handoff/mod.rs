@@ -20,7 +20,10 @@
 //! user on one topic are two channels; a rejoin that drops again gets a
 //! second try), so a client cannot make a gateway replay without end. Joins
 //! that must read the log share reads (`reads`), at most `CONCURRENT_READS`
-//! at once, so a burst of them cannot take the pool from everyone else.
+//! at once, so a burst of them cannot take the pool from everyone else. A read
+//! holds at most `READ_SINCE_LIMIT` changes; a channel that missed more than
+//! a read and the registry's memory hold together is told so (`phx_error`,
+//! and its key's replays are dropped), never given part of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -108,6 +111,13 @@ impl Handoffs {
         let note = notes.get_mut(key).filter(|n| n.until > Instant::now() && n.left > 0)?;
         note.left -= 1;
         Some(note.position.clone())
+    }
+
+    /// Drops the replays left for `key`: its channels resume live only.
+    pub fn forget(&self, key: &HandoffKey) {
+        if let Some(note) = self.notes.lock().expect("handoff lock poisoned").get_mut(key) {
+            note.left = 0;
+        }
     }
 
     /// Remembers a note read from the log (a `rowcast.handoff` record) written `age` ago.

@@ -19,8 +19,7 @@ use tracing::warn;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::changes::change::{Change, TableMeta};
-use crate::changes::listener::read_since;
+use crate::changes::listener::{read_since, SinceRead};
 use crate::changes::tables::Tables;
 use crate::changes::window::Position;
 
@@ -29,8 +28,9 @@ pub const CONCURRENT_READS: usize = 4;
 /// A waiting join reads alone after this long (a lead lost with its task).
 const WAIT_AT_MOST: Duration = Duration::from_secs(10);
 
-/// What a read found: changes with their tables (`None`: a SQL broadcast).
-pub type Missed = Arc<Vec<(Arc<Change>, Option<Arc<TableMeta>>)>>;
+/// What a read found: changes with their tables (`None`: a SQL broadcast),
+/// and how far it is complete.
+pub type Missed = Arc<SinceRead>;
 
 /// What a waiting join is told.
 enum Turn {
@@ -114,8 +114,9 @@ impl SharedReads {
     async fn fetch(&self, pool: &PgPool, tables: &Tables, from: &Position) -> Missed {
         self.reads.inc();
         Arc::new(read_since(pool, tables, from).await.unwrap_or_else(|e| {
-            warn!(error = %e, "reading the changes resuming channels missed failed; they resume live only");
-            Vec::new()
+            warn!(error = %e, "reading the changes resuming channels missed failed");
+            // Complete below the lowest id the position may miss: nothing at all.
+            SinceRead { changes: Vec::new(), complete_through: from.lowest().saturating_sub(1) }
         }))
     }
 }

@@ -45,6 +45,9 @@ pub struct Since {
     pub changes: Vec<Delivered>,
     /// False when some change it misses may not be kept: read the log too.
     pub complete: bool,
+    /// The highest id that may be missing from `changes`: everything above
+    /// it that the position misses is there.
+    pub floor: i64,
 }
 
 impl Recent {
@@ -95,7 +98,7 @@ impl Recent {
     /// The kept changes that `from` misses.
     pub fn since(&self, from: &Position) -> Since {
         let changes = self.kept.iter().filter(|((c, _), _, _)| from.missed(c.id)).map(|(d, _, _)| d.clone()).collect();
-        Since { changes, complete: self.floor != i64::MAX && from.lowest() > self.floor }
+        Since { changes, complete: self.floor != i64::MAX && from.lowest() > self.floor, floor: self.floor }
     }
 }
 

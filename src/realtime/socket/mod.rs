@@ -398,9 +398,16 @@ impl Conn {
             .with_presence(presence, plan.presence_key, m.join_ref.clone())
             .private(policies.is_some())
             .handoff(key);
-        let sub = match resume {
-            None => self.ctx.registry.join(sub, &self.outbox, frames),
-            Some(from) => self.resume(&m.topic, sub, frames, &from).await,
+        let sub = match (resume, key) {
+            (Some(from), Some(key)) => match self.resume(m, sub, frames, &from).await {
+                Some(id) => id,
+                None => {
+                    // Its other replays would fall short the same way.
+                    self.ctx.handoffs.forget(&key);
+                    return;
+                }
+            },
+            _ => self.ctx.registry.join(sub, &self.outbox, frames),
         };
         let joined = Joined {
             join_ref: m.join_ref.clone(),
@@ -417,12 +424,29 @@ impl Conn {
 
     /// Joins a channel handed off by a draining gateway: it gets the changes
     /// `from` misses (kept in memory, or read from the log when they are not
-    /// all kept), then its live ones.
-    async fn resume(&self, topic: &str, sub: Subscription, frames: Vec<Bytes>, from: &Position) -> SubId {
+    /// all kept), then its live ones. When one log read cannot hold all it
+    /// missed, the channel gets `phx_error` instead of part of them and is
+    /// left (`None`): supabase-js reports `CHANNEL_ERROR` and rejoins, live,
+    /// as after any transport failure, so the app knows to fetch afresh.
+    async fn resume(&self, m: &Inbound, sub: Subscription, frames: Vec<Bytes>, from: &Position) -> Option<SubId> {
+        let topic = m.topic.as_str();
         let (id, since) = self.ctx.registry.join_resuming(sub, &self.outbox, frames, from);
         let older =
             if since.complete { Default::default() } else { self.ctx.handoffs.missed(&self.ctx.pool, &self.ctx.tables, from).await };
-        let mut replay = self.ctx.registry.replay(id, &older, since);
+        if older.complete_through < since.floor {
+            warn!(
+                topic,
+                from = from.lowest(),
+                read_through = older.complete_through,
+                kept_above = since.floor,
+                "a resuming channel missed more than one log read holds: told to rejoin without a replay"
+            );
+            self.ctx.registry.remove(id);
+            let jr = m.join_ref.as_deref();
+            self.push(jr, jr, topic, "phx_error", "{}");
+            return None;
+        }
+        let mut replay = self.ctx.registry.replay(id, &older.changes, since);
         // Live changes are held while the replay, then what was held, goes
         // out at the client's reading pace; the channel is live once none is left.
         let stall = self.ctx.limits.write_timeout();
@@ -439,7 +463,7 @@ impl Conn {
             }
         }
         info!(topic, from = from.lowest(), replayed = replay.changes, "channel resumed after a handoff");
-        id
+        Some(id)
     }
 
     /// Waits (at most `LIVE_WAIT`) for the change feed to be live.
