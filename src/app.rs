@@ -298,7 +298,7 @@ async fn build_gateway(
     let (cluster, sink) = Cluster::new(pool.clone(), &registry, handoffs.clone(), presence_timeout, live_rx.clone());
     let listener_config = ListenerConfig {
         poll: Duration::from_millis(config.limits.poll_ms.max(1)),
-        retention: Duration::from_secs(config.limits.change_retention_secs),
+        retention: config.limits.change_retention(),
         message_retention: Duration::from_secs(config.limits.message_retention_secs),
         batch: LISTENER_BATCH,
     };

@@ -254,7 +254,8 @@ pub struct Limits {
     pub drain_delay_secs: u64,
     /// Seconds during which a channel closed by a draining gateway, rejoined here or on
     /// another gateway by the same token with the same bindings, first gets the changes it
-    /// missed meanwhile. 0: no handoffs. Replays reach back at most the change retention.
+    /// missed meanwhile. 0: no handoffs. Read changes stay in the log at least this long
+    /// whatever the change retention: replays read the log back to the note.
     #[arg(long, env = "ROWCAST_HANDOFF_TTL_SECS", default_value_t = defaults::HANDOFF_TTL_SECS)]
     pub handoff_ttl_secs: u64,
     /// With several gateways on one database: seconds after its last heartbeat that a gateway
@@ -278,6 +279,13 @@ impl Limits {
     /// How long one write may make no progress.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout_secs.max(1))
+    }
+
+    /// How long a read change stays in the log: the change retention, but at
+    /// least the handoff ttl, since a channel rejoining that late replays
+    /// from the log (pruned sooner, its changes would be a silent gap).
+    pub fn change_retention(&self) -> Duration {
+        Duration::from_secs(self.change_retention_secs.max(self.handoff_ttl_secs))
     }
 }
 
@@ -457,6 +465,14 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn a_read_change_stays_in_the_log_as_long_as_a_handoff_may_replay_it() {
+        let limits = |retention, ttl| Limits { change_retention_secs: retention, handoff_ttl_secs: ttl, ..Limits::default() };
+        assert_eq!(limits(0, 30).change_retention(), Duration::from_secs(30));
+        assert_eq!(limits(300, 30).change_retention(), Duration::from_secs(300));
+        assert_eq!(limits(0, 0).change_retention(), Duration::ZERO, "no handoffs: the retention alone");
     }
 
     #[test]

@@ -214,7 +214,7 @@ async fn topic_rules_from_the_config_decide_private_joins_without_any_policy() {
 
 #[tokio::test]
 async fn sent_messages_are_pruned_after_the_message_retention() {
-    let limits = Limits { message_retention_secs: 1, change_retention_secs: 1, poll_ms: 100, ..Limits::default() };
+    let limits = Limits { message_retention_secs: 1, change_retention_secs: 1, handoff_ttl_secs: 0, poll_ms: 100, ..Limits::default() };
     let app = spawn_app_with(limits).await;
     app.sql("select realtime.send('{}'::jsonb, 'old', 'room', false)").await;
     crate::harness::eventually(|| async {

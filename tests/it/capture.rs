@@ -126,7 +126,7 @@ async fn writers_ring_the_doorbell_only_while_a_live_listener_is_idle() {
 
 #[tokio::test]
 async fn read_changes_are_pruned_from_the_log() {
-    let app = spawn_app_with(Limits { change_retention_secs: 0, poll_ms: 100, ..Limits::default() }).await;
+    let app = spawn_app_with(Limits { change_retention_secs: 0, handoff_ttl_secs: 0, poll_ms: 100, ..Limits::default() }).await;
     app.owned_table("todos").await;
     let mut c = Client::v2(&app, &app.anon()).await;
     c.subscribe("p", todos(), Some(&app.token(None, "service_role"))).await;
