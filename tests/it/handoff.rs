@@ -4,7 +4,8 @@
 //! was away (row changes and broadcasts sent from SQL), then live ones,
 //! while a writer keeps committing. Raw frames
 //! here; `tests/js/rolling.test.mjs` does the same with supabase-js behind
-//! a balancer.
+//! a balancer, and `tests/js/handoff_overflow.test.mjs` shows supabase-js
+//! hearing `CHANNEL_ERROR` when more was missed than a replay holds.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -226,6 +227,19 @@ async fn supabase_js_behind_a_balancer_loses_no_committed_change_when_its_gatewa
     let node1_url = format!("http://{}", node1.app.addr);
     let suite_env = [("ROWCAST_NODE1_URL", node1_url.as_str()), ("ROWCAST_NODE1_PID", pid.as_str())];
     crate::interop::run_node_suite_with(&node2.app, "rolling.test.mjs", &suite_env).await;
+    node1.exited().await;
+}
+
+#[tokio::test]
+async fn supabase_js_hears_channel_error_and_rejoins_live_when_it_missed_more_than_a_replay_holds() {
+    let db = fresh_database().await;
+    let env = [("ROWCAST_POLL_MS", "200")];
+    let mut node1 = GatewayProcess::spawn(&db, &env).await;
+    let node2 = GatewayProcess::spawn(&db, &env).await;
+    let pid = node1.child.id().expect("running").to_string();
+    let node1_url = format!("http://{}", node1.app.addr);
+    let suite_env = [("ROWCAST_NODE1_URL", node1_url.as_str()), ("ROWCAST_NODE1_PID", pid.as_str())];
+    crate::interop::run_node_suite_with(&node2.app, "handoff_overflow.test.mjs", &suite_env).await;
     node1.exited().await;
 }
 

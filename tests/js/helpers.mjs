@@ -5,6 +5,8 @@
 
 import assert from 'node:assert/strict'
 import { createHmac, randomBytes } from 'node:crypto'
+import http from 'node:http'
+import net from 'node:net'
 
 import { createClient } from '@supabase/supabase-js'
 import pg from 'pg'
@@ -337,4 +339,76 @@ function instants(row) {
   const at = Date.parse(row.created_at)
   assert.ok(!Number.isNaN(at), `created_at is not a timestamp: ${row.created_at}`)
   return { ...row, created_at: at }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rolling deploys: two gateways behind a balancer that follows /ready
+
+const ROLLING_ENV = {
+  ROWCAST_NODE1_URL: 'the gateway that will be sent SIGTERM',
+  ROWCAST_NODE1_PID: "that gateway's process id",
+}
+
+/** The two gateways of a rolling-deploy suite and the first one's pid; throws naming what is missing. */
+export function rollingNodes() {
+  const missing = Object.keys(ROLLING_ENV).filter((name) => !process.env[name])
+  if (missing.length > 0) {
+    throw new Error(`the rolling-deploy suites need ${missing.map((n) => `${n} (${ROLLING_ENV[n]})`).join(', ')}; they never skip`)
+  }
+  return { node1: process.env.ROWCAST_NODE1_URL, node2: process.env.ROWCAST_URL, pid: Number(process.env.ROWCAST_NODE1_PID) }
+}
+
+/** GET <base>/ready answers 200 within half a second. */
+function isReady(base) {
+  return new Promise((resolve) => {
+    const req = http.get(`${base}/ready`, { timeout: 500 }, (res) => {
+      res.resume()
+      resolve(res.statusCode === 200)
+    })
+    req.on('timeout', () => req.destroy())
+    req.on('error', () => resolve(false))
+  })
+}
+
+/**
+ * A TCP balancer on a free port that sends each new connection to the first backend whose
+ * /ready answers 200; `picks` lists the backend index each connection went to. A new
+ * connection first awaits `hold()` (by default nothing), so a test can keep clients away.
+ */
+export async function balancer(backends, { hold = async () => {} } = {}) {
+  const picks = []
+  const sockets = new Set()
+  const server = net.createServer(async (client) => {
+    client.pause()
+    sockets.add(client)
+    client.on('close', () => sockets.delete(client))
+    client.on('error', () => {})
+    await hold()
+    let chosen = -1
+    for (const [i, base] of backends.entries()) {
+      if (await isReady(base)) {
+        chosen = i
+        break
+      }
+    }
+    if (chosen < 0 || client.destroyed) return client.destroy()
+    picks.push(chosen)
+    const { hostname, port } = new URL(backends[chosen])
+    const upstream = net.connect(Number(port), hostname)
+    sockets.add(upstream)
+    upstream.on('error', () => client.destroy())
+    client.on('close', () => upstream.destroy())
+    upstream.on('close', () => {
+      sockets.delete(upstream)
+      client.destroy()
+    })
+    client.pipe(upstream).pipe(client)
+    client.resume()
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const close = () => {
+    for (const s of sockets) s.destroy()
+    return new Promise((resolve) => server.close(resolve))
+  }
+  return { url: `http://127.0.0.1:${server.address().port}`, picks, close }
 }

@@ -5,77 +5,12 @@
 // rejoins, and receives every committed row (the ones from while it was away replayed first).
 
 import assert from 'node:assert/strict'
-import http from 'node:http'
-import net from 'node:net'
 import { test } from 'node:test'
 
-import { Table, newUserId, openPool, subscribe, token, userClient } from './helpers.mjs'
-
-const REQUIRED = {
-  ROWCAST_NODE1_URL: 'the gateway that will be sent SIGTERM',
-  ROWCAST_NODE1_PID: "that gateway's process id",
-}
-
-function required() {
-  const missing = Object.keys(REQUIRED).filter((name) => !process.env[name])
-  if (missing.length > 0) {
-    throw new Error(`the rolling-deploy suite needs ${missing.map((n) => `${n} (${REQUIRED[n]})`).join(', ')}; it never skips`)
-  }
-  return { node1: process.env.ROWCAST_NODE1_URL, node2: process.env.ROWCAST_URL, pid: Number(process.env.ROWCAST_NODE1_PID) }
-}
-
-/** GET <base>/ready answers 200 within half a second. */
-function isReady(base) {
-  return new Promise((resolve) => {
-    const req = http.get(`${base}/ready`, { timeout: 500 }, (res) => {
-      res.resume()
-      resolve(res.statusCode === 200)
-    })
-    req.on('timeout', () => req.destroy())
-    req.on('error', () => resolve(false))
-  })
-}
-
-/** A TCP balancer on a free port; `picks` lists the backend index each connection went to. */
-async function balancer(backends) {
-  const picks = []
-  const sockets = new Set()
-  const server = net.createServer(async (client) => {
-    client.pause()
-    sockets.add(client)
-    client.on('close', () => sockets.delete(client))
-    client.on('error', () => {})
-    let chosen = -1
-    for (const [i, base] of backends.entries()) {
-      if (await isReady(base)) {
-        chosen = i
-        break
-      }
-    }
-    if (chosen < 0 || client.destroyed) return client.destroy()
-    picks.push(chosen)
-    const { hostname, port } = new URL(backends[chosen])
-    const upstream = net.connect(Number(port), hostname)
-    sockets.add(upstream)
-    upstream.on('error', () => client.destroy())
-    client.on('close', () => upstream.destroy())
-    upstream.on('close', () => {
-      sockets.delete(upstream)
-      client.destroy()
-    })
-    client.pipe(upstream).pipe(client)
-    client.resume()
-  })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const close = () => {
-    for (const s of sockets) s.destroy()
-    return new Promise((resolve) => server.close(resolve))
-  }
-  return { url: `http://127.0.0.1:${server.address().port}`, picks, close }
-}
+import { Table, balancer, newUserId, openPool, rollingNodes, subscribe, token, userClient } from './helpers.mjs'
 
 test('a rolling deploy loses no committed change: supabase-js moves to the other gateway and gets what it missed', async (t) => {
-  const { node1, node2, pid } = required()
+  const { node1, node2, pid } = rollingNodes()
   const lb = await balancer([node1, node2])
   t.after(lb.close)
   const pool = openPool()
