@@ -217,8 +217,9 @@ async fn a_rejoin_by_another_token_or_with_other_bindings_replays_nothing() {
     assert_eq!(replayed(&node2.app).await, 0);
 }
 
-#[tokio::test]
-async fn supabase_js_behind_a_balancer_loses_no_committed_change_when_its_gateway_is_deployed() {
+/// Runs a supabase-js rolling-deploy suite against two gateways on a fresh
+/// database: the suite sends the first one SIGTERM, which must then exit.
+async fn rolling_suite(file: &str) {
     let db = fresh_database().await;
     let env = [("ROWCAST_POLL_MS", "200")];
     let mut node1 = GatewayProcess::spawn(&db, &env).await;
@@ -226,21 +227,18 @@ async fn supabase_js_behind_a_balancer_loses_no_committed_change_when_its_gatewa
     let pid = node1.child.id().expect("running").to_string();
     let node1_url = format!("http://{}", node1.app.addr);
     let suite_env = [("ROWCAST_NODE1_URL", node1_url.as_str()), ("ROWCAST_NODE1_PID", pid.as_str())];
-    crate::interop::run_node_suite_with(&node2.app, "rolling.test.mjs", &suite_env).await;
+    crate::interop::run_node_suite_with(&node2.app, file, &suite_env).await;
     node1.exited().await;
 }
 
 #[tokio::test]
+async fn supabase_js_behind_a_balancer_loses_no_committed_change_when_its_gateway_is_deployed() {
+    rolling_suite("rolling.test.mjs").await;
+}
+
+#[tokio::test]
 async fn supabase_js_hears_channel_error_and_rejoins_live_when_it_missed_more_than_a_replay_holds() {
-    let db = fresh_database().await;
-    let env = [("ROWCAST_POLL_MS", "200")];
-    let mut node1 = GatewayProcess::spawn(&db, &env).await;
-    let node2 = GatewayProcess::spawn(&db, &env).await;
-    let pid = node1.child.id().expect("running").to_string();
-    let node1_url = format!("http://{}", node1.app.addr);
-    let suite_env = [("ROWCAST_NODE1_URL", node1_url.as_str()), ("ROWCAST_NODE1_PID", pid.as_str())];
-    crate::interop::run_node_suite_with(&node2.app, "handoff_overflow.test.mjs", &suite_env).await;
-    node1.exited().await;
+    rolling_suite("handoff_overflow.test.mjs").await;
 }
 
 #[tokio::test]
