@@ -105,14 +105,14 @@ impl Scheduler {
     /// Jobs pending or running longer than their type allows
     /// (`rowcast.expire_stuck` reads only those, whatever the backlog).
     async fn expire(&self) -> Result<Vec<Job>, sqlx::Error> {
+        let sql = format!(
+            "with stuck as (select {COLUMNS} from rowcast.expire_stuck($1, $2, $3)),
+             freed as (delete from rowcast.job_leases where job_id in (select id from stuck)),
+             told as (select pg_notify('rowcast_job_cancel', id::text) from stuck)
+             select stuck.*, (select count(*) from told) as told from stuck"
+        );
         let mut failed = Vec::new();
         for t in self.config.types.values() {
-            let sql = format!(
-                "with stuck as (select {COLUMNS} from rowcast.expire_stuck($1, $2, $3)),
-                 freed as (delete from rowcast.job_leases where job_id in (select id from stuck)),
-                 told as (select pg_notify('rowcast_job_cancel', id::text) from stuck)
-                 select stuck.*, (select count(*) from told) as told from stuck"
-            );
             let rows: Vec<Job> = sqlx::query_as(&sql)
                 .bind(&t.name)
                 .bind(t.pending_timeout.as_secs() as i64)

@@ -257,7 +257,6 @@ async fn the_stuck_job_sweep_reads_only_the_jobs_it_fails_whatever_the_backlog_a
     // later index column is checked inside the index, and rows it rejects are never counted.
     let mut conn = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
     sqlx::query("begin").execute(&mut conn).await.unwrap();
-    sqlx::query("set local track_functions = 'pl'").execute(&mut conn).await.unwrap();
     let mut failed: Vec<(String, String)> =
         sqlx::query_as("select user_id, error from rowcast.expire_stuck('queued', 86400, 3600)").fetch_all(&mut conn).await.unwrap();
     let (blocks,): (i64,) = sqlx::query_as(&jobs_stat("pg_stat_get_xact_blocks_fetched")).fetch_one(&mut conn).await.unwrap();
