@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use crate::auth::{ClaimPath, Minter};
 use crate::changes::listener::{Listener, ListenerConfig};
 use crate::changes::tables::Tables;
+use crate::changes::watch::Watches;
 use crate::config::{DatabaseUrl, InngestArgs, JwksArgs, Limits, Secret};
 use crate::http::{self, AppState};
 use crate::jobs::alerts::Watcher;
@@ -200,6 +201,9 @@ impl App {
             // Stopped with the listener, after the sockets' leaves were queued.
             let cluster = tracker.spawn(g.cluster.run(listener_stop.clone()));
             tracker.spawn(g.keyring.refresh_every(g.jwks_refresh, http_stop.clone()));
+            // Tables captured only while watched stay captured while this gateway has subscribers for them.
+            let registry = g.state.sockets.registry.clone();
+            tracker.spawn(g.state.sockets.watches.clone().run(move |s, t| registry.reads_table(s, t), listener_stop.clone()));
             tracker.spawn(inngest_sync::ping_apps(g.state.inngest.settings.clone(), g.client, http_stop.clone()));
             let serve = server::serve(g.listener, http::router(g.state.clone()), http_stop.clone());
             served = Some((tracker.spawn(serve), g.state, (change_listener, cluster)));
@@ -303,6 +307,10 @@ async fn build_gateway(
         batch: LISTENER_BATCH,
     };
     let change_listener = Listener::new(pool.clone(), tables.clone(), Arc::new(sink), live_tx, listener_config);
+    let watches = Watches::new(pool.clone(), handoff_ttl);
+    if let Err(e) = watches.load().await {
+        warn!(error = %e, "reading which tables are captured only while watched failed; retrying every quarter minute");
+    }
     let keyring = Keyring::load(config.jwt_secret.as_ref().map(Secret::expose), key_source(&config.jwks, client)).await;
     let sockets = SocketContext {
         registry,
@@ -314,6 +322,7 @@ async fn build_gateway(
         live: live_rx,
         shutdown: root.child_token(),
         handoffs,
+        watches,
     };
     let jobs = JobsState {
         pool: pool.clone(),

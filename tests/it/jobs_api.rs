@@ -123,6 +123,8 @@ async fn a_last_step_answered_with_done_is_stored_with_the_completion_in_one_row
     })
     .await;
     let app = spawn_jobs_app(&http_type("folded", &handler.url, "")).await;
+    // Captured as if a page were open (migration 0028: nobody watching, nothing is logged).
+    app.sql("select setval('rowcast.jobs_watched_until', 4102444800)").await;
     let row = app.enqueue("alice", json!({"type": "folded"})).await;
     let done = app.wait_job(&id(&row), |j| j["status"] == "completed").await;
     assert_eq!(

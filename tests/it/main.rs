@@ -31,3 +31,4 @@ mod ops;
 mod presence;
 mod protocol;
 mod rest;
+mod watched_capture;

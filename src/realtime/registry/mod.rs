@@ -139,8 +139,12 @@ impl Binding {
             EventFilter::All => true,
             EventFilter::Only(op) => op == change.op,
         };
-        let place_ok = (self.schema == "*" || self.schema == meta.schema) && self.table.as_ref().is_none_or(|t| *t == meta.table);
-        event_ok && place_ok && self.filter_holds(change, meta)
+        event_ok && self.reads(&meta.schema, &meta.table) && self.filter_holds(change, meta)
+    }
+
+    /// Whether changes of `schema.table` may reach it (its schema and table, or wildcards).
+    pub fn reads(&self, schema: &str, table: &str) -> bool {
+        (self.schema == "*" || self.schema == schema) && self.table.as_deref().is_none_or(|t| t == table)
     }
 
     fn filter_holds(&self, change: &Change, meta: &TableMeta) -> bool {
@@ -440,6 +444,11 @@ impl Registry {
         let mut keys: Vec<(HandoffKey, u32)> = counts.into_iter().collect();
         keys.sort_unstable();
         keys
+    }
+
+    /// True when some subscription has a `postgres_changes` binding that reads `schema.table`.
+    pub fn reads_table(&self, schema: &str, table: &str) -> bool {
+        self.inner.subs.iter().any(|s| s.bindings.iter().any(|b| b.reads(schema, table)))
     }
 
     /// Number of live subscriptions.

@@ -49,6 +49,7 @@ use super::registry::{Registry, Route, SubId, Subscription};
 use super::replay;
 use crate::auth::{now_secs, AuthError, Principal};
 use crate::changes::tables::Tables;
+use crate::changes::watch::Watches;
 use crate::changes::window::Position;
 use crate::config::Limits;
 use crate::keyring::Keyring;
@@ -77,6 +78,8 @@ pub struct SocketContext {
     pub shutdown: CancellationToken,
     /// Channels handed off by a draining gateway, which replay what they missed.
     pub handoffs: Handoffs,
+    /// Tables captured only while watched: a join arms those it reads.
+    pub watches: Watches,
 }
 
 /// Close codes (RFC 6455).
@@ -304,11 +307,13 @@ impl Conn {
             Err(refusal) => Err(refusal),
         };
         let refusal = match authorized {
-            Ok((sub_topic, grant)) => {
-                self.subscribe(&m, sub_topic, grant).await;
-                self.count_join("ok");
-                return Ok(());
-            }
+            Ok((sub_topic, grant)) => match self.subscribe(&m, sub_topic, grant).await {
+                Ok(()) => {
+                    self.count_join("ok");
+                    return Ok(());
+                }
+                Err(refusal) => refusal,
+            },
             Err(refusal) => refusal,
         };
         self.count_join(refusal.kind());
@@ -366,13 +371,19 @@ impl Conn {
         Ok(Grant { principal, policies, replayed })
     }
 
-    /// Plans the bindings, queues the reply and notices, then makes the subscription live.
-    async fn subscribe(&mut self, m: &Inbound, sub_topic: &str, grant: Grant) {
+    /// Plans the bindings, makes sure the tables they read are captured,
+    /// queues the reply and notices, then makes the subscription live.
+    async fn subscribe(&mut self, m: &Inbound, sub_topic: &str, grant: Grant) -> Result<(), JoinRefusal> {
         let Grant { principal, policies, replayed } = grant;
         let patterns_left = MAX_PATTERNS_PER_SOCKET.saturating_sub(self.channels.values().map(|j| j.patterns).sum());
         let mut plan = channel::plan(&m.payload, &self.ctx.tables, patterns_left);
         if plan.unknown_tables && self.ctx.tables.refresh().await {
             plan = channel::plan(&m.payload, &self.ctx.tables, patterns_left);
+        }
+        let places: Vec<_> = plan.bindings.iter().map(|b| (b.schema.as_str(), b.table.as_deref())).collect();
+        if let Err(e) = self.ctx.watches.arm(&places).await {
+            warn!(error = %e, topic = %m.topic, "a join's tables could not be armed for capture");
+            return Err(JoinRefusal::NotLive);
         }
         let mut frames = vec![self.reply_frame(m, &protocol::reply_ok(&plan.response))];
         for notice in &plan.notices {
@@ -404,7 +415,7 @@ impl Conn {
                 None => {
                     // Its other replays would fall short the same way.
                     self.ctx.handoffs.forget(&key);
-                    return;
+                    return Ok(());
                 }
             },
             _ => self.ctx.registry.join(sub, &self.outbox, frames),
@@ -420,6 +431,7 @@ impl Conn {
         };
         self.channels.insert(m.topic.clone(), joined);
         info!(topic = %m.topic, "channel joined");
+        Ok(())
     }
 
     /// Joins a channel handed off by a draining gateway: it gets the changes
