@@ -258,7 +258,10 @@ impl App {
 /// and waits for them, at most as long as one stalled write may take.
 async fn close_sockets(state: &AppState) {
     let sockets = &state.sockets;
-    // Read while every channel is still live: each got every change it records as delivered.
+    // No change is delivered from here until the sockets are gone: the note's position is
+    // read while every channel is still live, after the listener's pass in progress (if
+    // any) published what it delivered, so a rejoin replays nothing twice.
+    let _paused = state.ops.passing.lock().await;
     let position = state.ops.position.read().expect("position lock poisoned").clone();
     let keys = sockets.registry.handoff_keys();
     match sockets.handoffs.hand_off(&state.pool, &position, &keys).await {
@@ -348,6 +351,7 @@ async fn build_gateway(
         admission: admission.clone(),
         live: sockets.live.clone(),
         position: change_listener.position(),
+        passing: change_listener.passing(),
         draining: CancellationToken::new(),
         max_lag: Duration::from_secs(config.limits.ready_max_lag_secs),
     };

@@ -37,6 +37,8 @@ pub struct Ops {
     pub live: watch::Receiver<bool>,
     /// What the listener has delivered (`Listener::position`).
     pub position: Arc<std::sync::RwLock<crate::changes::window::Position>>,
+    /// Held, the listener delivers nothing (`Listener::passing`).
+    pub passing: Arc<tokio::sync::Mutex<()>>,
     /// Cancelled when the process starts to drain.
     pub draining: CancellationToken,
     /// `/ready` fails past this lag.

@@ -112,6 +112,9 @@ pub struct Listener {
     /// metrics, all of it for where a channel closed now would have to resume
     /// (`realtime::handoff`).
     position: Arc<RwLock<Position>>,
+    /// Held from a pass's first delivery until its position is published, so
+    /// whoever holds it reads a position that counts every change delivered.
+    passing: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Deserialize)]
@@ -163,12 +166,17 @@ struct Session {
 impl Listener {
     /// A reader publishing its liveness on `live`.
     pub fn new(pool: PgPool, tables: Tables, sink: Arc<dyn ChangeSink>, live: watch::Sender<bool>, config: ListenerConfig) -> Self {
-        Listener { pool, tables, sink, live, config, id: Uuid::new_v4(), window: None, position: Arc::default() }
+        Listener { pool, tables, sink, live, config, id: Uuid::new_v4(), window: None, position: Arc::default(), passing: Arc::default() }
     }
 
     /// What has been handed to the sink, updated after every read.
     pub fn position(&self) -> Arc<RwLock<Position>> {
         Arc::clone(&self.position)
+    }
+
+    /// Held, no pass delivers: `position` is then exactly what was delivered.
+    pub fn passing(&self) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(&self.passing)
     }
 
     /// Runs until `cancel`, reconnecting after every failure.
@@ -378,6 +386,8 @@ impl Listener {
         if delivered > 0 {
             debug!(count = delivered, first = pass.deliver[0].id, "delivering changes");
         }
+        let passing = Arc::clone(&self.passing);
+        let _passing = passing.lock().await;
         self.deliver(s, pass.deliver).await?;
         // Stored after the pass's changes were delivered: a reader of it may count on them.
         self.publish_position();
