@@ -7,7 +7,7 @@
 use serde_json::Value;
 use sqlx::{Connection, PgPool};
 
-use crate::harness::{eventually, gateway_only, spawn_jobs_app, wait_job, TestApp};
+use crate::harness::{eventually, gateway_only, scalar, spawn_jobs_app, wait_job, TestApp};
 
 /// A gateway with no runner: the tests claim by hand, with the type's limits written as a runner would.
 async fn without_runner(setup: &str) -> TestApp {
@@ -199,6 +199,45 @@ async fn a_batch_claim_reaches_past_a_window_full_of_users_at_their_limit() {
     let (users, single) = claim_batch(&app.pool, "capped", 10).await;
     assert_eq!(users, ["other"]);
     assert!(single > 0, "past the window it is rowcast.claim()'s per-user jump that finds the job");
+}
+
+#[tokio::test]
+async fn a_batch_claim_whose_first_due_jobs_are_capped_users_looks_further_and_takes_the_same_jobs() {
+    // Ten slots: the first 25 due jobs (more than twice the room) are capped users', then
+    // ten users with one job each, all within the first 64 a claim may rank.
+    let app = without_runner(
+        "insert into rowcast.job_types (type, concurrency_per_user) values ('capped', 1);
+         insert into rowcast.jobs (type, user_id, status, attempts) select 'capped', 'hog' || g, 'running', 1 from generate_series(1, 5) g;
+         insert into rowcast.jobs (type, user_id, run_at) select 'capped', 'hog' || (g % 5 + 1), now() - interval '1 hour' + g * interval '1 second'
+             from generate_series(1, 25) g;
+         insert into rowcast.jobs (type, user_id, run_at) select 'capped', 'u' || lpad(g::text, 2, '0'), now() - interval '1 minute' + g * interval '1 second'
+             from generate_series(1, 10) g;",
+    )
+    .await;
+    let (users, single) = claim_batch(&app.pool, "capped", 10).await;
+    let expected: Vec<String> = (1..=10).map(|g| format!("u{g:02}")).collect();
+    assert_eq!(users, expected, "every eligible job among the first 64, not only among the first 20");
+    assert_eq!(single, 0, "found by the batch statement itself");
+}
+
+#[tokio::test]
+async fn a_lease_left_by_a_deleted_job_goes_when_it_expires() {
+    // Leases do not check their job (migration 0029); the rescue deletes every expired one.
+    let app = spawn_jobs_app("[runner]\npoll = \"100ms\"\n").await;
+    app.sql(
+        "insert into rowcast.job_leases (job_id, attempt, worker, expires_at)
+         values ('00000000-0000-0000-0000-00000000dead', 1, 'gone', now() - interval '1 second')",
+    )
+    .await;
+    eventually(|| async {
+        let left: i64 = scalar(&app.pool, "select count(*) from rowcast.job_leases").await;
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} leases left"))
+        }
+    })
+    .await;
 }
 
 /// The job's row as JSON.
