@@ -18,8 +18,10 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use futures_util::future::BoxFuture;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 use uuid::Uuid;
@@ -98,16 +100,25 @@ async fn ask<W, T>(queue: &mpsc::UnboundedSender<(W, Reply<T>)>, write: W) -> Re
     answer.await.map_err(|_| WriteError::Stopped)?.map_err(WriteError::Db)
 }
 
-/// Takes what is queued, writes it with `flush`, answers each sender.
-async fn writer<W, T, F, Fut>(pool: PgPool, mut queue: mpsc::UnboundedReceiver<(W, Reply<T>)>, flush: F)
+/// Takes what is queued, writes it with `flush`, answers each sender. The
+/// writer keeps its session between batches: a pooled session is pinged when
+/// taken and again when given back, two round trips more for each batch. A
+/// batch that finds its session broken (Postgres restarted, say) is written
+/// once more on a fresh one, as the ping of a pooled session would have
+/// found it broken before the write.
+async fn writer<W, T, F>(pool: PgPool, mut queue: mpsc::UnboundedReceiver<(W, Reply<T>)>, flush: F)
 where
-    F: Fn(PgPool, Vec<W>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<T>, sqlx::Error>>,
+    F: for<'c> Fn(&'c mut PgConnection, &'c [W]) -> BoxFuture<'c, Result<Vec<T>, sqlx::Error>>,
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut session: Option<PoolConnection<Postgres>> = None;
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (writes, replies): (Vec<W>, Vec<Reply<T>>) = batch.drain(..).unzip();
-        match flush(pool.clone(), writes).await {
+        let written = match write(&pool, &mut session, &flush, &writes).await {
+            Err(e) if session_broken(&e) => write(&pool, &mut session, &flush, &writes).await,
+            written => written,
+        };
+        match written {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));
@@ -124,50 +135,87 @@ where
     }
 }
 
+/// `flush` on the writer's session (taken from `pool` when it has none);
+/// a session that failed is given back.
+async fn write<W, T, F>(
+    pool: &PgPool,
+    session: &mut Option<PoolConnection<Postgres>>,
+    flush: &F,
+    writes: &[W],
+) -> Result<Vec<T>, sqlx::Error>
+where
+    F: for<'c> Fn(&'c mut PgConnection, &'c [W]) -> BoxFuture<'c, Result<Vec<T>, sqlx::Error>>,
+{
+    let conn = match session {
+        Some(conn) => conn,
+        None => session.insert(pool.acquire().await?),
+    };
+    let written = flush(conn, writes).await;
+    if written.is_err() {
+        *session = None;
+    }
+    written
+}
+
+/// Whether `e` says the session itself is gone (closed, terminated, shut
+/// down), not that the statement failed.
+pub fn session_broken(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        // Class 57P: operator intervention (terminated, shut down, restarting).
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// Stores the steps of one batch: for each job still this attempt's, the
 /// step row, the job's progress and message, and the step's broadcasts, in
 /// one statement. The broadcasts are sent only when the step row is new, so
 /// a step stored by an earlier attempt (or a late duplicate) sends nothing
 /// twice; they leave after commit through the change log like every SQL
 /// broadcast (migration 0005).
-async fn store_steps(pool: PgPool, writes: Vec<StepWrite>) -> Result<Vec<bool>, sqlx::Error> {
-    let live: Vec<(Uuid,)> = sqlx::query_as(&STORE_STEPS)
-        .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| w.step.as_str()).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| w.progress).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| w.message.as_deref()).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| w.seq).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| &w.broadcasts).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| w.max_attempts).collect::<Vec<_>>())
-        .fetch_all(&pool)
-        .await?;
-    let live: std::collections::HashSet<Uuid> = live.into_iter().map(|(id,)| id).collect();
-    Ok(writes.iter().map(|w| live.contains(&w.job)).collect())
+fn store_steps<'c>(conn: &'c mut PgConnection, writes: &'c [StepWrite]) -> BoxFuture<'c, Result<Vec<bool>, sqlx::Error>> {
+    Box::pin(async move {
+        let live: Vec<(Uuid,)> = sqlx::query_as(&STORE_STEPS)
+            .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| w.step.as_str()).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| w.progress).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| w.message.as_deref()).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| w.seq).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| &w.broadcasts).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| w.max_attempts).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await?;
+        let live: std::collections::HashSet<Uuid> = live.into_iter().map(|(id,)| id).collect();
+        Ok(writes.iter().map(|w| live.contains(&w.job)).collect())
+    })
 }
 
 /// Completes the jobs of one batch and drops their leases; a completion
 /// carrying its last step also stores that step (its message on the job,
 /// its broadcasts sent if the row is new), as `store_steps` would, in the
 /// same statement.
-async fn complete(pool: PgPool, writes: Vec<CompleteWrite>) -> Result<Vec<Option<Job>>, sqlx::Error> {
+fn complete<'c>(conn: &'c mut PgConnection, writes: &'c [CompleteWrite]) -> BoxFuture<'c, Result<Vec<Option<Job>>, sqlx::Error>> {
     fn last(w: &CompleteWrite) -> Option<&StepWrite> {
         w.last.as_ref()
     }
-    let rows: Vec<Job> = sqlx::query_as(&COMPLETE)
-        .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| last(w).map(|l| l.step.as_str())).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| last(w).map(|l| l.seq)).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| last(w).map(|l| &l.output)).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| last(w).and_then(|l| l.message.as_deref())).collect::<Vec<_>>())
-        .bind(writes.iter().map(|w| last(w).map_or(&EMPTY, |l| &l.broadcasts)).collect::<Vec<_>>())
-        .fetch_all(&pool)
-        .await?;
-    let mut by_id: HashMap<Uuid, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
-    Ok(writes.iter().map(|w| by_id.remove(&w.job)).collect())
+    Box::pin(async move {
+        let rows: Vec<Job> = sqlx::query_as(&COMPLETE)
+            .bind(writes.iter().map(|w| w.job).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| w.attempt).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| &w.output).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| last(w).map(|l| l.step.as_str())).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| last(w).map(|l| l.seq)).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| last(w).map(|l| &l.output)).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| last(w).and_then(|l| l.message.as_deref())).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| last(w).map_or(&EMPTY, |l| &l.broadcasts)).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut by_id: HashMap<Uuid, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
+        Ok(writes.iter().map(|w| by_id.remove(&w.job)).collect())
+    })
 }
 
 /// `store_steps`' statement: `$1..$9` are the writes' columns.

@@ -240,6 +240,29 @@ async fn a_lease_left_by_a_deleted_job_goes_when_it_expires() {
     .await;
 }
 
+#[tokio::test]
+async fn a_runner_whose_database_sessions_were_terminated_claims_and_completes_on_new_ones_at_once() {
+    // The runner keeps a session for its claims and one per group-commit writer; a pooled
+    // session would have been pinged, and replaced, before each use. Lease 60 s: a job
+    // left running by a failed write would only come back after the test's wait.
+    let app = spawn_jobs_app("[jobs.work]\nbuiltin = \"demo\"\n[runner]\npoll = \"100ms\"\nlease = \"60s\"\n").await;
+    let noop = r#"{"steps": 1, "step_ms": 0}"#;
+    let first = enqueue(&app.pool, noop).await;
+    wait_job(&app.pool, &first.to_string(), |j| j["status"] == "completed").await;
+    let killed: i64 = scalar(
+        &app.pool,
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity
+         where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'",
+    )
+    .await;
+    assert!(killed >= 3, "the claim and write sessions among them, {killed} killed");
+    for _ in 0..3 {
+        let next = enqueue(&app.pool, noop).await;
+        let done = wait_job(&app.pool, &next.to_string(), |j| j["status"] != "pending" && j["status"] != "running").await;
+        assert_eq!((done["status"].as_str(), done["attempts"].as_i64()), (Some("completed"), Some(1)), "{done}");
+    }
+}
+
 /// The job's row as JSON.
 async fn job(pool: &PgPool, id: uuid::Uuid) -> Value {
     let (row,): (Value,) = sqlx::query_as("select to_jsonb(j) from rowcast.jobs j where id = $1").bind(id).fetch_one(pool).await.unwrap();
