@@ -263,6 +263,39 @@ async fn a_runner_whose_database_sessions_were_terminated_claims_and_completes_o
     }
 }
 
+/// The `rowcast_jobs` rings heard after `sql` ran, up to a marker sent after it.
+async fn rings_after(app: &TestApp, bell: &mut sqlx::postgres::PgListener, sql: &str) -> Vec<String> {
+    app.sql(sql).await;
+    app.sql("select pg_notify('rowcast_jobs', 'marker')").await;
+    let mut heard = Vec::new();
+    loop {
+        let note = tokio::time::timeout(std::time::Duration::from_secs(10), bell.recv()).await.expect("the marker").unwrap();
+        if note.payload() == "marker" {
+            return heard;
+        }
+        heard.push(note.payload().to_owned());
+    }
+}
+
+#[tokio::test]
+async fn a_limited_types_completions_ring_only_while_a_claim_left_due_jobs_behind_for_its_limits() {
+    let app = without_runner("insert into rowcast.job_types (type, concurrency_per_user) values ('capped', 1);").await;
+    let mut bell = sqlx::postgres::PgListener::connect(&app.db_url).await.unwrap();
+    bell.listen("rowcast_jobs").await.unwrap();
+    let complete = "update rowcast.jobs set status = 'completed', completed_at = now() where type = 'capped' and status = 'running'";
+    // Nothing left behind: alice's one job is taken, and its end frees a place nobody waits for.
+    rings_after(&app, &mut bell, "select rowcast.enqueue('capped', '{}', 'alice')").await;
+    assert_eq!(claim_batch(&app.pool, "capped", 10).await.0, ["alice"]);
+    assert_eq!(rings_after(&app, &mut bell, complete).await, Vec::<String>::new());
+    // Bob's second job waits for his first: its end rings.
+    rings_after(&app, &mut bell, "select rowcast.enqueue('capped', '{}', 'bob') from generate_series(1, 2)").await;
+    assert_eq!(claim_batch(&app.pool, "capped", 10).await.0, ["bob"]);
+    assert_eq!(rings_after(&app, &mut bell, complete).await, ["capped"]);
+    // Taken too, nothing is left behind again: quiet.
+    assert_eq!(claim_batch(&app.pool, "capped", 10).await.0, ["bob"]);
+    assert_eq!(rings_after(&app, &mut bell, complete).await, Vec::<String>::new());
+}
+
 /// The job's row as JSON.
 async fn job(pool: &PgPool, id: uuid::Uuid) -> Value {
     let (row,): (Value,) = sqlx::query_as("select to_jsonb(j) from rowcast.jobs j where id = $1").bind(id).fetch_one(pool).await.unwrap();
