@@ -212,6 +212,8 @@ async fn enqueue_per_row(pool: &PgPool, args: &Args) -> anyhow::Result<f64> {
 /// the last completion) and the drain's progress (seconds, jobs finished).
 async fn drain(pool: &PgPool, job_type: &str, args: &Args) -> anyhow::Result<((f64, f64), Vec<(f64, f64)>)> {
     eprintln!("draining {} {job_type} jobs", args.jobs);
+    // Each drain starts from a settled table, whatever the one before it left behind.
+    sqlx::query("vacuum analyze rowcast.jobs").execute(pool).await?;
     if args.watched {
         // Ten minutes ahead, never lowered: a gateway's own subscribers on a given database keep theirs.
         sqlx::query(WATCH_FOR_A_DRAIN).execute(pool).await?;
