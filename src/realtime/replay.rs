@@ -5,7 +5,9 @@
 //!
 //! Read from `realtime.messages`, which keeps sent messages for
 //! `--message-retention-secs` (three days by default; pruned by the listener). A message committed while the
-//! join is between this read and going live can be missed, as on Supabase.
+//! join is between this read and going live can be missed, as on Supabase. One
+//! the read found but the listener had not delivered yet is not sent again
+//! live: the channel keeps the ids it replayed (`Subscription::replayed`).
 
 use serde_json::{json, Value};
 use sqlx::PgPool;

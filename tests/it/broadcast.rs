@@ -227,3 +227,30 @@ async fn sent_messages_are_pruned_after_the_message_retention() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_replayed_message_the_listener_had_not_delivered_yet_is_not_sent_again_live() {
+    let app = spawn_app().await;
+    app.sql("create policy anon_reads on realtime.messages for select to anon using (realtime.topic() = 'room')").await;
+    app.owned_table("notes").await;
+    // An open transaction holds an earlier change-log id: the listener keeps the messages
+    // committed after it (for up to a second) until it commits.
+    let mut open = app.pool.begin().await.unwrap();
+    sqlx::query("insert into public.notes (user_id, n) values ('alice', 1)").execute(&mut *open).await.unwrap();
+    app.sql("select realtime.send(jsonb_build_object('n', n), 'old', 'room') from generate_series(1, 2) n").await;
+    let mut c = Client::v2(&app, &app.anon()).await;
+    let r = c.make_ref();
+    let config = json!({"private": true, "broadcast": {"replay": {"since": 0, "limit": 25}}, "postgres_changes": []});
+    c.send(Some(&r), &r, "realtime:room", "phx_join", json!({ "config": config })).await;
+    assert_eq!(c.reply_to(&r).await["status"], "ok");
+    open.commit().await.unwrap();
+    app.sql("select realtime.send('{\"n\": 3}'::jsonb, 'live', 'room')").await;
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|(event, _, _): &(String, i64, bool)| event != "live") {
+        let f = c.recv_event("realtime:room", "broadcast").await;
+        let p = &f.payload;
+        seen.push((p["event"].as_str().unwrap().to_owned(), p["payload"]["n"].as_i64().unwrap(), p["meta"]["replayed"] == true));
+    }
+    let expected = [("old", 1, true), ("old", 2, true), ("live", 3, false)].map(|(e, n, r)| (e.to_owned(), n, r));
+    assert_eq!(seen, expected, "each message once");
+}

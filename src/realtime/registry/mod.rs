@@ -185,6 +185,9 @@ pub struct Subscription {
     private: bool,
     /// What a rejoin of this channel on another gateway is recognised by (`handoff`).
     handoff: Option<HandoffKey>,
+    /// The `realtime.messages` ids its join replayed (at most `replay::MAX_REPLAY`):
+    /// the listener may deliver them live too, when it had not read them before the join.
+    replayed: Box<[String]>,
     /// Set while a resuming channel's replay is being read: its changes wait in `held`.
     holding: AtomicBool,
     held: Mutex<Option<Vec<(i64, Bytes)>>>,
@@ -212,9 +215,16 @@ impl Subscription {
             join_ref: None,
             private: false,
             handoff: None,
+            replayed: Box::default(),
             holding: AtomicBool::new(false),
             held: Mutex::new(None),
         }
+    }
+
+    /// Sets the ids of the messages its join replayed, which it then never gets live.
+    pub fn replayed(mut self, ids: Vec<String>) -> Self {
+        self.replayed = ids.into_boxed_slice();
+        self
     }
 
     /// Sets the key a rejoin of this channel elsewhere is recognised by.
@@ -546,7 +556,7 @@ impl Registry {
             });
         }
         let Some(frame) = protocol::encode_user_broadcast(topic, event, meta, payload, false) else { return };
-        self.fan_out(from, topic, private, None, |vsn| (vsn == Vsn::V2).then(|| frame.clone()));
+        self.fan_out(from, topic, private, None, None, |vsn| (vsn == Vsn::V2).then(|| frame.clone()));
     }
 
     /// Sends a broadcast to every other channel on `topic` (and to the sender's own if it asked).
@@ -555,19 +565,33 @@ impl Registry {
         if matches!(from, Origin::Socket(_) | Origin::Rest) {
             self.publish(Outgoing::Broadcast { topic: topic.to_owned(), private, payload: payload.to_owned() });
         }
-        self.fan_out(from, topic, private, None, |vsn| Some(Bytes::from(protocol::encode(vsn, None, None, topic, "broadcast", payload))));
+        self.fan_out(from, topic, private, None, None, |vsn| {
+            Some(Bytes::from(protocol::encode(vsn, None, None, topic, "broadcast", payload)))
+        });
     }
 
     /// Queues a broadcast on the channels of `topic` (not on the sender's
     /// own unless it asked for `self`), each serializer's frame made once by
     /// `frame_for` (`None`: that serializer cannot carry it, as v1 cannot a
     /// binary payload). One read from the log (`change`) is held like a row
-    /// change by a channel that is resuming after a handoff.
-    fn fan_out(&self, from: Origin, topic: &str, private: bool, change: Option<i64>, frame_for: impl Fn(Vsn) -> Option<Bytes>) {
+    /// change by a channel that is resuming after a handoff; a message sent
+    /// from SQL (`message`, its id) skips the channels whose join replayed it.
+    fn fan_out(
+        &self,
+        from: Origin,
+        topic: &str,
+        private: bool,
+        change: Option<i64>,
+        message: Option<&str>,
+        frame_for: impl Fn(Vsn) -> Option<Bytes>,
+    ) {
         let mut made: [Option<Option<Bytes>>; 2] = [None, None];
         let mut sent = 0;
         for (id, sub) in self.on_topic(topic, private) {
             if from.is(id) && !sub.broadcast_self {
+                continue;
+            }
+            if message.is_some_and(|m| sub.replayed.iter().any(|r| r == m)) {
                 continue;
             }
             let vsn = sub.route.vsn;
@@ -667,7 +691,8 @@ impl ChangeSink for Registry {
         recent.push((Arc::clone(message), None), Instant::now());
         let Some(sql) = SqlBroadcast::read(message) else { return };
         self.count_broadcast(Origin::Sql);
-        self.fan_out(Origin::Sql, &sql.topic, sql.private, Some(message.id), |vsn| sql.frame(vsn));
+        let id = message.record.as_ref().and_then(|r| r.get("id")).and_then(serde_json::Value::as_str);
+        self.fan_out(Origin::Sql, &sql.topic, sql.private, Some(message.id), id, |vsn| sql.frame(vsn));
         drop(recent);
     }
 }

@@ -405,10 +405,12 @@ impl Conn {
         // A channel can be handed off, and may be resuming from a handoff.
         let key = self.ctx.handoffs.enabled().then(|| handoff::key(Self::token_of(&m.payload).unwrap_or(""), &m.topic, &m.payload));
         let resume = key.as_ref().and_then(|k| self.ctx.handoffs.resume(k));
+        let replayed_ids = replayed.iter().filter_map(|m| m["meta"]["id"].as_str().map(str::to_owned)).collect();
         let sub = Subscription::new(m.topic.as_str().into(), route, principal, plan.bindings, plan.broadcast_self)
             .with_presence(presence, plan.presence_key, m.join_ref.clone())
             .private(policies.is_some())
-            .handoff(key);
+            .handoff(key)
+            .replayed(replayed_ids);
         let sub = match (resume, key) {
             (Some(from), Some(key)) => match self.resume(m, sub, frames, &from).await {
                 Some(id) => id,
