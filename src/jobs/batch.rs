@@ -20,13 +20,13 @@ use std::sync::LazyLock;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 use uuid::Uuid;
 
 use super::model::{Job, COLUMNS};
+use super::session::KeptSession;
 
 /// Most writes in one statement.
 pub const MAX_BATCH: usize = 64;
@@ -100,25 +100,17 @@ async fn ask<W, T>(queue: &mpsc::UnboundedSender<(W, Reply<T>)>, write: W) -> Re
     answer.await.map_err(|_| WriteError::Stopped)?.map_err(WriteError::Db)
 }
 
-/// Takes what is queued, writes it with `flush`, answers each sender. The
-/// writer keeps its session between batches: a pooled session is pinged when
-/// taken and again when given back, two round trips more for each batch. A
-/// batch that finds its session broken (Postgres restarted, say) is written
-/// once more on a fresh one, as the ping of a pooled session would have
-/// found it broken before the write.
+/// Takes what is queued, writes it with `flush` on the writer's own session
+/// (`KeptSession`), answers each sender.
 async fn writer<W, T, F>(pool: PgPool, mut queue: mpsc::UnboundedReceiver<(W, Reply<T>)>, flush: F)
 where
     F: for<'c> Fn(&'c mut PgConnection, &'c [W]) -> BoxFuture<'c, Result<Vec<T>, sqlx::Error>>,
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut session: Option<PoolConnection<Postgres>> = None;
+    let mut session = KeptSession::new(pool);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (writes, replies): (Vec<W>, Vec<Reply<T>>) = batch.drain(..).unzip();
-        let written = match write(&pool, &mut session, &flush, &writes).await {
-            Err(e) if session_broken(&e) => write(&pool, &mut session, &flush, &writes).await,
-            written => written,
-        };
-        match written {
+        match session.run(writes.as_slice(), &flush).await {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));
@@ -132,39 +124,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// `flush` on the writer's session (taken from `pool` when it has none);
-/// a session that failed is given back.
-async fn write<W, T, F>(
-    pool: &PgPool,
-    session: &mut Option<PoolConnection<Postgres>>,
-    flush: &F,
-    writes: &[W],
-) -> Result<Vec<T>, sqlx::Error>
-where
-    F: for<'c> Fn(&'c mut PgConnection, &'c [W]) -> BoxFuture<'c, Result<Vec<T>, sqlx::Error>>,
-{
-    let conn = match session {
-        Some(conn) => conn,
-        None => session.insert(pool.acquire().await?),
-    };
-    let written = flush(conn, writes).await;
-    if written.is_err() {
-        *session = None;
-    }
-    written
-}
-
-/// Whether `e` says the session itself is gone (closed, terminated, shut
-/// down), not that the statement failed.
-pub fn session_broken(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-        // Class 57P: operator intervention (terminated, shut down, restarting).
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
-        _ => false,
     }
 }
 

@@ -10,7 +10,8 @@
 //! - `api`: enqueue/get/list/cancel/retry SQL; `handlers`: its REST routes;
 //!   `admin`: the runs dashboard's routes (service role only).
 //! - `attempt`: running one claimed attempt; `runner`: claiming;
-//!   `batch`: group commits of step stores and completions.
+//!   `batch`: group commits of step stores and completions; `session`: the
+//!   database session each of those serial tasks keeps.
 //! - `scheduler`: rescue, expiry, cron, retention; `hooks`: on_failure.
 //! - `alert_rules`: thresholds and crossings (pure); `alerts`: the figures
 //!   and the watcher that posts crossings to the webhook.
@@ -30,4 +31,5 @@ pub mod inngest;
 pub mod model;
 pub mod runner;
 pub mod scheduler;
+pub mod session;
 pub mod steps;

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde_json::Value;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +29,7 @@ use super::config::{Handler, JobType, JobsConfig};
 use super::hooks::Hooks;
 use super::inngest::{functions, InngestSettings};
 use super::model::{Job, COLUMNS};
+use super::session::KeptSession;
 use super::steps::{Memo, StepHandler};
 use crate::metrics;
 
@@ -48,10 +48,8 @@ pub struct Runner {
     freed: Arc<Notify>,
     /// Types that may have claimable work: rung for, or found some at their last claim.
     active: HashSet<String>,
-    /// The session claims run on, kept between claims: a pooled session is
-    /// pinged when taken and again when given back, two round trips more for
-    /// each claim, whose round trip sets the pace of a drain.
-    session: Option<PoolConnection<Postgres>>,
+    /// The session claims run on, kept between them.
+    claims: KeptSession,
 }
 
 /// What every type's attempts share.
@@ -91,6 +89,7 @@ impl Runner {
     ) -> Self {
         let shared = Shared { client, hooks, metrics, writes: Writes::start(pool.clone()) };
         let mut runner = Runner {
+            claims: KeptSession::new(pool.clone()),
             pool,
             config: config.clone(),
             contexts: HashMap::new(),
@@ -102,7 +101,6 @@ impl Runner {
             ending: Arc::new(Semaphore::new(config.runner.slots.max(batch::MAX_BATCH))),
             freed: Arc::default(),
             active: HashSet::new(),
-            session: None,
         };
         for t in config.types.values() {
             let handler = match &t.handler {
@@ -333,32 +331,14 @@ impl Runner {
 
     /// Up to `max` runnable jobs of `job_type`, claimed in one statement
     /// that also returns the steps earlier attempts finished, on the claims'
-    /// own session (see `Runner::session`).
+    /// own session (`KeptSession`).
     async fn claim(&mut self, job_type: &str, max: usize) -> Result<Vec<Claimed>, sqlx::Error> {
-        match self.claim_once(job_type, max).await {
-            // A pooled session's ping would have found it broken before the claim: claim once more on a fresh one.
-            Err(e) if batch::session_broken(&e) => self.claim_once(job_type, max).await,
-            claimed => claimed,
-        }
-    }
-
-    async fn claim_once(&mut self, job_type: &str, max: usize) -> Result<Vec<Claimed>, sqlx::Error> {
-        let session = match &mut self.session {
-            Some(session) => session,
-            None => self.session.insert(self.pool.acquire().await?),
-        };
-        let claimed = sqlx::query_as(&CLAIM)
-            .bind(job_type)
-            .bind(&self.worker)
-            .bind(self.config.runner.lease.as_secs_f64())
-            .bind(max as i32)
-            .fetch_all(&mut **session)
-            .await;
-        if claimed.is_err() {
-            // A session that failed once (Postgres restarted, say) goes back; the next claim takes another.
-            self.session = None;
-        }
-        claimed
+        let args = (job_type, self.worker.as_str(), self.config.runner.lease.as_secs_f64(), max as i32);
+        self.claims
+            .run(&args, |conn, (job_type, worker, lease, max)| {
+                Box::pin(sqlx::query_as(&CLAIM).bind(*job_type).bind(*worker).bind(*lease).bind(*max).fetch_all(conn))
+            })
+            .await
     }
 
     async fn drain(&self, tasks: TaskTracker, draining: CancellationToken, abort: CancellationToken) {
