@@ -76,12 +76,12 @@ impl Watches {
         Ok(())
     }
 
-    /// Makes sure every watched table a join reads at `places` (schema or
-    /// `*`, table or every table) is captured from now on: raises its horizon
-    /// unless this gateway's last raise has more than half its ttl to run,
-    /// then waits out the writers that may have skipped capture.
-    pub async fn arm(&self, places: &[(&str, Option<&str>)]) -> Result<(), WatchError> {
-        let seqs = self.sequences(|schema, table| places.iter().any(|(s, t)| (*s == "*" || *s == schema) && t.is_none_or(|t| t == table)));
+    /// Makes sure every watched table a join `reads` (by schema and table)
+    /// is captured from now on: raises its horizon unless this gateway's last
+    /// raise has more than half its ttl to run, then waits out the writers
+    /// that may have skipped capture.
+    pub async fn arm(&self, reads: impl Fn(&str, &str) -> bool) -> Result<(), WatchError> {
+        let seqs = self.sequences(reads);
         if seqs.is_empty() {
             return Ok(());
         }
@@ -130,9 +130,7 @@ impl Watches {
 
     fn sequences(&self, matches: impl Fn(&str, &str) -> bool) -> Vec<String> {
         let tables = self.inner.tables.read().expect("watch lock poisoned");
-        let mut seqs: Vec<String> = tables.iter().filter(|w| matches(&w.schema, &w.table)).map(|w| w.seq.clone()).collect();
-        seqs.dedup();
-        seqs
+        tables.iter().filter(|w| matches(&w.schema, &w.table)).map(|w| w.seq.clone()).collect()
     }
 
     async fn raise(&self, seq: &str, raised: &mut HashMap<String, Instant>) -> Result<(), WatchError> {

@@ -380,8 +380,7 @@ impl Conn {
         if plan.unknown_tables && self.ctx.tables.refresh().await {
             plan = channel::plan(&m.payload, &self.ctx.tables, patterns_left);
         }
-        let places: Vec<_> = plan.bindings.iter().map(|b| (b.schema.as_str(), b.table.as_deref())).collect();
-        if let Err(e) = self.ctx.watches.arm(&places).await {
+        if let Err(e) = self.ctx.watches.arm(|schema, table| plan.bindings.iter().any(|b| b.reads(schema, table))).await {
             warn!(error = %e, topic = %m.topic, "a join's tables could not be armed for capture");
             return Err(JoinRefusal::NotLive);
         }
